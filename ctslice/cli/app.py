@@ -1,0 +1,78 @@
+"""The Typer application: one thin function per command, registered from the modules beside it.
+
+Command modules import nothing heavy at import time (no numpy, torch, SimpleITK) so that
+``ctslice --help`` answers at once; each command imports the library it calls inside its body.
+Expected failures (``CtsliceError``) become one red line on stderr and the error's exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import typer
+
+from ctslice import __version__
+from ctslice.errors import CtsliceError
+
+app = typer.Typer(
+    name="ctslice",
+    help="Thick-slice to thin-slice CT with a latent diffusion model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals can hold patient data
+    rich_markup_mode="rich",
+)
+
+
+def guarded(function: Callable) -> Callable:
+    """Run a command, turning an expected failure into one line and its exit code."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        from ctslice.console import console
+
+        try:
+            return function(*args, **kwargs)
+        except CtsliceError as error:
+            console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def command(name: str, **kwargs) -> Callable:
+    """Register ``function`` as ``ctslice NAME`` with the error guard around it."""
+
+    def register(function: Callable) -> Callable:
+        app.command(name, **kwargs)(guarded(function))
+        return function
+
+    return register
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ctslice {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Thick-slice to thin-slice CT with a latent diffusion model."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+def not_built(name: str) -> None:
+    """What a command that exists in the contract but is not implemented yet answers."""
+    raise CtsliceError(f"`ctslice {name}` is not built yet in this version")

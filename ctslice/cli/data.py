@@ -1,0 +1,51 @@
+"""``ctslice preprocess`` and ``ctslice split``: raw scans into the HDF5 cache, cache into splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ctslice.cli.app import command
+
+
+@command("preprocess")
+def preprocess(
+    inputs: list[Path] = typer.Argument(..., help="Scans: files (NIfTI/NRRD/MHA), DICOM folders or zips, "
+                                        "study folders/zips with a thick and a thin series, or folders of "
+                                        "these. With --merge: shard caches to merge."),
+    output: Path = typer.Option(..., "-o", "--output", help="The HDF5 cache to create or update."),
+    thick_spacing: float = typer.Option(5.0, help="Thick slice spacing (mm) simulated from thin-only scans."),
+    thin_spacing: float = typer.Option(1.0, help="Thin slice spacing (mm) the thin volumes are resampled to."),
+    size: int = typer.Option(0, help="Resample in-plane to SIZE x SIZE (0: keep the scan's matrix)."),
+    profile: str = typer.Option("slab", help="Simulated slice profile: slab (box average) or gaussian."),
+    min_slices: int = typer.Option(8, help="Reject thick volumes with fewer slices than this."),
+    workers: int = typer.Option(1, help="Parallel worker processes (one writer)."),
+    shard: str = typer.Option(None, help="Process only shard I of N (I/N, 0-based), as in a Kubernetes "
+                              "Indexed Job; merge the shard caches with --merge."),
+    merge: bool = typer.Option(False, "--merge", help="Merge the shard caches given as INPUTS into -o."),
+) -> None:
+    """Turn raw CT scans into (thick, thin) pairs in one HDF5 cache (int16 HU, with geometry)."""
+    from ctslice.data.preprocess import PreprocessOptions, parse_shard, run_merge, run_preprocess
+
+    if merge:
+        run_merge(inputs, output)
+        return
+    options = PreprocessOptions(thick_spacing=thick_spacing, thin_spacing=thin_spacing, size=size,
+                                profile=profile, min_slices=min_slices)
+    run_preprocess(inputs, output, options, workers=workers, shard=parse_shard(shard))
+
+
+@command("split")
+def split(
+    cache: Path = typer.Argument(..., help="The HDF5 cache written by `ctslice preprocess`."),
+    output: Path = typer.Option(..., "-o", "--output", help="splits.json to write (or update: existing "
+                                "assignments are kept)."),
+    val: float = typer.Option(0.15, help="Fraction of patients for validation."),
+    test: float = typer.Option(0.10, help="Fraction of patients for testing."),
+    seed: int = typer.Option(42, help="Seed of the assignment."),
+) -> None:
+    """Patient-level train/val/test split of the cases that preprocessed successfully."""
+    from ctslice.data.splits import run_split
+
+    run_split(cache, output, val=val, test=test, seed=seed)

@@ -1,0 +1,35 @@
+"""``ctslice train`` and ``ctslice inspect-memory``: both start from a config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ctslice.cli.app import command, not_built
+
+SET_HELP = "Override a config key, e.g. --set training.max_steps=100 (repeatable)."
+
+
+@command("train")
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config of the run."),
+    overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    out: Path = typer.Option(None, "--out", help="Run folder (config, checkpoints, logs); default runs/<config name>."),
+    resume: str = typer.Option(None, "--resume", help="`latest` (in --out) or a checkpoint path."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: the config's)."),
+) -> None:
+    """Train the denoising U-Net on the cache (BF16 on CUDA; DDP when launched with torchrun)."""
+    not_built("train")
+
+
+@command("inspect-memory")
+def inspect_memory(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config to inspect."),
+    overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    measure: bool = typer.Option(False, "--measure", help="Also run one step and report measured peaks."),
+    device_memory: str = typer.Option(None, "--device-memory", help="Device memory to judge against, e.g. 80GB."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
+) -> None:
+    """Predict (and optionally measure) the memory a config needs, per component."""
+    not_built("inspect-memory")

@@ -1,0 +1,22 @@
+"""Expected failures, each mapped to one clear line and an exit code by the CLI.
+
+An ``InputError`` is the user's to fix (a bad file, a bad option, a bad config): exit code 2.
+Any other ``CtsliceError`` is a failure of a run that was set up correctly: exit code 1.
+Both carry a message meant to be printed as is, without a traceback.
+"""
+
+
+class CtsliceError(Exception):
+    """A failure the tool expected and can explain in one line (exit code 1)."""
+
+    exit_code = 1
+
+
+class InputError(CtsliceError):
+    """Bad input: a file that cannot be used, a wrong option or config value (exit code 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(InputError):
+    """A config file or ``--set`` override that is invalid (unknown key, wrong type, bad value)."""
