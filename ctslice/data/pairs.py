@@ -1,0 +1,161 @@
+"""(thick, thin) training pairs on the geometry convention of ``ctslice.io.geometry``.
+
+Every pair, real or simulated, ends up with the same relation between its two grids: the thin grid is
+``thin_grid(thick.grid, thin_spacing)``, so thin slice j and thick slice i sit exactly where inference
+will put them. That is what lets one training and evaluation code path serve both kinds.
+
+- Simulated: a thin-only scan, resampled along z to the thin spacing if needed, then thick slices made
+  by averaging r = T/t thin slices (a box "slab" profile, or a Gaussian slice profile of FWHM T).
+- Real: a thick and a thin series of the same scan; thick slabs not fully covered by the thin series
+  are dropped, the thin series is resampled onto the thin grid of what remains (in the thick series'
+  in-plane grid), and the two must show the same anatomy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from ctslice.errors import InputError
+from ctslice.io.geometry import resample, slice_ratio, thin_grid
+from ctslice.io.volume import Grid, Volume
+
+FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+MIN_PAIR_CORRELATION = 0.6
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A thick volume and the thin volume on its thin grid, both int16 HU."""
+
+    thick: Volume
+    thin: Volume
+    kind: str  # "real" or "simulated"
+
+    @property
+    def ratio(self) -> float:
+        return self.thick.spacing[2] / self.thin.spacing[2]
+
+
+def to_hu_int16(array: np.ndarray) -> np.ndarray:
+    """Round to int16 HU (the cache's lossless storage type)."""
+    return np.clip(np.rint(array), -32768, 32767).astype(np.int16)
+
+
+def resample_slices(volume: Volume, spacing: float) -> Volume:
+    """``volume`` resampled along z to ``spacing`` over the same extent (linear; in-plane untouched)."""
+    if abs(volume.spacing[2] - spacing) < 1e-3:
+        return volume
+    depth = int(math.floor((volume.depth - 1) * volume.spacing[2] / spacing + 1e-6)) + 1
+    grid = Grid((volume.grid.size[0], volume.grid.size[1], depth),
+                (volume.spacing[0], volume.spacing[1], spacing), volume.origin, volume.direction)
+    out = resample(volume, grid, "linear")
+    return out.with_array(to_hu_int16(out.array))
+
+
+def resample_inplane(volume: Volume, size: int) -> Volume:
+    """``volume`` on a ``size`` x ``size`` matrix with square pixels covering its larger field of view.
+
+    The new grid is centred on the old one; the shorter axis is padded with air (-1024 HU).
+    """
+    grid = square_inplane_grid(volume.grid, size)
+    out = resample(volume, grid, "linear")
+    return out.with_array(to_hu_int16(out.array))
+
+
+def square_inplane_grid(grid: Grid, size: int) -> Grid:
+    """The ``size`` x ``size`` in-plane grid of ``resample_inplane`` (z sampling unchanged)."""
+    fov = max(grid.size[0] * grid.spacing[0], grid.size[1] * grid.spacing[1])
+    pixel = fov / size
+    axes = np.asarray(grid.direction, dtype=np.float64).reshape(3, 3)
+    old_centre = [(grid.size[k] - 1) * grid.spacing[k] / 2.0 for k in (0, 1)]
+    new_centre = (size - 1) * pixel / 2.0
+    origin = np.asarray(grid.origin, dtype=np.float64)
+    for k in (0, 1):
+        origin = origin + axes[:, k] * (old_centre[k] - new_centre)
+    return Grid((size, size, grid.size[2]), (pixel, pixel, grid.spacing[2]),
+                tuple(float(v) for v in origin), grid.direction)
+
+
+def simulate_pair(source: Volume, thick_spacing: float, thin_spacing: float, profile: str = "slab") -> Pair:
+    """A simulated pair from a thin-only scan (see the module docstring)."""
+    ratio = slice_ratio(thick_spacing, thin_spacing)
+    if ratio is None or ratio < 2:
+        raise InputError(f"thick spacing {thick_spacing} mm must be an integer multiple (>= 2) of the thin "
+                         f"spacing {thin_spacing} mm to simulate thick slices")
+    if source.spacing[2] > thick_spacing / 2 + 1e-6:
+        raise InputError(f"slice spacing {source.spacing[2]:.2f} mm is too thick to serve as thin ground truth "
+                         f"for {thick_spacing} mm thick slices")
+    thin = resample_slices(source, thin_spacing)
+    count = thin.depth // ratio
+    if count < 1:
+        raise InputError(f"only {thin.depth} thin slices: fewer than one {thick_spacing} mm slab")
+    thin = thin.slices(0, count * ratio)
+    values = thin.array.astype(np.float32)
+    if profile == "slab":
+        thick_values = values.reshape(count, ratio, *values.shape[1:]).mean(axis=1)
+    elif profile == "gaussian":
+        thick_values = _gaussian_profile(values, ratio)
+    else:
+        raise InputError(f"unknown slice profile {profile!r}: use slab or gaussian")
+    origin = thin.grid.shifted_along_slices((ratio - 1) / 2.0 * thin_spacing)
+    thick = Volume(to_hu_int16(thick_values), (thin.spacing[0], thin.spacing[1], float(thick_spacing)),
+                   origin, thin.direction)
+    return Pair(thick=thick, thin=thin, kind="simulated")
+
+
+def _gaussian_profile(values: np.ndarray, ratio: int) -> np.ndarray:
+    """Thick slices with a Gaussian slice-sensitivity profile of FWHM = one thick slice, at slab centres."""
+    smoothed = gaussian_filter1d(values, sigma=ratio * FWHM_TO_SIGMA, axis=0, mode="nearest")
+    centres = ratio * np.arange(values.shape[0] // ratio) + (ratio - 1) / 2.0
+    lower = np.floor(centres).astype(int)
+    upper = np.minimum(lower + 1, values.shape[0] - 1)
+    weight = (centres - lower)[:, None, None]
+    return (1 - weight) * smoothed[lower] + weight * smoothed[upper]
+
+
+def real_pair(thick_source: Volume, thin_source: Volume, thin_spacing: float, min_slices: int = 1) -> Pair:
+    """A real pair from a thick and a thin series of one scan (see the module docstring)."""
+    if abs(float(np.dot(thick_source.grid.slice_axis, thin_source.grid.slice_axis))) < 0.999:
+        raise InputError("the thick and thin series are not acquired in the same plane (slice axes differ)")
+    thick = _crop_to_thin_coverage(thick_source, thin_source)
+    if thick.depth < min_slices:
+        raise InputError(f"the thick and thin series overlap over {thick.depth} thick slices along z "
+                         f"(need {min_slices}): are they from the same scan?")
+    thin = resample(thin_source, thin_grid(thick.grid, thin_spacing), "linear")
+    pair = Pair(thick=thick, thin=thin.with_array(to_hu_int16(thin.array)), kind="real")
+    correlation = _slab_correlation(pair)
+    if correlation < MIN_PAIR_CORRELATION:
+        raise InputError(f"the thick and thin series do not show the same anatomy (correlation "
+                         f"{correlation:.2f} between thick slices and slab-averaged thin slices)")
+    return pair
+
+
+def _crop_to_thin_coverage(thick: Volume, thin: Volume) -> Volume:
+    """The thick slices whose whole slab lies inside the z extent the thin series covers."""
+    axis = thick.grid.slice_axis
+    thin_positions = np.dot(thin.origin, axis) + np.dot(thin.grid.slice_axis, axis) * thin.spacing[2] * np.arange(
+        thin.depth)
+    half_thin = thin.spacing[2] / 2.0
+    covered = (thin_positions.min() - half_thin - 1e-3, thin_positions.max() + half_thin + 1e-3)
+    centres = thick.grid.slice_positions()
+    half_slab = thick.spacing[2] / 2.0
+    inside = np.flatnonzero((centres - half_slab >= covered[0]) & (centres + half_slab <= covered[1]))
+    if inside.size == 0:
+        return thick.slices(0, 0)
+    return thick.slices(int(inside[0]), int(inside[-1]) + 1)
+
+
+def _slab_correlation(pair: Pair) -> float:
+    """Pearson correlation of thick slices with the mean of the thin slices inside each slab."""
+    ratio = pair.thin.depth / pair.thick.depth
+    edges = np.rint(ratio * np.arange(pair.thick.depth + 1)).astype(int)
+    thin = pair.thin.array.astype(np.float32)
+    averaged = np.stack([thin[a:b].mean(axis=0) for a, b in zip(edges[:-1], edges[1:])])
+    a, b = averaged.ravel(), pair.thick.array.astype(np.float32).ravel()
+    if a.std() < 1e-6 or b.std() < 1e-6:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
