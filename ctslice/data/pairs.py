@@ -154,7 +154,7 @@ def _slab_correlation(pair: Pair) -> float:
     ratio = pair.thin.depth / pair.thick.depth
     edges = np.rint(ratio * np.arange(pair.thick.depth + 1)).astype(int)
     thin = pair.thin.array.astype(np.float32)
-    averaged = np.stack([thin[a:b].mean(axis=0) for a, b in zip(edges[:-1], edges[1:])])
+    averaged = np.stack([thin[a:b].mean(axis=0) for a, b in zip(edges[:-1], edges[1:], strict=True)])
     a, b = averaged.ravel(), pair.thick.array.astype(np.float32).ravel()
     if a.std() < 1e-6 or b.std() < 1e-6:
         return 0.0
