@@ -1,0 +1,149 @@
+"""``read_volume``: any scan a user may hand over, as int16 HU with its geometry, or one clear error.
+
+Accepted: a volume file (NIfTI, NRRD, MetaImage), a folder holding a DICOM series (possibly among
+other series and files), or a zip of such a folder. Whatever the stored type (int32, float, scaled),
+the result is int16 HU rounded to nearest, because that is what the cache and every output store.
+Anything unusable raises ``InputError`` naming the file, never a SimpleITK traceback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ctslice.errors import InputError
+from ctslice.io.archive import extracted
+from ctslice.io.dicom import DicomSeries, find_series
+from ctslice.io.failures import sitk_reason
+from ctslice.io.intensity import cast_rounded
+from ctslice.io.volume import Volume
+
+SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+AIR_HU = -1024
+"""Value given to NaN voxels of a float scan (typically outside the field of view)."""
+
+
+def is_volume_file(path: Path) -> bool:
+    """Whether ``path`` has the name of a volume file ``read_volume`` reads (not a DICOM folder or zip)."""
+    return Path(path).name.lower().endswith(SUPPORTED_SUFFIXES)
+
+
+def read_volume(path: Path) -> Volume:
+    """The scan at ``path`` (file, DICOM folder or zip) as an int16 HU ``Volume``; ``InputError`` if unusable."""
+    path = Path(path)
+    if path.is_dir() or (path.is_file() and path.name.lower().endswith(".zip")):
+        return _read_dicom(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    if is_volume_file(path):
+        return _read_file(path)
+    if path.suffix.lower() in (".dcm", ".ima"):
+        raise InputError(f"{path} is a single DICOM slice; pass the folder (or a zip of the folder) that holds "
+                         "the whole series")
+    raise InputError(f"{path} is not a supported input; pass a volume file ({', '.join(SUPPORTED_SUFFIXES)}), "
+                     "a DICOM series folder or a zip of one")
+
+
+def _read_dicom(path: Path) -> Volume:
+    with extracted(path) as folder:
+        series = find_series(folder, shown_as=path if folder != path else None)
+        return _select_ct(series, path).read()
+
+
+def _select_ct(series: list[DicomSeries], source: Path) -> DicomSeries:
+    """The one CT volume among ``series``; scouts (localizers) and single images do not count.
+
+    With no CT volume and a single series, that series is returned so that its own check explains
+    what is wrong with it (an MR series, a missing slice...).
+    """
+    if not series:
+        raise InputError(f"{source} contains no DICOM series; pass a DICOM series folder, a zip of one, "
+                         "or a volume file")
+    volumes = [s for s in series if s.modality == "CT" and not s.localizer and s.n_slices > 1]
+    if len(volumes) == 1:
+        return volumes[0]
+    if len(series) == 1:
+        return series[0]
+    listing = "; ".join(f"{i}) {s.describe()}" for i, s in enumerate(volumes or series, start=1))
+    if volumes:
+        raise InputError(f"{source} holds {len(volumes)} CT series ({listing}); pass the folder of one series")
+    raise InputError(f"{source} holds no CT volume among its {len(series)} series ({listing}); pass a CT series")
+
+
+def _read_file(path: Path) -> Volume:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise _unreadable(path, error) from None
+    _check_shape(path, reader)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path, reader)
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise _unreadable(path, error) from None
+    volume = Volume.from_image(image)
+    array = volume.array
+    if array.dtype.kind == "f" and np.isnan(array).any():
+        array = np.where(np.isnan(array), AIR_HU, array)
+    return volume.with_array(cast_rounded(array, np.int16))
+
+
+def _check_shape(path: Path, reader: sitk.ImageFileReader) -> None:
+    components = reader.GetNumberOfComponents()
+    if components != 1:
+        raise InputError(f"{path} has {components} values per voxel (a colour or vector image), not a "
+                         "grayscale CT volume")
+    size = reader.GetSize()
+    if reader.GetDimension() == 2 or (reader.GetDimension() == 3 and size[2] < 2):
+        raise InputError(f"{path} holds a single 2D slice, not a 3D volume; pass a volume with several slices")
+    if reader.GetDimension() != 3:
+        raise InputError(f"{path} is a {reader.GetDimension()}D image ({' x '.join(map(str, size))}); "
+                         "pass a single 3D volume")
+
+
+def _check_nifti_complete(path: Path, reader: sitk.ImageFileReader) -> None:
+    """Reject a truncated NIfTI, which SimpleITK would read without complaint, padding it with zeros."""
+    try:
+        dims = [int(reader.GetMetaData(f"dim[{i}]")) for i in range(1, int(reader.GetMetaData("dim[0]")) + 1)]
+        voxel_bytes = int(reader.GetMetaData("bitpix")) // 8
+        expected = int(float(reader.GetMetaData("vox_offset"))) + math.prod(dims) * voxel_bytes
+    except (RuntimeError, ValueError):
+        return  # header fields missing: nothing to compare against, let the reader decide
+    if path.name.lower().endswith(".gz"):
+        available = _gunzipped_size(path, expected)
+    else:
+        available = path.stat().st_size
+    if available < expected:
+        raise InputError(f"{path} is truncated ({available} of {expected} bytes); copy or export it again")
+
+
+def _gunzipped_size(path: Path, enough: int) -> int:
+    """Bytes that decompress from ``path``, counting up to ``enough``; ``InputError`` if the gzip is damaged."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while total < enough and (chunk := stream.read(1 << 20)):
+                total += len(chunk)
+    except EOFError:
+        raise InputError(f"{path} is truncated (its compressed data ends early); copy or export it again") from None
+    except (OSError, zlib.error) as error:
+        raise InputError(f"{path} is a corrupt gzip file ({error}); copy or export it again") from None
+    return total
+
+
+def _unreadable(path: Path, error: RuntimeError) -> InputError:
+    if path.stat().st_size == 0:
+        return InputError(f"{path} is empty (0 bytes); copy or export it again")
+    kind = next(s for s in SUPPORTED_SUFFIXES if path.name.lower().endswith(s))
+    reason = sitk_reason(error)
+    detail = "" if path.name in reason or "Unable to determine ImageIO" in reason else f" ({reason})"
+    return InputError(f"{path} cannot be read: it is truncated, corrupt or not a {kind} file{detail}")
