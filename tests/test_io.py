@@ -250,6 +250,14 @@ def test_several_ct_series_are_listed_without_identifiers(tmp_path):
     assert_private(str(error.value))
 
 
+def test_folder_without_ct_lists_what_it_holds(tmp_path):
+    write_dicom_series(phantom(), tmp_path / "study" / "mr", modality="MR")
+    write_dicom_series(phantom(depth=6), tmp_path / "study" / "pet", modality="PT")
+    listing = r"holds no CT volume among its 2 series \(1\) MR, 12 slices.*2\) PT, 6 slices"
+    with pytest.raises(InputError, match=listing):
+        read_volume(tmp_path / "study")
+
+
 def test_folder_without_dicom_is_rejected(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(InputError, match="contains no DICOM series"):
@@ -289,6 +297,15 @@ def test_truncated_dicom_file_is_named(tmp_path):
     files = write_dicom_series(phantom(), tmp_path / "series")
     _truncate(files[4], keep=0.7)
     with pytest.raises(InputError, match=f"{files[4].name} is an unreadable DICOM file"):
+        read_volume(tmp_path / "series")
+
+
+def test_multi_frame_dicom_is_rejected_with_advice(tmp_path):
+    (tmp_path / "series").mkdir()
+    image = phantom().to_image()
+    image.SetMetaData("0008|0060", "CT")
+    sitk.WriteImage(image, str(tmp_path / "series" / "volume.dcm"))  # GDCM writes a 3D image as one multi-frame file
+    with pytest.raises(InputError, match="volume.dcm is a multi-frame DICOM file.*dcm2niix"):
         read_volume(tmp_path / "series")
 
 

@@ -71,7 +71,7 @@ class DicomSeries:
     """
 
     directory: Path
-    files: tuple[Path, ...]
+    files: tuple[Path, ...] = field(repr=False)
     modality: str
     slice_spacing: float
     study_key: str | None
