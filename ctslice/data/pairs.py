@@ -21,6 +21,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from ctslice.errors import InputError
 from ctslice.io.geometry import resample, slice_ratio, thin_grid
+from ctslice.io.intensity import cast_rounded
 from ctslice.io.volume import Grid, Volume
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -40,11 +41,6 @@ class Pair:
         return self.thick.spacing[2] / self.thin.spacing[2]
 
 
-def to_hu_int16(array: np.ndarray) -> np.ndarray:
-    """Round to int16 HU (the cache's lossless storage type)."""
-    return np.clip(np.rint(array), -32768, 32767).astype(np.int16)
-
-
 def resample_slices(volume: Volume, spacing: float) -> Volume:
     """``volume`` resampled along z to ``spacing`` over the same extent (linear; in-plane untouched)."""
     if abs(volume.spacing[2] - spacing) < 1e-3:
@@ -53,7 +49,7 @@ def resample_slices(volume: Volume, spacing: float) -> Volume:
     grid = Grid((volume.grid.size[0], volume.grid.size[1], depth),
                 (volume.spacing[0], volume.spacing[1], spacing), volume.origin, volume.direction)
     out = resample(volume, grid, "linear")
-    return out.with_array(to_hu_int16(out.array))
+    return out.with_array(cast_rounded(out.array))
 
 
 def resample_inplane(volume: Volume, size: int) -> Volume:
@@ -63,7 +59,7 @@ def resample_inplane(volume: Volume, size: int) -> Volume:
     """
     grid = square_inplane_grid(volume.grid, size)
     out = resample(volume, grid, "linear")
-    return out.with_array(to_hu_int16(out.array))
+    return out.with_array(cast_rounded(out.array))
 
 
 def square_inplane_grid(grid: Grid, size: int) -> Grid:
@@ -102,7 +98,7 @@ def simulate_pair(source: Volume, thick_spacing: float, thin_spacing: float, pro
     else:
         raise InputError(f"unknown slice profile {profile!r}: use slab or gaussian")
     origin = thin.grid.shifted_along_slices((ratio - 1) / 2.0 * thin_spacing)
-    thick = Volume(to_hu_int16(thick_values), (thin.spacing[0], thin.spacing[1], float(thick_spacing)),
+    thick = Volume(cast_rounded(thick_values), (thin.spacing[0], thin.spacing[1], float(thick_spacing)),
                    origin, thin.direction)
     return Pair(thick=thick, thin=thin, kind="simulated")
 
@@ -126,7 +122,7 @@ def real_pair(thick_source: Volume, thin_source: Volume, thin_spacing: float, mi
         raise InputError(f"the thick and thin series overlap over {thick.depth} thick slices along z "
                          f"(need {min_slices}): are they from the same scan?")
     thin = resample(thin_source, thin_grid(thick.grid, thin_spacing), "linear")
-    pair = Pair(thick=thick, thin=thin.with_array(to_hu_int16(thin.array)), kind="real")
+    pair = Pair(thick=thick, thin=thin.with_array(cast_rounded(thin.array)), kind="real")
     correlation = _slab_correlation(pair)
     if correlation < MIN_PAIR_CORRELATION:
         raise InputError(f"the thick and thin series do not show the same anatomy (correlation "
