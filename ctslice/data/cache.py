@@ -34,7 +34,7 @@ import numpy as np
 from ctslice import __version__
 from ctslice.data.pairs import Pair
 from ctslice.errors import InputError
-from ctslice.io.volume import Volume
+from ctslice.io.volume import Grid, Volume
 
 FORMAT_VERSION = 1
 CHUNK_SLICES = 8
@@ -172,6 +172,13 @@ class Cache:
                         str(attrs["patient"]), float(attrs["ratio"]), tuple(group["thin"].shape),
                         tuple(group["thick"].shape))
 
+    def options(self, case_id: str) -> dict:
+        """The preprocessing options the case was built with (thick/thin spacing, size, profile)."""
+        return json.loads(self._group(case_id).attrs["options"])
+
+    def volume_spacing(self, case_id: str, which: str) -> tuple[float, float, float]:
+        return tuple(map(float, self.dataset(case_id, which).attrs["spacing"]))
+
     def failures(self) -> list[Failure]:
         return [Failure(k, str(g.attrs["source"]), str(g.attrs["reason"])) for k, g in self.file["failures"].items()]
 
@@ -182,9 +189,14 @@ class Cache:
     def volume(self, case_id: str, which: str) -> Volume:
         """A whole ``thin`` or ``thick`` volume with its geometry."""
         dataset = self.dataset(case_id, which)
-        attrs = dataset.attrs
-        return Volume(dataset[()], tuple(map(float, attrs["spacing"])), tuple(map(float, attrs["origin"])),
-                      tuple(map(float, attrs["direction"])))
+        return self.region(case_id, which, (0, dataset.shape[0]), (0, dataset.shape[1]), (0, dataset.shape[2]))
+
+    def region(self, case_id: str, which: str, z: tuple[int, int], y: tuple[int, int], x: tuple[int, int]) -> Volume:
+        """Only the voxels [z0:z1, y0:y1, x0:x1] of a volume (reads just the chunks they touch), in place."""
+        dataset = self.dataset(case_id, which)
+        spacing, origin, direction = (tuple(map(float, dataset.attrs[k])) for k in ("spacing", "origin", "direction"))
+        corner = Grid(dataset.shape[::-1], spacing, origin, direction).index_to_physical((x[0], y[0], z[0]))
+        return Volume(dataset[z[0]:z[1], y[0]:y[1], x[0]:x[1]], spacing, corner, direction)
 
     def _group(self, case_id: str) -> h5py.Group:
         try:

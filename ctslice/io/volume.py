@@ -42,6 +42,12 @@ class Grid:
         image.SetDirection([float(d) for d in self.direction])
         return image
 
+    def index_to_physical(self, index: tuple[float, float, float]) -> tuple[float, float, float]:
+        """Physical position of a continuous (x, y, z) index on this grid."""
+        axes = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        offset = axes @ (np.asarray(index, dtype=np.float64) * np.asarray(self.spacing, dtype=np.float64))
+        return tuple(float(v) for v in np.asarray(self.origin) + offset)
+
     def shifted_along_slices(self, offset_mm: float) -> tuple[float, float, float]:
         """The origin moved by ``offset_mm`` along the slice axis (x/y of the grid unchanged)."""
         return tuple(float(v) for v in np.asarray(self.origin) + offset_mm * self.slice_axis)
@@ -89,5 +95,9 @@ class Volume:
 
     def slices(self, start: int, stop: int) -> Volume:
         """Slices [start, stop) with the origin moved so that they stay where they were."""
-        origin = self.grid.shifted_along_slices(start * self.spacing[2])
-        return replace(self, array=self.array[start:stop], origin=origin)
+        return self.crop((start, stop), (0, self.array.shape[1]), (0, self.array.shape[2]))
+
+    def crop(self, z: tuple[int, int], y: tuple[int, int], x: tuple[int, int]) -> Volume:
+        """The sub-volume [z0:z1, y0:y1, x0:x1], placed where it was (its origin moved accordingly)."""
+        return replace(self, array=self.array[z[0]:z[1], y[0]:y[1], x[0]:x[1]],
+                       origin=self.grid.index_to_physical((x[0], y[0], z[0])))

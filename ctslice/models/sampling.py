@@ -1,0 +1,63 @@
+"""Denoising whole volumes: the mean estimate and DDIM samples, over overlapping latent windows.
+
+Long volumes do not fit the U-Net at once. Every network evaluation runs MONAI's
+``SlidingWindowInferer`` over the whole latent volume (overlapping windows, Gaussian blending), and
+the sampler steps the whole volume at once: one noise field for the whole volume and blending at every
+denoising step, so that neighbouring windows agree and leave no seams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from ctslice.models.diffusion import SliceDiffusion, make_scheduler
+
+
+class WindowedNetwork:
+    """The diffusion U-Net evaluated over a whole latent volume in blended windows."""
+
+    def __init__(self, model: SliceDiffusion, roi: Sequence[int], overlap: float = 0.5):
+        self.model = model
+        self.roi = list(roi)
+        self.overlap = overlap
+
+    def __call__(self, noisy: torch.Tensor, condition: torch.Tensor, timestep: int) -> torch.Tensor:
+        channels = noisy.shape[1]
+        roi = [min(r, s) for r, s in zip(self.roi, noisy.shape[2:], strict=True)]
+        inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=1, overlap=self.overlap, mode="gaussian")
+
+        def network(window: torch.Tensor) -> torch.Tensor:
+            timesteps = torch.full((window.shape[0],), timestep, device=window.device, dtype=torch.long)
+            return self.model(window[:, :channels], window[:, channels:], timesteps)
+
+        return inferer(torch.cat([noisy, condition], dim=1), network)
+
+
+@torch.no_grad()
+def mean_estimate(model: SliceDiffusion, cond: torch.Tensor, roi: Sequence[int], overlap: float = 0.5) -> torch.Tensor:
+    """Thin latents of the posterior mean: one pass at the last timestep with an all-zero noisy input."""
+    condition = model.condition(cond)
+    noisy = torch.zeros_like(condition)
+    output = WindowedNetwork(model, roi, overlap)(noisy, condition, model.last_timestep)
+    return model.undiffused(model.clean_estimate(output, noisy, model.last_timestep), cond)
+
+
+@torch.no_grad()
+def ddim_sample(model: SliceDiffusion, cond: torch.Tensor, steps: int, generator: torch.Generator,
+                roi: Sequence[int], overlap: float = 0.5,
+                on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Thin latents of one DDIM sample (deterministic for the generator's seed)."""
+    scheduler = make_scheduler(model.diffusion_config)
+    scheduler.set_timesteps(steps)
+    condition = model.condition(cond)
+    sample = torch.randn(condition.shape, generator=generator, device="cpu").to(condition.device, condition.dtype)
+    network = WindowedNetwork(model, roi, overlap)
+    for index, timestep in enumerate(scheduler.timesteps):
+        output = network(sample, condition, int(timestep))
+        sample, _ = scheduler.step(output, int(timestep), sample)
+        if on_step:
+            on_step(index)
+    return model.undiffused(sample, cond)

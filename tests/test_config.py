@@ -1,0 +1,72 @@
+"""Config: typed sections, unknown keys named with the closest valid one, --set overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ctslice.config import config_from_dict, load_config, save_config
+from ctslice.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_misspelled_key_names_the_closest_valid_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'training.validate_every' \(did you mean "
+                                          r"'training.val_interval'\?\)"):
+        load_config(write(tmp_path, {"training": {"validate_every": 100}}))
+    with pytest.raises(ConfigError, match="did you mean 'data.patch_size'"):
+        load_config(None, ["data.patch_sise=32"])
+    with pytest.raises(ConfigError, match="did you mean 'training'"):
+        load_config(write(tmp_path, {"trainig": {}}))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.max_steps=ten", "training.max_steps must be int"),
+    ("training.lr=[1]", "training.lr must be float"),
+    ("model.channels=[16, 32]", "attention_levels needs one entry per level"),
+    ("codec.name=vqgan", "codec.name is 'vqgan'; choose one of identity, maisi"),
+    ("training.batch_size=0", "training.batch_size must be at least 1"),
+    ("training", "expected section.key=value"),
+])
+def test_wrong_values_fail_before_any_work(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_overrides_are_typed_like_the_file(tmp_path):
+    config = load_config(write(tmp_path, {"training": {"lr": "3e-4", "max_steps": 5}}),
+                         ["training.max_steps=7", "model.channels=[8, 16, 16]", "codec.checkpoint=null",
+                          "data.cache=/data/c.h5"])
+    assert config.training.lr == pytest.approx(3e-4) and config.training.max_steps == 7
+    assert config.model.channels == [8, 16, 16]
+    assert config.data.cache == "/data/c.h5"
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config(None, ["training.max_steps=3"])
+    save_config(config, tmp_path / "resolved.yaml")
+    again = load_config(tmp_path / "resolved.yaml")
+    assert again == config == config_from_dict(config.to_dict())
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_are_valid(path):
+    load_config(path)
