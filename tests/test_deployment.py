@@ -532,6 +532,14 @@ def test_torchrun_job_matches_its_gpus_and_rendezvous_service():
         assert int(env.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 30)) < pod_spec(job)["terminationGracePeriodSeconds"]
 
 
+def test_training_overrides_are_config_keys():
+    """`--set key=value` goes through the config's own validation: a misspelled key is an error here."""
+    from ctslice.config import load_config
+
+    for inv in (inv for inv in INVOCATIONS if inv.args[0] == "train"):
+        load_config(None, parse_invocation(inv.args)[0].get("overrides", []))
+
+
 def test_manifests_reference_existing_configs():
     """Every config a manifest names (in a command or a comment) is in configs/, where the image copies it from."""
     referenced = set()
@@ -542,3 +550,8 @@ def test_manifests_reference_existing_configs():
     missing = [f"{name} -> {IMAGE.repo_path(name)}" for name in sorted(referenced)
                if IMAGE.repo_path(name) is None or not IMAGE.repo_path(name).is_file()]
     assert not missing, f"configs named by k8s/ but not in the repository: {missing}"
+    from ctslice.config import load_config
+
+    for inv in (inv for inv in INVOCATIONS if inv.args[0] == "train"):
+        given = parse_invocation(inv.args)[0]
+        load_config(IMAGE.repo_path(given["config"][0]), given.get("overrides", []))
