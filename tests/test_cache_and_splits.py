@@ -90,18 +90,26 @@ def test_unreadable_or_foreign_cache_is_a_clear_input_error(tmp_path):
         Cache(foreign)
 
 
-def test_split_is_patient_level_deterministic_and_stable_when_cases_are_added():
+def test_split_is_patient_level_deterministic_and_has_the_requested_fractions():
     patients = {f"case{k:03d}": f"patient{k // 2}" for k in range(200)}  # two cases per patient
     first = assign(patients, val=0.15, test=0.10, seed=42)
     assert first == assign(patients, val=0.15, test=0.10, seed=42)
     assert first != assign(patients, val=0.15, test=0.10, seed=43)
     split_of = {c: name for name, members in first.items() for c in members}
     assert all(split_of[f"case{2 * p:03d}"] == split_of[f"case{2 * p + 1:03d}"] for p in range(100))
-    assert 5 <= len(first["test"]) <= 40 and 10 <= len(first["val"]) <= 50
-    more = dict(patients, **{f"new{k}": f"newpatient{k}" for k in range(50)})
-    second = assign(more, val=0.15, test=0.10, seed=42)
+    assert (len(first["test"]), len(first["val"]), len(first["train"])) == (20, 30, 150)
+
+
+def test_split_is_stable_when_cases_are_added(tmp_path):
+    path = tmp_path / "cache.h5"
+    write_cache(path, [f"c{k}" for k in range(10)])
+    out = tmp_path / "splits.json"
+    first = run_split(path, out, val=0.2, test=0.2, seed=3)
+    write_cache(path, [f"n{k}" for k in range(10)])
+    second = run_split(path, out, val=0.2, test=0.2, seed=3)
     for name, members in first.items():
         assert set(members) <= set(second[name])
+    assert (len(second["test"]), len(second["val"])) == (4, 4)
 
 
 def test_tiny_data_sets_still_get_a_validation_and_test_case():

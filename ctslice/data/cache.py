@@ -38,7 +38,7 @@ from ctslice.io.volume import Grid, Volume
 
 FORMAT_VERSION = 1
 CHUNK_SLICES = 8
-CHUNK_PIXELS = 64
+CHUNK_PIXELS = 32  # 8 x 32 x 32 read 1.5x faster than 8 x 64 x 64 at the same size (benchmarks/)
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,7 @@ class Cache:
             self.file = h5py.File(self.path, "r")
         except OSError as error:
             raise InputError(f"{self.path}: not a readable HDF5 cache ({error})") from None
+        self._grids: dict[tuple[str, str], Grid] = {}
         version = self.file.attrs.get("format_version")
         if version != FORMAT_VERSION:
             self.file.close()
@@ -176,9 +177,6 @@ class Cache:
         """The preprocessing options the case was built with (thick/thin spacing, size, profile)."""
         return json.loads(self._group(case_id).attrs["options"])
 
-    def volume_spacing(self, case_id: str, which: str) -> tuple[float, float, float]:
-        return tuple(map(float, self.dataset(case_id, which).attrs["spacing"]))
-
     def failures(self) -> list[Failure]:
         return [Failure(k, str(g.attrs["source"]), str(g.attrs["reason"])) for k, g in self.file["failures"].items()]
 
@@ -193,10 +191,20 @@ class Cache:
 
     def region(self, case_id: str, which: str, z: tuple[int, int], y: tuple[int, int], x: tuple[int, int]) -> Volume:
         """Only the voxels [z0:z1, y0:y1, x0:x1] of a volume (reads just the chunks they touch), in place."""
-        dataset = self.dataset(case_id, which)
-        spacing, origin, direction = (tuple(map(float, dataset.attrs[k])) for k in ("spacing", "origin", "direction"))
-        corner = Grid(dataset.shape[::-1], spacing, origin, direction).index_to_physical((x[0], y[0], z[0]))
-        return Volume(dataset[z[0]:z[1], y[0]:y[1], x[0]:x[1]], spacing, corner, direction)
+        grid = self.grid(case_id, which)
+        corner = grid.index_to_physical((x[0], y[0], z[0]))
+        return Volume(self.dataset(case_id, which)[z[0]:z[1], y[0]:y[1], x[0]:x[1]], grid.spacing, corner,
+                      grid.direction)
+
+    def grid(self, case_id: str, which: str) -> Grid:
+        """The sampling grid of a ``thin`` or ``thick`` volume (from its attributes; remembered)."""
+        key = (case_id, which)
+        if key not in self._grids:
+            dataset = self.dataset(case_id, which)
+            spacing, origin, direction = (tuple(map(float, dataset.attrs[k])) for k in ("spacing", "origin",
+                                                                                        "direction"))
+            self._grids[key] = Grid(dataset.shape[::-1], spacing, origin, direction)
+        return self._grids[key]
 
     def _group(self, case_id: str) -> h5py.Group:
         try:

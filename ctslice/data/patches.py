@@ -22,7 +22,7 @@ import torch
 
 from ctslice.config import DataConfig
 from ctslice.data.cache import Cache
-from ctslice.io.geometry import resample
+from ctslice.evaluation.baselines import interpolate
 from ctslice.io.volume import Grid, Volume
 
 CONDITION_INTERPOLATION = "cubic"
@@ -31,7 +31,7 @@ THICK_MARGIN = 3  # thick slices read beyond a patch so cubic interpolation has 
 
 def interpolate_thick(thick: Volume, grid: Grid) -> Volume:
     """The model's condition: the thick volume interpolated (cubic) onto a thin grid, float32 HU."""
-    return resample(thick, grid, CONDITION_INTERPOLATION)
+    return interpolate(thick, method=CONDITION_INTERPOLATION, grid=grid)
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,11 @@ class PixelSource:
 
     def read(self, patch: Patch) -> tuple[np.ndarray, np.ndarray]:
         thin = self.cache.region(patch.case_id, "thin", patch.z, patch.y, patch.x)
-        thick_depth = self.cache.dataset(patch.case_id, "thick").shape[0]
         first, last = thin.grid.slice_positions()[[0, -1]]
-        thick_grid = self.cache.region(patch.case_id, "thick", (0, 1), (0, 1), (0, 1)).grid
+        thick_grid = self.cache.grid(patch.case_id, "thick")
         spacing, start = thick_grid.spacing[2], thick_grid.slice_positions()[0]
         low = max(0, int(math.floor((first - start) / spacing)) - THICK_MARGIN)
-        high = min(thick_depth, int(math.ceil((last - start) / spacing)) + THICK_MARGIN + 1)
+        high = min(thick_grid.size[2], int(math.ceil((last - start) / spacing)) + THICK_MARGIN + 1)
         thick = self.cache.region(patch.case_id, "thick", (low, high), patch.y, patch.x)
         return interpolate_thick(thick, thin.grid).array, thin.array.astype(np.float32)
 

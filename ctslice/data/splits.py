@@ -1,12 +1,13 @@
 """Patient-level train/val/test splits of the cached cases, in ``splits.json``.
 
-Each patient draws a number in [0, 1) from a hash of (seed, patient pseudonym); the draw alone decides
-its split (test below ``test``, val below ``test + val``, else train). That makes the split
-deterministic for a seed and stable when cases are added: nobody moves because somebody joined. Only
-on tiny data sets, where the draws leave a requested split empty, is the patient nearest to that
-split's interval moved into it. An existing ``splits.json`` at the output path is respected: its
-assignments are kept and only new cases are assigned. Failed cases are never in the cache's case list,
-so they never enter a split.
+Each patient draws a number in [0, 1) from a hash of (seed, patient pseudonym). Patients are taken in
+draw order: the first ``round(N * test)`` go to test, the next ``round(N * val)`` to val, the rest to
+train (a requested split gets at least one patient when there are three or more). That is
+deterministic for a seed and gives the requested fractions even on small data sets. It is stable
+when cases are added because an existing ``splits.json`` at the output path is respected: its
+assignments are kept and only new patients are assigned, filling each split toward its fraction of
+the new total; a new case of a known patient joins that patient's split. Failed cases are never in
+the cache's case list, so they never enter a split.
 
 File format (a user may write it by hand)::
 
@@ -32,19 +33,30 @@ def patient_draw(patient: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign(patients: dict[str, str], val: float, test: float, seed: int) -> dict[str, list[str]]:
-    """Split case ids by patient. ``patients`` maps case id -> patient pseudonym."""
-    draws = {p: patient_draw(p, seed) for p in set(patients.values())}
-    bounds = {"test": (0.0, test), "val": (test, test + val)}
-    split_of = {p: "test" if u < test else "val" if u < test + val else "train" for p, u in draws.items()}
-    for name, fraction in (("test", test), ("val", val)):
-        members = [p for p, s in split_of.items() if s == name]
-        trainers = [p for p, s in split_of.items() if s == "train"]
-        if fraction > 0 and not members and len(trainers) >= 2:
-            low, high = bounds[name]
-            nearest = min(trainers, key=lambda p: min(abs(draws[p] - low), abs(draws[p] - high)))
-            split_of[nearest] = name
+def assign(patients: dict[str, str], val: float, test: float, seed: int,
+           existing: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """Split case ids by patient. ``patients`` maps case id -> patient pseudonym; ``existing`` maps
+    patients that already have a split to it (they keep it)."""
+    split_of = dict(existing or {})
+    everyone = set(patients.values())
+    targets = _targets(len(everyone), val, test)
+    new = sorted(everyone - set(split_of), key=lambda p: (patient_draw(p, seed), p))
+    for name in ("test", "val"):
+        missing = targets[name] - sum(s == name for s in split_of.values())
+        for patient in new[: max(0, missing)]:
+            split_of[patient] = name
+        new = new[max(0, missing):]
+    split_of.update(dict.fromkeys(new, "train"))
     return {name: sorted(c for c, p in patients.items() if split_of[p] == name) for name in SPLITS}
+
+
+def _targets(count: int, val: float, test: float) -> dict[str, int]:
+    """Patients per split: the fractions rounded, at least one where asked for (from 3 patients on)."""
+    targets = {"test": round(count * test), "val": round(count * val)}
+    for name, fraction in (("test", test), ("val", val)):
+        if fraction > 0 and targets[name] == 0 and count >= 3:
+            targets[name] = 1
+    return targets
 
 
 def read_splits(path: Path, case_ids: list[str] | None = None) -> dict[str, list[str]]:
@@ -85,25 +97,17 @@ def run_split(cache_path: Path, output: Path, val: float, test: float, seed: int
         patients = {case_id: cache.info(case_id).patient for case_id in cache.case_ids()}
     if not patients:
         raise InputError(f"{cache_path}: no successfully preprocessed cases to split")
-    fresh = assign(patients, val, test, seed)
+    existing: dict[str, str] = {}
     if output.exists():
         kept = read_splits(output)
-        known = {c for name in SPLITS for c in kept[name]}
-        gone = sorted(known - set(patients))
+        gone = sorted({c for name in SPLITS for c in kept[name]} - set(patients))
         if gone:
             console.print(f"[yellow]{len(gone)} case(s) in {output} are not in the cache and were dropped: "
                           f"{', '.join(gone[:5])}")
-        split_of = {c: name for name in SPLITS for c in fresh[name]}
-        patient_split = {patients[c]: name for name in SPLITS for c in kept[name] if c in patients}
-        for case_id in set(patients) - known:  # a new case joins its patient's existing split
-            split_of[case_id] = patient_split.get(patients[case_id], split_of[case_id])
-        for name in SPLITS:
-            split_of.update({c: name for c in kept[name] if c in patients})
-        splits = {name: sorted(c for c, s in split_of.items() if s == name) for name in SPLITS}
-        console.print(f"Kept the {len(known) - len(gone)} existing assignment(s) in {output}; "
-                      f"assigned {len(set(patients) - known)} new case(s)")
-    else:
-        splits = fresh
+        existing = {patients[c]: name for name in SPLITS for c in kept[name] if c in patients}
+        console.print(f"Kept the split of {len(existing)} patient(s) in {output}; "
+                      f"assigning {len(set(patients.values()) - set(existing))} new patient(s)")
+    splits = assign(patients, val, test, seed, existing)
     document = {**splits, "meta": {"cache": str(cache_path), "seed": seed, "val": val, "test": test}}
     temporary = output.with_name(f".{output.name}.tmp")
     temporary.write_text(json.dumps(document, indent=2) + "\n")

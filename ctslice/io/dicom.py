@@ -187,10 +187,15 @@ def find_series(folder: Path, *, shown_as: Path | str | None = None) -> list[Dic
 
 
 def _scan_directory(directory: Path, label: str) -> list[DicomSeries]:
+    # ITK warns on stderr for every folder without DICOM files (a folder of NIfTI files, say): silence it
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         series_ids = sorted(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)))
     except RuntimeError:
         return []
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
     listed = {uid: tuple(Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), uid))
               for uid in series_ids}
     in_series = {f.name for files in listed.values() for f in files}
