@@ -18,9 +18,19 @@ def train(
     out: Path = typer.Option(None, "--out", help="Run folder (config, checkpoints, logs); default runs/<config name>."),
     resume: str = typer.Option(None, "--resume", help="`latest` (in --out) or a checkpoint path."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: the config's)."),
+    vae_checkpoint: Path = typer.Option(None, "--vae-checkpoint", help="MAISI VAE weights (sets codec.checkpoint)."),
 ) -> None:
     """Train the denoising U-Net on the cache (BF16 on CUDA; DDP when launched with torchrun)."""
-    not_built("train")
+    from ctslice.config import load_config
+    from ctslice.training.trainer import train as run_training
+
+    settings = load_config(config, with_vae(overrides, vae_checkpoint))
+    run_training(settings, out or Path("runs") / config.stem, resume=resume, device_name=device)
+
+
+def with_vae(overrides: list[str] | None, vae_checkpoint: Path | None) -> list[str]:
+    """``--vae-checkpoint`` is shorthand for ``--set codec.checkpoint=PATH``."""
+    return [*(overrides or []), *([f"codec.checkpoint={vae_checkpoint}"] if vae_checkpoint else [])]
 
 
 @command("inspect-memory")

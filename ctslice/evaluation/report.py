@@ -1,0 +1,62 @@
+"""The validation report: per-case and mean metrics per method, as a Rich table and as JSON.
+
+JSON has no infinity, so a PSNR of +inf (a prediction identical to the truth) is written as null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+METRICS = ("psnr", "ssim", "ssim_coronal", "ssim_sagittal", "hu_mae")
+
+
+def mean_scores(cases: list[dict], methods: list[str]) -> dict[str, dict[str, float]]:
+    return {m: {k: float(np.mean([c["scores"][m][k] for c in cases])) for k in METRICS} for m in methods}
+
+
+def to_json(report: dict) -> str:
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(report), indent=2)
+
+
+def write_json(report: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_json(report) + "\n")
+    return path
+
+
+def table(report: dict) -> Table:
+    """Mean row per method first, then each case; the best mean PSNR is bold."""
+    methods = report["methods"]
+    result = Table(title=f"Validation on '{report['split']}' ({len(report['cases'])} case(s)); "
+                         f"{report['protocol_short']}", title_justify="left")
+    for column in ("case", "method", "PSNR dB", "SSIM ax", "SSIM cor", "SSIM sag", "HU MAE"):
+        result.add_column(column, justify="left" if column in ("case", "method") else "right")
+    best = max(methods, key=lambda m: report["mean"][m]["psnr"])
+    for method in methods:
+        scores = report["mean"][method]
+        style = "bold" if method == best else None
+        result.add_row("mean", method, *_cells(scores), style=style)
+    for case in report["cases"]:
+        result.add_section()
+        for method in methods:
+            result.add_row(case["case"], method, *_cells(case["scores"][method]))
+    return result
+
+
+def _cells(scores: dict) -> list[str]:
+    return [f"{scores['psnr']:.2f}", f"{scores['ssim']:.4f}", f"{scores['ssim_coronal']:.4f}",
+            f"{scores['ssim_sagittal']:.4f}", f"{scores['hu_mae']:.1f}"]

@@ -1,0 +1,64 @@
+"""A trained model from a checkpoint (or the bundled default), ready for inference.
+
+The checkpoint holds the U-Net, its latent statistics, the resolved config, the codec's identity and
+the data geometry it was trained on; the codec's own weights (MAISI) come from the user's path, as
+they may not be redistributed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ctslice.codecs import build_codec
+from ctslice.config import config_from_dict
+from ctslice.errors import CtsliceError
+from ctslice.inference.pipeline import SliceInterpolator
+from ctslice.models import build_model
+from ctslice.training.checkpoint import CheckpointError, read_checkpoint
+
+DEFAULT_MODEL = "default.pt"
+
+
+@dataclass
+class LoadedModel:
+    interpolator: SliceInterpolator
+    path: Path
+    thin_spacing: float
+    thick_spacing: float
+    step: int
+
+
+def default_model_path() -> Path:
+    """The model bundled with the package (``ctslice/default_model/default.pt``)."""
+    path = Path(str(resources.files("ctslice") / "default_model" / DEFAULT_MODEL))
+    if not path.exists():
+        raise CtsliceError("this installation has no bundled default model: pass --checkpoint CKPT or --method cubic")
+    return path
+
+
+def load_model(checkpoint: Path | None, device: torch.device, vae_checkpoint: Path | None = None) -> LoadedModel:
+    path = Path(checkpoint) if checkpoint else default_model_path()
+    state = read_checkpoint(path)
+    for key in ("config", "model", "codec", "data"):
+        if key not in state:
+            raise CheckpointError(f"{path}: checkpoint has no '{key}' entry; was it written by `ctslice train`?")
+    config = config_from_dict(state["config"], where=f"{path} (config)")
+    codec = build_codec(state["codec"]["name"], checkpoint=str(vae_checkpoint) if vae_checkpoint
+                        else config.codec.checkpoint, device=device, encode_chunk=config.codec.encode_chunk,
+                        decode_chunk=config.codec.decode_chunk)
+    if codec.latent_channels != state["codec"]["latent_channels"]:
+        raise CheckpointError(f"{path}: trained with {state['codec']['latent_channels']} latent channels, "
+                              f"the {codec.name} codec has {codec.latent_channels}")
+    model = build_model(config, codec.latent_channels, device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit the model in its config ({str(error)[:200]})") from None
+    data = state["data"]
+    interpolator = SliceInterpolator(model, codec, config, device, int(data.get("inplane_size", 0)))
+    return LoadedModel(interpolator, path, float(data["thin_spacing"]), float(data["thick_spacing"]),
+                       int(state.get("step", 0)))

@@ -1,0 +1,101 @@
+"""Checkpoint files: written atomically, read with ``weights_only=True``, damaged ones detected.
+
+A checkpoint is a plain dict of tensors and Python primitives (so ``torch.load(weights_only=True)``
+loads it without trusting pickled code): ``format``, ``version``, ``ctslice_version``, ``step``,
+``config`` (the resolved config), ``model`` (state dict, including the latent statistics),
+``codec`` (name, latent channels, compression), ``data`` (thin/thick spacing, ratio, in-plane size),
+and for training state ``optimizer``, ``lr_scheduler``, ``rng``, ``best_metric``.
+
+In a run folder, ``checkpoints/`` holds periodic ``step_N.pt``, ``latest.pt`` (the newest),
+``best.pt`` (best validation PSNR) and ``final.pt``. If ``latest.pt`` is truncated or corrupt (a
+node died while copying it, a disk filled up), resuming falls back to the newest readable
+``step_N.pt`` with a warning instead of losing the run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ctslice import __version__
+from ctslice.console import console
+from ctslice.errors import CtsliceError, InputError
+
+FORMAT = "ctslice-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(InputError):
+    """A checkpoint that cannot be used: missing, damaged, or not a ctslice checkpoint."""
+
+
+def write_checkpoint(state: dict[str, Any], path: Path) -> Path:
+    """Save ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"format": FORMAT, "version": VERSION, "ctslice_version": __version__, **state}
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        torch.save(document, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    return path
+
+
+def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; a missing, damaged or foreign file is a ``CheckpointError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        document = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many types for damaged files: all mean "unreadable"
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: damaged or not a checkpoint ({reason})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a ctslice checkpoint")
+    if document.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: written by a newer ctslice (format {document['version']}); upgrade ctslice")
+    return document
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def periodic_checkpoints(run_dir: Path) -> list[Path]:
+    """``step_N.pt`` files of a run, newest (highest N) first."""
+    found = []
+    for path in checkpoint_dir(run_dir).glob("step_*.pt"):
+        match = re.fullmatch(r"step_(\d+)\.pt", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def resolve_resume(resume: str, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint ``--resume`` names, loaded; ``latest`` falls back past damaged files.
+
+    ``latest`` in a run folder with no checkpoint yet means a fresh start (returns None), so a
+    Kubernetes Job can always pass ``--resume latest``.
+    """
+    if resume != "latest":
+        return Path(resume), read_checkpoint(Path(resume))
+    candidates = [checkpoint_dir(run_dir) / "latest.pt", *periodic_checkpoints(run_dir)]
+    candidates = [c for c in candidates if c.exists()]
+    for index, candidate in enumerate(candidates):
+        try:
+            document = read_checkpoint(candidate)
+        except CheckpointError as error:
+            console.print(f"[yellow]warning:[/] {error}; trying an earlier checkpoint")
+            continue
+        if index > 0:
+            console.print(f"[yellow]warning:[/] resuming from {candidate.name} instead")
+        return candidate, document
+    if candidates:
+        raise CtsliceError(f"{checkpoint_dir(run_dir)}: no readable checkpoint to resume from")
+    return None

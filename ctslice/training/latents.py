@@ -1,0 +1,92 @@
+"""The latent cache: each training volume encoded once, since the codec is frozen.
+
+Encoding with the MAISI VAE costs far more than a U-Net step on a patch, and it always gives the same
+latents, so the trainer encodes every training case once (chunked, whole volume: the interpolated
+thick condition and the thin truth) into ``<run>/latents.h5`` and draws patches from there. An entry
+is reused while its case's content hash and the codec's fingerprint are unchanged, so resuming a run
+re-encodes nothing. ``LatentSource`` offers the same interface as ``ctslice.data.patches.PixelSource``
+in latent units.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from ctslice.codecs.base import Codec
+from ctslice.config import DataConfig
+from ctslice.data.cache import Cache
+from ctslice.data.patches import Patch, interpolate_thick
+
+
+def encode_volume(codec: Codec, hu: np.ndarray, device: torch.device) -> np.ndarray:
+    """(D, H, W) HU -> (C, d, h, w) latents, float32 on the CPU."""
+    x = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None].to(device)
+    return codec.encode(codec.normalize(x))[0].float().cpu().numpy()
+
+
+def build_latent_cache(cache_path: Path, case_ids: list[str], codec: Codec, fingerprint: str, out_path: Path,
+                       device: torch.device, on_case=None) -> Path:
+    """Encode every case of ``case_ids`` not already in ``out_path`` with this codec fingerprint."""
+    with Cache(cache_path) as cache, h5py.File(out_path, "a") as store:
+        for case_id in case_ids:
+            info = cache.info(case_id)
+            group = store.get(case_id)
+            if group is not None and group.attrs.get("key") == f"{info.content_hash}:{fingerprint}":
+                if on_case:
+                    on_case(case_id)
+                continue
+            if group is not None:
+                del store[case_id]
+            thin = cache.volume(case_id, "thin")
+            cond = interpolate_thick(cache.volume(case_id, "thick"), thin.grid)
+            group = store.create_group(case_id)
+            group.create_dataset("cond", data=encode_volume(codec, cond.array, device))
+            group.create_dataset("thin", data=encode_volume(codec, thin.array, device))
+            group.attrs.update({"key": f"{info.content_hash}:{fingerprint}", "ratio": info.ratio})
+            store.flush()
+            if on_case:
+                on_case(case_id)
+    return out_path
+
+
+class LatentSource:
+    """Patches of cached latents; shapes and patch sizes in latent voxels."""
+
+    z_multiple = 1
+
+    def __init__(self, path: Path, case_ids: list[str], compression: tuple[int, int, int]):
+        self.path = Path(path)
+        self.case_ids = list(case_ids)
+        self.compression = compression
+        self._file: h5py.File | None = None
+        with h5py.File(self.path, "r") as store:
+            self._shapes = {c: tuple(store[c]["thin"].shape[1:]) for c in self.case_ids}
+            self._ratio = {c: float(store[c].attrs["ratio"]) for c in self.case_ids}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_file": None}
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():  # h5py handles must not cross a fork
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._file
+
+    def shape(self, case_id: str) -> tuple[int, int, int]:
+        return self._shapes[case_id]
+
+    def patch_shape(self, config: DataConfig) -> tuple[int, int, int]:
+        cz, cy, cx = self.compression
+        depth = int(math.ceil(config.patch_thick_slices * max(self._ratio.values()) / cz))
+        return depth, int(math.ceil(config.patch_size / cy)), int(math.ceil(config.patch_size / cx))
+
+    def read(self, patch: Patch) -> tuple[np.ndarray, np.ndarray]:
+        group = self.file[patch.case_id]
+        region = (slice(None), slice(*patch.z), slice(*patch.y), slice(*patch.x))
+        return group["cond"][region], group["thin"][region]

@@ -1,0 +1,39 @@
+"""What a run records: ``log.jsonl`` (one JSON object per logged step and per validation) and
+TensorBoard events, both written by rank 0 only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "log.jsonl"
+        self._writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        """Append one record and mirror its numbers to TensorBoard under ``<kind>/<key>``."""
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        kind = record.get("kind", "train")
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key != "step":
+                self._writer.add_scalar(f"{kind}/{key}", value, record["step"])
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
