@@ -1,0 +1,43 @@
+"""Codecs between CT volumes and the latents the diffusion model works on.
+
+``build_codec`` is the one entry point the rest of the project uses; the config's ``codec:`` section
+(``name``, ``checkpoint``, ``encode_chunk``, ``decode_chunk``, ``overlap``) maps onto its arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ctslice.codecs.base import Codec, latent_scale_factor
+from ctslice.codecs.identity import IdentityCodec
+from ctslice.codecs.maisi import DEFAULT_OVERLAP, MaisiCodec, load_maisi
+from ctslice.errors import InputError
+
+CODECS = ("maisi", "identity")
+
+__all__ = ["CODECS", "Codec", "IdentityCodec", "MaisiCodec", "build_codec", "latent_scale_factor"]
+
+
+def build_codec(
+    name: str,
+    *,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    encode_chunk: int = 32,
+    decode_chunk: int = 8,
+    overlap: int = DEFAULT_OVERLAP,
+) -> Codec:
+    """The codec called ``name``, frozen and on ``device``.
+
+    ``checkpoint`` (the MAISI VAE weights) takes precedence over ``$CTSLICE_MAISI_VAE``; the
+    identity codec has no weights and no chunking, and ignores the other arguments.
+    """
+    if name == "maisi":
+        return load_maisi(
+            checkpoint, device=device, encode_chunk=encode_chunk, decode_chunk=decode_chunk, overlap=overlap
+        )
+    if name == "identity":
+        return IdentityCodec(device)
+    raise InputError(f"unknown codec {name!r}; choose one of: {', '.join(CODECS)}")

@@ -1,0 +1,206 @@
+"""The frozen, pretrained MAISI VAE (MONAI) as a codec: 4 latent channels, 4x compression per axis.
+
+The network is MONAI's ``AutoencoderKlMaisi`` with the released CT config; its weights
+(``autoencoder_v1.pt``, earlier ``autoencoder_epoch273.pt``, a plain state dict) come from a path the
+user gives, never from the network: they cannot be downloaded here, and their licence is
+non-commercial. Two of MONAI's options are set explicitly because their defaults break here:
+
+- ``norm_float16`` (GroupNorm output in fp16) only on CUDA: on CPU the next float32 convolution
+  rejects fp16 input. :meth:`MaisiCodec.to` switches it with the device.
+- ``num_splits=1``: MONAI's default of 16 splits every convolution along one axis and crashes on
+  inputs smaller than 16 x 3 voxels there. Its splitting does not bound memory anyway (GroupNorm
+  still sees whole tensors); the z-chunking in ``chunking.py`` does.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from monai.apps.generation.maisi.networks.autoencoderkl_maisi import AutoencoderKlMaisi, MaisiGroupNorm3D
+from torch import Tensor
+
+from ctslice.codecs.base import Codec
+from ctslice.codecs.chunking import plan_chunks, run_in_chunks
+from ctslice.codecs.weights import load_strict, read_state_dict
+from ctslice.console import console
+from ctslice.errors import InputError
+
+CHECKPOINT_ENV = "CTSLICE_MAISI_VAE"
+
+# The released CT autoencoder (MAISI config_maisi.json): 20,944,897 parameters, 130 tensors.
+CT_CONFIG = dict(
+    spatial_dims=3,
+    in_channels=1,
+    out_channels=1,
+    latent_channels=4,
+    num_channels=(64, 128, 256),
+    num_res_blocks=(2, 2, 2),
+    norm_num_groups=32,
+    norm_eps=1e-6,
+    attention_levels=(False, False, False),
+    with_encoder_nonlocal_attn=False,
+    with_decoder_nonlocal_attn=False,
+    use_checkpointing=False,
+    use_convtranspose=False,
+)
+
+# Halo per side, in image slices, for chunked encoding and decoding (a multiple of 4, so that
+# decoding uses overlap / 4 latent slices). The encoder's receptive field along z reaches 39 slices
+# and the decoder's 10 latent slices (40 image slices): with 40, the chunks see everything the
+# whole volume would, and chunked results match whole-volume ones to float rounding (max relative
+# difference ~2e-6 on the released config with random weights; tested at 1e-4). Shorter halos cost
+# accuracy fast: 32 leaves ~1e-3, 20 leaves 4% (encoding) and 13% (decoding).
+DEFAULT_OVERLAP = 40
+
+
+def build_network(device: str | torch.device = "cpu") -> AutoencoderKlMaisi:
+    """The released CT network with random weights, frozen, on ``device``."""
+    device = torch.device(device)
+    network = AutoencoderKlMaisi(**CT_CONFIG, num_splits=1, dim_split=0, norm_float16=device.type == "cuda")
+    return network.to(device).eval().requires_grad_(False)
+
+
+def load_maisi(
+    checkpoint: str | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    encode_chunk: int = 32,
+    decode_chunk: int = 8,
+    overlap: int = DEFAULT_OVERLAP,
+) -> MaisiCodec:
+    """The MAISI codec with pretrained weights from ``checkpoint``, else from ``$CTSLICE_MAISI_VAE``."""
+    path = checkpoint or os.environ.get(CHECKPOINT_ENV)
+    if not path:
+        raise InputError(
+            "the MAISI codec needs the pretrained VAE weights (autoencoder_v1.pt from the MONAI model zoo, "
+            f"non-commercial licence): pass --vae-checkpoint, set codec.checkpoint, or set ${CHECKPOINT_ENV}"
+        )
+    state = read_state_dict(path)
+    network = build_network("cpu")
+    loaded = load_strict(network, state, path)
+    expected = len(network.state_dict())
+    console.print(f"Loaded {loaded}/{expected} parameters ({100.0 * loaded / expected:.1f}%)")
+    codec = MaisiCodec(network, encode_chunk=encode_chunk, decode_chunk=decode_chunk, overlap=overlap).to(device)
+    trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
+    console.print(f"VAE: {codec.parameter_count():,} ({trainable:,} trainable)")
+    if codec.device.type != "cuda":
+        console.print(f"Note: fp16 GroupNorm is CUDA-only; the VAE runs in float32 on {codec.device.type}.")
+    return codec
+
+
+class MaisiCodec(Codec):
+    """Encode/decode with the frozen MAISI VAE, chunked along z (see ``chunking.py``).
+
+    ``encode_chunk`` (image slices) and ``overlap`` must be multiples of 4 so that chunks fall on
+    whole latent slices; ``decode_chunk`` is in latent slices.
+    """
+
+    name = "maisi"
+    latent_channels = 4
+    compression = (4, 4, 4)
+    hu_window = (-1000.0, 1000.0)
+
+    def __init__(
+        self,
+        network: AutoencoderKlMaisi,
+        *,
+        encode_chunk: int = 32,
+        decode_chunk: int = 8,
+        overlap: int = DEFAULT_OVERLAP,
+    ) -> None:
+        if encode_chunk < 4 or encode_chunk % 4:
+            raise InputError(f"codec.encode_chunk must be a positive multiple of 4 slices, got {encode_chunk}")
+        if decode_chunk < 1:
+            raise InputError(f"codec.decode_chunk must be at least 1 latent slice, got {decode_chunk}")
+        if overlap < 0 or overlap % 4:
+            raise InputError(f"codec.overlap must be a non-negative multiple of 4 slices, got {overlap}")
+        self.network = network.eval().requires_grad_(False)
+        self.encode_chunk = encode_chunk
+        self.decode_chunk = decode_chunk
+        self.overlap = overlap
+        self.to(next(network.parameters()).device)
+
+    def to(self, device: str | torch.device) -> MaisiCodec:
+        self._device = torch.device(device)
+        self.network.to(self._device)
+        for module in self.network.modules():
+            if isinstance(module, MaisiGroupNorm3D):
+                module.norm_float16 = self._device.type == "cuda"
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.network.parameters())
+
+    def encode(self, x: Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """Posterior mean (or, with ``sample``, a draw using ``generator`` on ``x``'s device)."""
+        _check_shape(x, 1, "volume")
+        depth = x.shape[2]
+        x = _pad_to_multiple(x.float(), self.compression)
+        chunks = plan_chunks(x.shape[2], self.encode_chunk, self.overlap)
+        if len(chunks) > 1:
+            console.print(f"Chunked encoding: {depth} slices -> {len(chunks)} chunks of at most {self.encode_chunk}")
+        with self._inference():
+            moments = run_in_chunks(partial(self._encode_slab, sample), self.network.encoder, x, chunks, self._device)
+        if not sample:
+            return moments
+        mean, sigma = moments.chunk(2, dim=1)
+        return mean + sigma * torch.randn(mean.shape, generator=generator, device=mean.device)
+
+    def decode(self, latents: Tensor, *, size: tuple[int, int, int] | None = None) -> Tensor:
+        _check_shape(latents, self.latent_channels, "latents")
+        chunks = plan_chunks(latents.shape[2], self.decode_chunk, self.overlap // 4)
+        if len(chunks) > 1:
+            console.print(
+                f"Chunked decoding: {latents.shape[2]} latent slices -> {len(chunks)} chunks "
+                f"of at most {self.decode_chunk}"
+            )
+        with self._inference():
+            out = run_in_chunks(self._decode_slab, self.network.decoder, latents.float(), chunks, self._device)
+        if size is not None:
+            if any(s > n for s, n in zip(size, out.shape[2:], strict=True)):
+                raise ValueError(f"cannot crop a decoded {tuple(out.shape[2:])} volume to {tuple(size)}")
+            out = out[..., : size[0], : size[1], : size[2]]
+        return out
+
+    def _encode_slab(self, sample: bool, x: Tensor) -> Tensor:
+        mean, sigma = self.network.encode(x)
+        return (torch.cat([mean, sigma], dim=1) if sample else mean).float()
+
+    def _decode_slab(self, z: Tensor) -> Tensor:
+        return self.network.decode(z).float()
+
+    @contextmanager
+    def _inference(self):
+        """No autograd graph, and fp16 autocast on CUDA (what ``norm_float16`` expects).
+
+        ``no_grad`` rather than ``inference_mode``: inference tensors cannot be saved for backward, so
+        latents made under it would break the diffusion model's training step.
+        """
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=self._device.type == "cuda"):
+            yield
+
+
+def _check_shape(x: Tensor, channels: int, what: str) -> None:
+    if x.dim() != 5 or x.shape[1] != channels:
+        raise ValueError(f"expected {what} of shape (B, {channels}, D, H, W), got {tuple(x.shape)}")
+
+
+def _pad_to_multiple(x: Tensor, multiples: tuple[int, int, int]) -> Tensor:
+    """Edge-replicates the end of each spatial axis up to a multiple of ``multiples``.
+
+    Padding only at the end keeps slice 0 at index 0, so latent slice j always covers image slices
+    [4j, 4j + 4); replicating the edge keeps the padding looking like its neighbourhood.
+    """
+    pad: list[int] = []
+    for size, multiple in zip(reversed(x.shape[2:]), reversed(multiples), strict=True):
+        pad += [0, -size % multiple]
+    return F.pad(x, pad, mode="replicate") if any(pad) else x
