@@ -124,7 +124,7 @@ def test_containerfile_installs_the_project_and_runs_ctslice_as_a_non_root_user(
 
 def test_containerfile_copies_the_code_but_no_weights_or_data():
     copied = [source for sources, _ in IMAGE.copies for source in sources]
-    assert {"pyproject.toml", "README.md", "ctslice", "configs"} <= {source.rstrip("/") for source in copied}, copied
+    assert {"pyproject.toml", "README.md", "ctslice"} <= {source.rstrip("/") for source in copied}, copied
     assert not any(keyword == "ADD" for keyword, _ in containerfile()), "COPY only: ADD fetches URLs and unpacks"
     for source in copied:
         assert (REPO / source).exists(), f"COPY {source}: not in the repository"
