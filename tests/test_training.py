@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -13,8 +15,11 @@ from ctslice.data.phantom import make_phantom
 from ctslice.data.preprocess import PreprocessOptions, run_preprocess
 from ctslice.data.splits import run_split
 from ctslice.io import write_volume
+from ctslice.models import build_model
+from ctslice.training.optim import build_optimizer
 from ctslice.training.run_log import read_log
-from ctslice.training.trainer import train
+from ctslice.training.state import Saver
+from ctslice.training.trainer import Preempted, train
 
 TINY = ["model.channels=[8, 16]", "model.attention_levels=[false, false]", "model.norm_num_groups=4",
         "model.attention_heads=2", "data.patch_size=16", "data.patch_thick_slices=2", "training.batch_size=2",
@@ -59,24 +64,37 @@ def test_training_runs_validates_at_the_interval_and_at_the_end(dataset, tmp_pat
 
 
 def test_loss_falls(dataset, tmp_path):
-    """Validation loss (fixed patches, fixed noise) after 60 steps is well below its value after 5."""
-    config = tiny_config(dataset, "training.max_steps=60", "training.val_interval=5",
-                         "training.checkpoint_interval=1000", "inference.window_slices=40",
-                         "inference.window_size=32")
-    train(config, tmp_path / "run")
-    losses = {r["step"]: r["val_loss"] for r in read_log(tmp_path / "run") if "val_loss" in r}
-    assert losses[60] < 0.8 * losses[5]
+    """Validation loss (fixed patches, fixed noise) after 60 steps is clearly below its value after 1."""
+    final_loss = {}
+    for steps in (1, 60):
+        config = tiny_config(dataset, f"training.max_steps={steps}", "training.val_interval=1000",
+                             "training.checkpoint_interval=1000", "training.lr=2e-3")
+        train(config, tmp_path / f"run{steps}")
+        final_loss[steps] = [r["val_loss"] for r in read_log(tmp_path / f"run{steps}") if "val_loss" in r][-1]
+    assert final_loss[60] < 0.93 * final_loss[1]
 
 
-def test_resume_reproduces_an_uninterrupted_run_exactly(dataset, tmp_path):
-    settings = ["training.max_steps=6", "training.val_interval=100", "training.checkpoint_interval=3"]
+def test_resume_after_sigterm_reproduces_an_uninterrupted_run_exactly(dataset, tmp_path, monkeypatch):
+    settings = ["training.max_steps=6", "training.val_interval=100", "training.checkpoint_interval=2"]
     train(tiny_config(dataset, *settings), tmp_path / "straight")
-    train(tiny_config(dataset, "training.max_steps=3", "training.val_interval=100",
-                      "training.checkpoint_interval=3"), tmp_path / "resumed")
+
+    save = Saver.save
+
+    def save_then_sigterm(self, step, best, periodic):  # preemption right after the step-4 checkpoint
+        save(self, step, best, periodic)
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Saver, "save", save_then_sigterm)
+    with pytest.raises(Preempted) as stopped:
+        train(tiny_config(dataset, *settings), tmp_path / "resumed")
+    assert stopped.value.exit_code == 143
+    assert (tmp_path / "resumed" / "checkpoints" / "step_4.pt").exists()
+    monkeypatch.setattr(Saver, "save", save)
     train(tiny_config(dataset, *settings), tmp_path / "resumed", resume="latest")
     straight = [r["loss"] for r in read_log(tmp_path / "straight") if r["kind"] == "train"]
     resumed = [r["loss"] for r in read_log(tmp_path / "resumed") if r["kind"] == "train"]
-    assert resumed == straight
+    assert len(resumed) == 6 and resumed == straight
     a = torch.load(tmp_path / "straight" / "checkpoints" / "final.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "final.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -92,3 +110,45 @@ def test_log_records_are_json_objects(dataset, tmp_path):
     train(tiny_config(dataset, "training.max_steps=2", "validation.val_samples=0"), tmp_path / "run")
     for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines():
         assert isinstance(json.loads(line), dict)
+
+
+def test_accumulation_equals_a_larger_batch(dataset, tmp_path):
+    """Batch 1 x 2 accumulated micro-batches takes the same step as one batch of 2 (same patches).
+
+    ``diffusion.mean_fraction=1`` makes the loss deterministic given the patches (every example at the
+    last timestep with a zero noisy input), so the two runs must agree to float rounding.
+    """
+    weights = {}
+    for batch, accumulation in ((2, 1), (1, 2)):
+        config = tiny_config(dataset, "training.max_steps=1", "validation.val_samples=0", "diffusion.mean_fraction=1",
+                             f"training.batch_size={batch}", f"training.grad_accumulation={accumulation}")
+        train(config, tmp_path / f"b{batch}")
+        weights[batch] = torch.load(tmp_path / f"b{batch}" / "checkpoints" / "final.pt", weights_only=True)["model"]
+    for key, value in weights[2].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)  # the trainer's seed: the same initial weights
+    initial = build_model(tiny_config(dataset), 1).state_dict()
+    changed = [k for k in initial if k.startswith("unet") and not torch.equal(initial[k], weights[2][k])]
+    assert changed  # the step did update the weights
+
+
+def test_optimizer_holds_only_trainable_unet_parameters(dataset):
+    config = tiny_config(dataset)
+    model = build_model(config, 1)
+    frozen = next(iter(model.unet.parameters()))
+    frozen.requires_grad_(False)
+    optimizer = build_optimizer({"unet": model.unet}, config.training)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in model.unet.parameters() if p.requires_grad}
+    assert id(frozen) not in held
+    assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["name"] == "unet"
+
+
+def test_unknown_config_key_fails_before_any_work(dataset, tmp_path, cli):
+    cache, splits = dataset
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {{cache: {cache}, splits: {splits}}}\ntraining: {{validate_every: 10}}\n")
+    result = cli("train", "--config", config, "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert "did you mean 'training.val_interval'" in result.output
+    assert not (tmp_path / "run").exists()

@@ -58,6 +58,8 @@ class PatchSource(Protocol):
 
     def read(self, patch: Patch) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def close(self) -> None: ...
+
 
 class PixelSource:
     """Thin HU and interpolated-thick HU patches straight from the cache.
@@ -86,6 +88,11 @@ class PixelSource:
 
     def shape(self, case_id: str) -> tuple[int, int, int]:
         return self._shapes[case_id]
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
 
     def patch_shape(self, config: DataConfig) -> tuple[int, int, int]:
         ratio = max(self._ratio.values())

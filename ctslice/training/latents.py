@@ -30,6 +30,13 @@ def encode_volume(codec: Codec, hu: np.ndarray, device: torch.device) -> np.ndar
     return codec.encode(codec.normalize(x))[0].float().cpu().numpy()
 
 
+def encode_batch(batch: dict, codec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel patches (HU) -> (thin, condition) latents with the frozen codec."""
+    thin = codec.encode(codec.normalize(batch["thin"].to(device)))
+    cond = codec.encode(codec.normalize(batch["cond"].to(device)))
+    return thin.float(), cond.float()
+
+
 def build_latent_cache(cache_path: Path, case_ids: list[str], codec: Codec, fingerprint: str, out_path: Path,
                        device: torch.device, on_case=None) -> Path:
     """Encode every case of ``case_ids`` not already in ``out_path`` with this codec fingerprint."""
@@ -80,6 +87,11 @@ class LatentSource:
 
     def shape(self, case_id: str) -> tuple[int, int, int]:
         return self._shapes[case_id]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def patch_shape(self, config: DataConfig) -> tuple[int, int, int]:
         cz, cy, cx = self.compression

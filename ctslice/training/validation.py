@@ -18,6 +18,7 @@ from ctslice.data.patches import PatchDataset, PixelSource
 from ctslice.evaluation import metrics
 from ctslice.hardware import autocast
 from ctslice.inference.pipeline import SliceInterpolator
+from ctslice.training.latents import encode_batch
 from ctslice.training.run_log import RunLog
 
 VALIDATION_PATCHES = 4
@@ -64,8 +65,6 @@ class Validator:
 
     def _loss(self, model) -> float:
         """Mean loss on fixed patches with fixed noise, without disturbing the training RNG stream."""
-        from ctslice.training.trainer import encode_batch
-
         losses = []
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(VALIDATION_SEED)
