@@ -6,12 +6,18 @@ from pathlib import Path
 
 import typer
 
-from ctslice.cli.app import command, not_built
+from ctslice.cli.app import command
 
 
 @command("demo")
 def demo(
     out: Path = typer.Option(Path("ctslice-demo"), "--out", help="Folder for everything the demo writes."),
+    inputs: list[Path] = typer.Option(None, "--input", help="Use these scans instead of phantoms (repeatable; "
+                                      "thin scans, e.g. ../shared/data/ct/*.nii.gz)."),
+    minutes: float = typer.Option(4.0, "--minutes", help="Training time budget."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
 ) -> None:
     """Synthesise scans, preprocess, split, train briefly, validate and infer, in minutes on a CPU."""
-    not_built("demo")
+    from ctslice.demo import run_demo
+
+    run_demo(out, inputs, minutes=minutes, device=device)
