@@ -64,10 +64,10 @@ def test_a_volume_no_deeper_than_one_slab_runs_whole():
 
 def test_group_norm_statistics_are_those_of_the_whole_volume(network):
     """Every slab is the whole volume, so only the gathered statistics can make a difference."""
-    x = z_varying_volume(24)
+    x = z_varying_volume(16)
     with torch.no_grad():
         expected = network.encoder(x)
-        chunks = [Chunk(start, start + 12, 0, 24) for start in (0, 12)]
+        chunks = [Chunk(start, start + 8, 0, 16) for start in (0, 8)]
         got = run_in_chunks(network.encoder, network.encoder, x, chunks, torch.device("cpu"))
     assert relative_difference(got, expected) < 1e-5
     assert all("forward" not in norm.__dict__ for norm in VolumeGroupNorm(network.encoder).norms)  # restored
@@ -98,7 +98,27 @@ def test_chunked_decoding_matches_whole_volume(network, whole, latent_depth, chu
 
 def test_an_overlap_short_of_the_receptive_field_breaks_the_tolerance(network, whole):
     """The tolerance is not vacuous: these volumes do expose a halo that is too small."""
-    x = z_varying_volume(48)
+    x = z_varying_volume(36)
     short = MaisiCodec(network, encode_chunk=16, overlap=8)
     assert relative_difference(short.encode(x), whole.encode(x)) > 100 * TOLERANCE
-    assert DEFAULT_OVERLAP == 40
+
+
+def test_default_overlap_covers_the_receptive_field_along_z():
+    """Which slices reach a given output, from the gradient's support (GroupNorm kept to its affine part)."""
+    torch.manual_seed(0)
+    network = build_network()  # a fresh one: its GroupNorms are replaced below
+    for norm in network.modules():
+        if isinstance(norm, torch.nn.GroupNorm):
+            norm.forward = lambda x, norm=norm: x * norm.weight.view(1, -1, 1, 1, 1)
+
+    def reach(inputs: torch.Tensor, outputs: torch.Tensor, lo: int, hi: int) -> int:
+        outputs.sum().backward()
+        touched = inputs.grad.abs().sum(dim=(0, 1, 3, 4)).nonzero().flatten()
+        return max(lo - touched.min().item(), touched.max().item() - hi)
+
+    x = torch.rand(1, 1, 160, 4, 4, requires_grad=True)
+    encoder_reach = reach(x, network.encode(x)[0][:, :, 20], 80, 83)  # latent slice 20 = image slices 80..83
+    z = torch.rand(1, 4, 40, 1, 1, requires_grad=True)
+    decoder_reach = reach(z, network.decode(z)[:, :, 80:84], 20, 20)  # in latent slices
+    assert (encoder_reach, decoder_reach) == (36, 10)
+    assert DEFAULT_OVERLAP >= encoder_reach and DEFAULT_OVERLAP // 4 >= decoder_reach

@@ -5,8 +5,9 @@ side (clipped at the volume's ends, where the whole-volume network sees the same
 owned part of each output is kept; the halo is thrown away. When the halo covers the network's
 receptive field along z, the owned slices see exactly the inputs they see in a whole-volume pass,
 and :class:`VolumeGroupNorm` gives every GroupNorm the whole volume's statistics, so the stitched
-result equals the whole-volume one up to float rounding. For the MAISI VAE the receptive field is
-39 image slices for the encoder and 10 latent slices (40 image slices) for the decoder.
+result equals the whole-volume one up to float rounding. For the MAISI VAE the receptive field
+reaches 36 image slices beyond a latent slice's own 4 for the encoder, and 10 latent slices (40
+image slices) for the decoder.
 
 Peak memory is that of one slab (``chunk + 2 * halo`` slices), whatever the depth: the whole volume
 and the stitched output stay on the input's device, and only one slab is on the network's at a time.
@@ -35,7 +36,11 @@ class Chunk:
 
 
 def plan_chunks(depth: int, chunk: int, halo: int) -> list[Chunk]:
-    """Consecutive chunks of at most ``chunk`` slices, each with ``halo`` slices of context per side."""
+    """Consecutive chunks of at most ``chunk`` slices, each with ``halo`` slices of context per side.
+
+    A volume no deeper than ``chunk + 2 * halo`` is one chunk: run whole, it needs no more memory
+    than one slab, and no gathering passes.
+    """
     if chunk < 1 or halo < 0:
         raise ValueError(f"chunk must be >= 1 and halo >= 0, got {chunk} and {halo}")
     if depth <= chunk + 2 * halo:
@@ -54,20 +59,28 @@ def run_in_chunks(
     ``network`` is the module whose GroupNorm layers ``fn`` runs (the encoder or the decoder). Slabs
     are moved to ``device`` one at a time; the result is assembled on ``x``'s device.
     """
-    if len(chunks) == 1:
-        return fn(x.to(device)).to(x.device)
     norms = VolumeGroupNorm(network)
     with norms.installed():
-        for _ in range(len(norms)):  # one gathering pass per GroupNorm layer, in execution order
-            for chunk in chunks:
-                _enter(norms, chunk)
-                try:
-                    fn(x[:, :, chunk.slab_start : chunk.slab_stop].to(device))
-                except StatisticsGathered:
-                    continue
-                raise RuntimeError("a forward pass ran through without meeting an unfrozen GroupNorm layer")
-            norms.freeze()
+        if len(chunks) > 1:  # one chunk is the whole volume, whose own statistics are exact
+            _gather(fn, norms, x, chunks, device)
         return _stitch(fn, norms, x, chunks, device)
+
+
+def _gather(
+    fn: Callable[[Tensor], Tensor], norms: VolumeGroupNorm, x: Tensor, chunks: list[Chunk], device: torch.device
+) -> None:
+    """One pass over the chunks per GroupNorm layer, in execution order, each fixing that layer's statistics."""
+    norms.gathering = True
+    for _ in range(len(norms)):
+        for chunk in chunks:
+            _enter(norms, chunk)
+            try:
+                fn(x[:, :, chunk.slab_start : chunk.slab_stop].to(device))
+            except StatisticsGathered:
+                continue
+            raise RuntimeError("a forward pass ran through without meeting an unfrozen GroupNorm layer")
+        norms.freeze()
+    norms.gathering = False
 
 
 def _enter(norms: VolumeGroupNorm, chunk: Chunk) -> None:

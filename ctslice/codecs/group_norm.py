@@ -45,16 +45,20 @@ class StatisticsGathered(Exception):
 class VolumeGroupNorm:
     """Runs every ``nn.GroupNorm`` inside ``network`` with statistics gathered over a whole volume.
 
-    Use: ``with norms.installed():`` then, once per layer, a gathering pass: every chunk is run after
-    :meth:`enter_chunk` and stops with :class:`StatisticsGathered` at the first layer (in execution
-    order) whose statistics are not known yet, and :meth:`freeze` fixes that layer's statistics.
-    Once all are frozen, the chunks run to the end. Outside ``installed()`` the network is untouched.
+    Use: ``with norms.installed():`` then, with ``gathering`` set, one pass per layer: every chunk is
+    run after :meth:`enter_chunk` and stops with :class:`StatisticsGathered` at the first layer (in
+    execution order) whose statistics are not known yet, and :meth:`freeze` fixes them. Then, with
+    ``gathering`` unset, the chunks run to the end; a layer never gathered normalises with the
+    statistics of its own input, which is exact when one chunk is the whole volume. This replaces
+    MONAI's MAISI GroupNorm in every run, which also avoids its device-to-host round trip for
+    tensors with a side of 500 or more. Outside ``installed()`` the network is untouched.
     """
 
     def __init__(self, network: nn.Module) -> None:
         self.norms = [m for m in network.modules() if isinstance(m, nn.GroupNorm)]
+        self.gathering = False
         self._frozen: dict[int, tuple[Tensor, Tensor]] = {}
-        self._gathering: int | None = None
+        self._gathered_layer: int | None = None
         self._moments: tuple[int, Tensor, Tensor] | None = None
         self._slab_depth = 0
         self._owned = (0, 0)
@@ -83,14 +87,14 @@ class VolumeGroupNorm:
         if self._moments is None:
             raise RuntimeError("no chunk reached a GroupNorm layer in this gathering pass")
         count, mean, m2 = self._moments
-        self._frozen[self._gathering] = (mean.float(), (m2 / count).float())
-        self._gathering = None
+        self._frozen[self._gathered_layer] = (mean.float(), (m2 / count).float())
+        self._gathered_layer = None
         self._moments = None
 
     def _accumulate(self, index: int, grouped: Tensor) -> None:
-        if self._gathering not in (None, index):
-            raise RuntimeError(f"chunks reached different GroupNorm layers first ({self._gathering}, {index})")
-        self._gathering = index
+        if self._gathered_layer not in (None, index):
+            raise RuntimeError(f"chunks reached different GroupNorm layers first ({self._gathered_layer}, {index})")
+        self._gathered_layer = index
         owned = grouped[:, :, :, owned_slice(*self._owned, self._slab_depth, grouped.shape[3])].float()
         var, mean = torch.var_mean(owned, dim=(2, 3, 4, 5), correction=0)
         count = owned[0, 0].numel()
@@ -111,11 +115,14 @@ class VolumeGroupNorm:
         norm = self.norms[index]
         n, c = x.shape[:2]
         grouped = x.reshape(n, norm.num_groups, c // norm.num_groups, *x.shape[2:])
-        if index not in self._frozen:
+        per_group = (n, norm.num_groups, 1, 1, 1, 1)
+        if index in self._frozen:
+            mean, var = self._frozen[index]
+        elif self.gathering:
             self._accumulate(index, grouped)
             raise StatisticsGathered
-        mean, var = self._frozen[index]
-        per_group = (n, norm.num_groups, 1, 1, 1, 1)
+        else:
+            var, mean = torch.var_mean(grouped.float(), dim=(2, 3, 4, 5), correction=0)
         out = grouped.float() - mean.view(per_group)  # a new tensor: x itself is still needed by the residual
         out.mul_(torch.rsqrt(var + norm.eps).view(per_group))
         out = out.view(x.shape)

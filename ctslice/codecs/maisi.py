@@ -8,7 +8,7 @@ non-commercial. Two of MONAI's options are set explicitly because their defaults
 - ``norm_float16`` (GroupNorm output in fp16) only on CUDA: on CPU the next float32 convolution
   rejects fp16 input. :meth:`MaisiCodec.to` switches it with the device.
 - ``num_splits=1``: MONAI's default of 16 splits every convolution along one axis and crashes on
-  inputs smaller than 16 x 3 voxels there. Its splitting does not bound memory anyway (GroupNorm
+  small inputs (a 64 x 8 x 8 volume already fails). Its splitting does not bound memory anyway (GroupNorm
   still sees whole tensors); the z-chunking in ``chunking.py`` does.
 """
 
@@ -50,11 +50,12 @@ CT_CONFIG = dict(
 )
 
 # Halo per side, in image slices, for chunked encoding and decoding (a multiple of 4, so that
-# decoding uses overlap / 4 latent slices). The encoder's receptive field along z reaches 39 slices
-# and the decoder's 10 latent slices (40 image slices): with 40, the chunks see everything the
-# whole volume would, and chunked results match whole-volume ones to float rounding (max relative
-# difference ~2e-6 on the released config with random weights; tested at 1e-4). Shorter halos cost
-# accuracy fast: 32 leaves ~1e-3, 20 leaves 4% (encoding) and 13% (decoding).
+# decoding uses overlap / 4 latent slices). Along z the encoder's receptive field reaches 36 slices
+# beyond a latent slice's own 4, the decoder's 10 latent slices (40 image slices); the tests measure
+# both. With 40 the chunks see everything the whole volume would, and chunked results match
+# whole-volume ones to float rounding (max relative difference ~2e-6 on the released config with
+# random weights; tested at 1e-4). Shorter halos cost accuracy fast: 32 leaves ~1e-3, 20 leaves 4%
+# (encoding) and 13% (decoding).
 DEFAULT_OVERLAP = 40
 
 
