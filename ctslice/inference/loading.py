@@ -27,9 +27,13 @@ DEFAULT_MODEL = "default.pt"
 class LoadedModel:
     interpolator: SliceInterpolator
     path: Path
-    thin_spacing: float
-    thick_spacing: float
+    thin_spacing: float | None  # None when trained on mixed thin spacings
+    ratio: float  # thick spacing / thin spacing it was trained for
     step: int
+
+    def default_thin_spacing(self, thick_spacing: float) -> float:
+        """The training thin spacing, or (for a model trained on mixed spacings) the input's / ratio."""
+        return self.thin_spacing if self.thin_spacing else thick_spacing / self.ratio
 
 
 def default_model_path() -> Path:
@@ -40,7 +44,8 @@ def default_model_path() -> Path:
     return path
 
 
-def load_model(checkpoint: Path | None, device: torch.device, vae_checkpoint: Path | None = None) -> LoadedModel:
+def load_model(checkpoint: Path | None, device: torch.device | str, vae_checkpoint: Path | None = None) -> LoadedModel:
+    device = torch.device(device)
     path = Path(checkpoint) if checkpoint else default_model_path()
     state = read_checkpoint(path)
     for key in ("config", "model", "codec", "data"):
@@ -60,5 +65,6 @@ def load_model(checkpoint: Path | None, device: torch.device, vae_checkpoint: Pa
         raise CheckpointError(f"{path}: weights do not fit the model in its config ({str(error)[:200]})") from None
     data = state["data"]
     interpolator = SliceInterpolator(model, codec, config, device, int(data.get("inplane_size", 0)))
-    return LoadedModel(interpolator, path, float(data["thin_spacing"]), float(data["thick_spacing"]),
+    thin = data.get("thin_spacing")
+    return LoadedModel(interpolator, path, None if thin is None else float(thin), float(data["ratio"]),
                        int(state.get("step", 0)))

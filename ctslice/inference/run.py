@@ -71,13 +71,13 @@ def _run_model(thick: Volume, checkpoint, mode, samples, thin_spacing, steps, se
     reset_peak_memory(device)
     loaded = load_model(checkpoint, device, vae_checkpoint)
     source = f"checkpoint {loaded.path}" if checkpoint else f"the bundled default model ({loaded.path.name})"
-    spacing = thin_spacing or loaded.thin_spacing
+    spacing = thin_spacing or loaded.default_thin_spacing(thick.spacing[2])
     steps = steps or loaded.interpolator.config.inference.steps
     what = "mean estimate" if mode == "mean" else f"{samples} DDIM sample(s) of {steps} steps"
     console.print(f"Using {source}: {what}, {thick.spacing[2]:g} mm -> {spacing:g} mm on {device}")
-    if abs(thick.spacing[2] / spacing - loaded.thick_spacing / loaded.thin_spacing) > 0.5:
-        console.print(f"[yellow]note:[/] the model was trained for {loaded.thick_spacing:g} -> "
-                      f"{loaded.thin_spacing:g} mm; this scan asks for {thick.spacing[2]:g} -> {spacing:g} mm")
+    if abs(thick.spacing[2] / spacing - loaded.ratio) > 0.5:
+        console.print(f"[yellow]note:[/] the model was trained to divide slices by {loaded.ratio:g}; this scan "
+                      f"asks for {thick.spacing[2]:g} -> {spacing:g} mm (x{thick.spacing[2] / spacing:.2g})")
     with progress() as bar:
         task = bar.add_task("Inferring", total=None)
 

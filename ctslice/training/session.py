@@ -98,12 +98,17 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
     with Cache(Path(config.data.cache)) as cache:
         case_ids = cache.case_ids()
         splits = read_splits(Path(config.data.splits), case_ids)
-        ratio = max((cache.info(c).ratio for c in splits["train"]), default=0.0)
+        ratios = sorted({round(cache.info(c).ratio, 3) for c in splits["train"]})
+        thin_spacings = sorted({round(cache.grid(c, "thin").spacing[2], 4) for c in splits["train"]})
+        inplane_size = int(cache.options(splits["train"][0]).get("size", 0)) if splits["train"] else 0
     if not splits["train"]:
         raise InputError(f"{config.data.splits}: no training cases")
     if config.data.whole_volumes and config.training.batch_size > 1:
         raise InputError("data.whole_volumes needs training.batch_size 1 (volumes differ in shape)")
-    thin_spacing, inplane_size = _cache_geometry(Path(config.data.cache), splits["train"][0])
+    if len(ratios) > 1:
+        console.print(f"[yellow]note:[/] training cases have different thick/thin ratios {ratios}; "
+                      f"the checkpoint records the largest")
+    thin_spacing = thin_spacings[0] if len(thin_spacings) == 1 else None  # None: mixed, infer uses T / ratio
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.is_main:
         save_config(config, run_dir / "config.yaml")
@@ -164,15 +169,13 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
                             config.training.batch_size),
         generator=torch.Generator().manual_seed(config.training.seed),  # leaves the global RNG alone
         persistent_workers=config.data.num_workers > 0, pin_memory=device.type == "cuda")
-    meta = {"codec": codec_identity(codec), "data": {"thin_spacing": thin_spacing, "ratio": ratio,
-                                                     "thick_spacing": thin_spacing * ratio,
+    meta = {"codec": codec_identity(codec), "data": {"thin_spacing": thin_spacing, "ratio": ratios[-1],
                                                      "inplane_size": inplane_size}}
     return Session(
         config=config, run_dir=run_dir, device=device, world=world, codec=codec, model=model, objective=objective,
         optimizer=optimizer, scheduler=scheduler, batches=iter(loader), source=source,
         log=RunLog(run_dir, enabled=world.is_main),
-        validator=Validator(config, Path(config.data.cache), splits["val"], codec, device, thin_spacing,
-                            inplane_size),
+        validator=Validator(config, Path(config.data.cache), splits["val"], codec, device, inplane_size),
         saver=Saver(run_dir, config, model, optimizer, scheduler, meta, world),
         start_step=start_step, total_steps=total_steps, best_psnr=best_psnr)
 
@@ -190,12 +193,6 @@ def codec_fingerprint(config: Config) -> str:
         stat = Path(weights).stat()
         stamp = f"{stat.st_size}:{int(stat.st_mtime)}"
     return f"{config.codec.name}:{weights}:{stamp}:{config.codec.encode_chunk}"
-
-
-def _cache_geometry(cache_path: Path, case_id: str) -> tuple[float, int]:
-    """Thin slice spacing and in-plane matrix size (0: native) the cache was built with."""
-    with Cache(cache_path) as cache:
-        return cache.grid(case_id, "thin").spacing[2], int(cache.options(case_id).get("size", 0))
 
 
 def _print_parameters(model, codec) -> None:

@@ -27,10 +27,10 @@ VALIDATION_SEED = 12345
 
 class Validator:
     def __init__(self, config: Config, cache_path: Path, case_ids: list[str], codec, device: torch.device,
-                 thin_spacing: float, inplane_size: int):
+                 inplane_size: int):
         self.config, self.cache_path, self.codec, self.device = config, cache_path, codec, device
         self.case_ids = case_ids[: config.validation.val_samples]
-        self.thin_spacing, self.inplane_size = thin_spacing, inplane_size
+        self.inplane_size = inplane_size
         self.patches = None
         if self.case_ids:
             source = PixelSource(cache_path, self.case_ids, z_multiple=codec.compression[0],
@@ -50,7 +50,7 @@ class Validator:
         with Cache(self.cache_path) as cache:
             for case_id in self.case_ids:
                 truth = cache.volume(case_id, "thin")
-                prediction = interpolator.predict(cache.volume(case_id, "thick"), self.thin_spacing,
+                prediction = interpolator.predict(cache.volume(case_id, "thick"), truth.spacing[2],
                                                   mode=self.config.validation.mode,
                                                   steps=self.config.validation.val_steps, seed=step)
                 scores.append(metrics.evaluate(prediction.volume.array, truth.array.astype(np.float32)))
