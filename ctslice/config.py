@@ -103,6 +103,7 @@ class InferenceConfig:
     window_slices: int = 64  # thin slices per z-window (in pixels; divided by the codec's z compression)
     window_size: int = 256  # in-plane window side in pixels
     overlap: float = 0.5  # overlap of neighbouring windows
+    window_batch: int = 2  # windows per U-Net call (2+ also keeps CPU convolutions on their fast path)
 
 
 @dataclass
@@ -269,7 +270,8 @@ def _check(config: Config, where: str) -> None:
                 "training.log_interval": training.log_interval, "training.val_interval": training.val_interval,
                 "training.checkpoint_interval": training.checkpoint_interval, "data.patch_thick_slices":
                 config.data.patch_thick_slices, "validation.val_steps": config.validation.val_steps,
-                "inference.steps": config.inference.steps, "codec.encode_chunk": config.codec.encode_chunk,
+                "inference.steps": config.inference.steps, "inference.window_batch": config.inference.window_batch,
+                "codec.encode_chunk": config.codec.encode_chunk,
                 "codec.decode_chunk": config.codec.decode_chunk}
     for key, value in positive.items():
         if value < 1:

@@ -24,7 +24,7 @@ from ctslice.hardware import autocast
 from ctslice.io.geometry import resample, thin_grid
 from ctslice.io.volume import Grid, Volume
 from ctslice.models.diffusion import SliceDiffusion
-from ctslice.models.sampling import ddim_sample, mean_estimate
+from ctslice.models.sampling import WindowedNetwork, ddim_sample, mean_estimate
 
 
 @dataclass
@@ -74,10 +74,11 @@ class SliceInterpolator:
 
     def _denoise(self, cond: torch.Tensor, mode: str, samples: int, steps: int, seed: int, on_step) -> list:
         """Thin latents: one mean estimate, or ``samples`` DDIM samples with seeds seed, seed+1, ..."""
-        roi, overlap = self.roi(), self.config.inference.overlap
+        network = WindowedNetwork(self.model, self.roi(), self.config.inference.overlap,
+                                  self.config.inference.window_batch)
         with autocast(self.device, self.config.training.precision):
             if mode == "mean":
-                latent = mean_estimate(self.model, cond, roi, overlap).float()
+                latent = mean_estimate(self.model, cond, network).float()
                 if on_step:
                     on_step("denoising", 1, 1)
                 return [latent]
@@ -88,7 +89,7 @@ class SliceInterpolator:
                         on_step("sampling", index * steps + k + 1, samples * steps)
 
                 generator = torch.Generator().manual_seed(seed + index)
-                latents.append(ddim_sample(self.model, cond, steps, generator, roi, overlap, on_step=report).float())
+                latents.append(ddim_sample(self.model, cond, steps, generator, network, on_step=report).float())
             return latents
 
     def _encode(self, hu: np.ndarray) -> torch.Tensor:

@@ -56,7 +56,7 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
         result, std, spacing, device = _run_model(thick, checkpoint, mode, samples, thin_spacing, steps, seed,
                                                   device_name, vae_checkpoint)
     write_volume(result.with_array(cast_rounded(result.array)), output)
-    if std is not None:
+    if std_out is not None:
         write_volume(std.with_array(cast_rounded(std.array)), std_out)
     console.print(f"Wrote {output}: {result.depth} slices at {spacing:g} mm (input {thick.depth} slices at "
                   f"{thick.spacing[2]:g} mm) in {time.time() - started:.1f} s, {memory_line(device)}")

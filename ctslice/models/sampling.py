@@ -19,15 +19,16 @@ from ctslice.models.diffusion import SliceDiffusion, make_scheduler
 class WindowedNetwork:
     """The diffusion U-Net evaluated over a whole latent volume in blended windows."""
 
-    def __init__(self, model: SliceDiffusion, roi: Sequence[int], overlap: float = 0.5):
+    def __init__(self, model: SliceDiffusion, roi: Sequence[int], overlap: float = 0.5, batch: int = 2):
         self.model = model
         self.roi = list(roi)
         self.overlap = overlap
+        self.batch = batch
 
     def __call__(self, noisy: torch.Tensor, condition: torch.Tensor, timestep: int) -> torch.Tensor:
         channels = noisy.shape[1]
         roi = [min(r, s) for r, s in zip(self.roi, noisy.shape[2:], strict=True)]
-        inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=1, overlap=self.overlap, mode="gaussian")
+        inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=self.batch, overlap=self.overlap, mode="gaussian")
 
         def network(window: torch.Tensor) -> torch.Tensor:
             timesteps = torch.full((window.shape[0],), timestep, device=window.device, dtype=torch.long)
@@ -37,24 +38,22 @@ class WindowedNetwork:
 
 
 @torch.no_grad()
-def mean_estimate(model: SliceDiffusion, cond: torch.Tensor, roi: Sequence[int], overlap: float = 0.5) -> torch.Tensor:
+def mean_estimate(model: SliceDiffusion, cond: torch.Tensor, network: WindowedNetwork) -> torch.Tensor:
     """Thin latents of the posterior mean: one pass at the last timestep with an all-zero noisy input."""
     condition = model.condition(cond)
     noisy = torch.zeros_like(condition)
-    output = WindowedNetwork(model, roi, overlap)(noisy, condition, model.last_timestep)
+    output = network(noisy, condition, model.last_timestep)
     return model.undiffused(model.clean_estimate(output, noisy, model.last_timestep), cond)
 
 
 @torch.no_grad()
 def ddim_sample(model: SliceDiffusion, cond: torch.Tensor, steps: int, generator: torch.Generator,
-                roi: Sequence[int], overlap: float = 0.5,
-                on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+                network: WindowedNetwork, on_step: Callable[[int], None] | None = None) -> torch.Tensor:
     """Thin latents of one DDIM sample (deterministic for the generator's seed)."""
     scheduler = make_scheduler(model.diffusion_config)
     scheduler.set_timesteps(steps)
     condition = model.condition(cond)
     sample = torch.randn(condition.shape, generator=generator, device="cpu").to(condition.device, condition.dtype)
-    network = WindowedNetwork(model, roi, overlap)
     for index, timestep in enumerate(scheduler.timesteps):
         output = network(sample, condition, int(timestep))
         sample, _ = scheduler.step(output, int(timestep), sample)
