@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ctslice.cli.app import command, not_built
+from ctslice.cli.app import command
 
 SET_HELP = "Override a config key, e.g. --set training.max_steps=100 (repeatable)."
 
@@ -40,6 +40,23 @@ def inspect_memory(
     measure: bool = typer.Option(False, "--measure", help="Also run one step and report measured peaks."),
     device_memory: str = typer.Option(None, "--device-memory", help="Device memory to judge against, e.g. 80GB."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda: what to predict for (and measure on); "
+                                                      "default: the config's, predicting for CUDA unless it is cpu."),
+    ratio: float = typer.Option(None, "--ratio", help="Thick/thin spacing ratio (default: from data.cache, else 5)."),
+    volume: str = typer.Option(None, "--volume", help="Largest thin volume DxHxW, e.g. 300x512x512 "
+                                                      "(default: from data.cache, else 300x512x512)."),
 ) -> None:
     """Predict (and optionally measure) the memory a config needs, per component."""
-    not_built("inspect-memory")
+    from ctslice.config import load_config
+    from ctslice.console import stdout
+    from ctslice.memory import inspect, render, to_json
+
+    settings = load_config(config, overrides)
+    inspection = inspect(settings, device=device, device_memory=device_memory, measure=measure, ratio=ratio,
+                         volume=volume)
+    if json_output:
+        stdout.print_json(data=to_json(inspection, str(config)))
+        return
+    for renderable in render(inspection, str(config)):
+        stdout.print(renderable)
+        stdout.print()

@@ -1,0 +1,206 @@
+"""What a run does on its device, written once for both the prediction and the measurement.
+
+Each *part* is one moment of a run whose peak matters: a training step, and the three stages of
+inference (encode the condition volume, denoise it in windows, decode the result). A part builds what
+is resident at that moment (codec and U-Net weights, AdamW states) and then does the work, exactly as
+the trainer (``ctslice.training.trainer``) and the inference pipeline (``ctslice.inference.pipeline``)
+do. The same function runs on ``meta`` tensors inside a :class:`~ctslice.memory.trace.MetaTrace` (the
+prediction, ``estimate.TraceRecorder``) and on real tensors on the real device (``--measure``,
+``measure.RealRecorder``): a :class:`Recorder` supplies what differs (how weights are built, how
+autocast applies, and the tags that attribute bytes to components). Peaks start once the resident
+objects exist: initialising weights has transients of its own (building the MAISI VAE on a device
+peaks at 126 MiB for 80 MiB of weights) that the pipeline, which loads weights on the CPU and moves
+them, never has on the GPU.
+
+The sizes follow the data pipeline: a patch spans ``patch_thick_slices`` thick slices of thin depth
+(times the thick/thin ratio, rounded up to the codec's z compression) and ``patch_size`` pixels
+in-plane, clipped to the smallest training volume like ``PatchDataset`` does; the U-Net pads latent
+sizes to multiples of 2^(levels-1) itself. Inference and the latent cache see whole volumes (the
+largest one).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import torch
+
+from ctslice.codecs import IdentityCodec, MaisiCodec
+from ctslice.config import Config
+from ctslice.training.optim import build_optimizer
+
+PARTS = ("train step", "encode", "denoise", "decode")
+
+# Component names (the rows of the report), used as trace tags.
+VAE_WEIGHTS, UNET_WEIGHTS = "VAE weights", "U-Net weights"
+GRADIENTS, OPTIMIZER, BATCH = "Gradients", "AdamW states", "Data batch"
+ACTIVATIONS, ATTENTION = "U-Net activations", "Attention"
+ENCODE, WINDOWS, DECODE = "VAE encode", "Windowed U-Net", "VAE decode"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The data a config will see: thick/thin spacing ratio and thin volume sizes (D, H, W)."""
+
+    ratio: float
+    largest: tuple[int, int, int]  # inference, validation and the latent cache run on whole volumes
+    smallest: tuple[int, int, int]  # training patches are clipped to the smallest volume
+    source: str  # where these figures come from, for the report
+
+
+class Recorder(Protocol):
+    """What differs between tracing a part on meta tensors and running it for real."""
+
+    def tag(self, name: str): ...
+
+    def codec(self, config: Config): ...
+
+    def model(self, config: Config, latent_channels: int): ...
+
+    def optimizer(self, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def forward_precision(self): ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def codec_precision(self): ...
+
+    def ready(self) -> None:
+        """Everything resident is built: the stage's peak starts here (construction transients are not its)."""
+
+
+def codec_class(config: Config):
+    return MaisiCodec if config.codec.name == "maisi" else IdentityCodec
+
+
+def pixel_patch(config: Config, geometry: Geometry) -> tuple[int, int, int]:
+    """Thin-voxel patch (D, H, W) the dataset draws, as ``PixelSource``/``LatentSource`` size it."""
+    if config.data.whole_volumes:
+        return geometry.largest
+    cz, cy, cx = codec_class(config).compression
+    depth = _round_up(math.ceil(config.data.patch_thick_slices * geometry.ratio), cz)
+    wanted = (depth, _round_up(config.data.patch_size, cy), _round_up(config.data.patch_size, cx))
+    return tuple(min(w, s) if w > 0 else s for w, s in zip(wanted, geometry.smallest, strict=True))
+
+
+def latent_size(config: Config, size: tuple[int, int, int]) -> tuple[int, int, int]:
+    return tuple(math.ceil(n / f) for n, f in zip(size, codec_class(config).compression, strict=True))
+
+
+def train_step(config: Config, geometry: Geometry, device: torch.device, rec: Recorder) -> None:
+    """One optimizer step of the trainer, with the codec, U-Net and AdamW states resident.
+
+    Two micro-batches stand for ``grad_accumulation`` of them: from the second on, each meets the
+    gradients of the previous ones, so the second's peak is every later one's.
+    """
+    from ctslice.training.latents import encode_batch
+
+    codec = rec.codec(config)
+    model = rec.model(config, codec.latent_channels).train()
+    with rec.tag(OPTIMIZER):
+        optimizer = build_optimizer({"unet": model.unet}, config.training)
+        rec.optimizer(optimizer)
+        _allocate_states(optimizer)
+    rec.ready()
+    cached = config.data.cache_latents
+    patch = latent_size(config, pixel_patch(config, geometry)) if cached else pixel_patch(config, geometry)
+    shape = (config.training.batch_size, codec.latent_channels if cached else 1, *patch)
+    accumulation = config.training.grad_accumulation
+    for _ in range(min(accumulation, 2)):
+        with rec.tag(BATCH):
+            thin, cond = torch.rand(shape, device=device), torch.rand(shape, device=device)
+        if not cached:
+            with rec.tag(ENCODE), rec.codec_precision():
+                thin, cond = encode_batch({"thin": thin, "cond": cond}, codec, device)
+        with rec.forward_precision():
+            loss = model.loss(thin, cond) / accumulation
+        rec.backward(loss)
+    with rec.tag(OPTIMIZER):
+        torch.nn.utils.clip_grad_norm_(model.unet.parameters(), config.training.grad_clip)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def encode(config: Config, volume: tuple[int, int, int], device: torch.device, rec: Recorder) -> None:
+    """The condition volume (HU) on the device, normalised and encoded in chunks (inference, latent cache)."""
+    codec = rec.codec(config)
+    model = rec.model(config, codec.latent_channels)
+    rec.ready()
+    with rec.tag(ENCODE), rec.codec_precision():
+        hu = torch.rand((1, 1, *volume), device=device)
+        codec.encode(codec.normalize(hu))
+    del model  # resident until the stage ends, as in the pipeline
+
+
+def denoise(config: Config, volume: tuple[int, int, int], device: torch.device, rec: Recorder,
+            mode: str = "mean") -> None:
+    """The U-Net over overlapping latent windows of the whole volume (the mean estimate, or one DDIM step)."""
+    from ctslice.inference.pipeline import SliceInterpolator
+    from ctslice.models.sampling import WindowedNetwork, ddim_sample, mean_estimate
+
+    codec = rec.codec(config)
+    model = rec.model(config, codec.latent_channels).eval()
+    network = WindowedNetwork(model, SliceInterpolator(model, codec, config, device).roi(), config.inference.overlap,
+                              config.inference.window_batch)  # as SliceInterpolator._denoise builds it
+    rec.ready()
+    with rec.tag(WINDOWS):
+        cond = torch.rand((1, codec.latent_channels, *latent_size(config, volume)), device=device)
+        with rec.forward_precision():
+            if mode == "mean":
+                mean_estimate(model, cond, network)
+            else:
+                ddim_sample(model, cond, 1, torch.Generator().manual_seed(0), network)
+
+
+def decode(config: Config, volume: tuple[int, int, int], device: torch.device, rec: Recorder) -> None:
+    """Chunked decoding of the thin latents back to HU, with the condition latents still held."""
+    codec = rec.codec(config)
+    model = rec.model(config, codec.latent_channels)
+    rec.ready()
+    with rec.tag(DECODE), rec.codec_precision():
+        shape = (1, codec.latent_channels, *latent_size(config, volume))
+        cond, latents = torch.rand(shape, device=device), torch.rand(shape, device=device)
+        codec.denormalize(codec.decode(latents, size=volume))
+    del model, cond  # resident until the stage ends, as in the pipeline
+
+
+def run_part(part: str, config: Config, geometry: Geometry, device: torch.device, rec: Recorder,
+             volume: tuple[int, int, int] | None = None, mode: str = "mean") -> None:
+    """Runs ``part`` (one of :data:`PARTS`); ``volume`` overrides the whole-volume size of inference parts,
+    ``mode`` is the denoising mode (mean estimate or DDIM sample)."""
+    volume = volume or geometry.largest
+    if part == "train step":
+        train_step(config, geometry, device, rec)
+    elif part == "encode":
+        encode(config, volume, device, rec)
+    elif part == "denoise":
+        denoise(config, volume, device, rec, mode)
+    elif part == "decode":
+        decode(config, volume, device, rec)
+    else:
+        raise ValueError(f"unknown part {part!r}; expected one of {', '.join(PARTS)}")
+
+
+def warm_up_config(config: Config) -> tuple[Config, Geometry]:
+    """A tiny run of the same networks, to load kernels and thread pools before measuring."""
+    multiple = 2 ** (len(config.model.channels) - 1)
+    cz, cy, _ = codec_class(config).compression
+    data = replace(config.data, whole_volumes=False, patch_thick_slices=1, patch_size=multiple * cy)
+    volume = (4 * multiple * cz, multiple * cy, multiple * cy)
+    return replace(config, data=data), Geometry(1.0, volume, volume, "warm-up")
+
+
+def _allocate_states(optimizer: torch.optim.Optimizer) -> None:
+    """AdamW creates its states lazily at the first step; a zero-gradient step creates them now, so
+    that the step measured is a steady-state one (states resident during forward and backward)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple)) * multiple if value > 0 else 0

@@ -1,0 +1,195 @@
+"""The memory model behind ``ctslice inspect-memory``: traced figures, measured agreement, verdicts, suggestions.
+
+The prediction traces the real code on meta tensors (``ctslice.memory.trace``), so most tests are
+cheap; one test measures a real tiny-config training step in a subprocess (about 15 s on 2 busy cores).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctslice.config import load_config
+from ctslice.errors import InputError
+from ctslice.memory import (
+    estimate_memory,
+    inspect,
+    measure_memory,
+    parse_device_memory,
+    resolve_geometry,
+    with_overrides,
+)
+from ctslice.memory.estimate import COMPONENTS, GIB, TraceRecorder
+from ctslice.memory.trace import MetaTrace
+from ctslice.memory.workload import ACTIVATIONS, ATTENTION, Geometry
+from ctslice.models import build_model
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+SMALL_VOLUME = (20, 48, 48)  # the tiny patch is then the whole volume: the training step is the training peak
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_config(TINY)
+
+
+def _geometry(volume=SMALL_VOLUME) -> Geometry:
+    return Geometry(5.0, volume, volume, "test")
+
+
+def _activations(config, device_type="cpu") -> int:
+    step = estimate_memory(config, _geometry(), device_type).training[1]
+    assert step.name == "train step"
+    return step.components.get(ACTIVATIONS, 0) + step.components.get(ATTENTION, 0)
+
+
+def test_meta_trace_counts_allocations_frees_and_views():
+    with MetaTrace() as trace:
+        a = torch.empty(1024, device="meta")  # 4 KiB
+        view = a[:10]
+        b = a * 2
+        assert trace.current == 8192 and trace.peak == 8192
+        del a
+        assert trace.current == 8192  # the view keeps a's storage alive
+        del view, b
+        assert trace.current == 0 and trace.peak == 8192
+        assert torch.ones(3, device="meta").sum().item() == 1.0  # values do not exist: a placeholder
+
+
+def test_emulated_autocast_follows_each_device_policy():
+    x = torch.empty(1, 8, 4, 4, 4, device="meta")
+    weight = torch.empty(8, 8, 3, 3, 3, device="meta")
+    with MetaTrace() as trace:
+        with trace.autocast("cuda", torch.bfloat16):
+            y = torch.nn.functional.conv3d(x, weight)
+            assert y.dtype == torch.bfloat16
+            assert torch.nn.functional.group_norm(y, 4).dtype == torch.float32  # CUDA: GroupNorm in fp32
+            assert y.softmax(-1).dtype == torch.float32
+            assert torch.cat([y, x[..., :2, :2, :2]]).dtype == torch.float32  # promote to the widest
+        with trace.autocast("cpu", torch.bfloat16):
+            assert torch.nn.functional.group_norm(torch.nn.functional.conv3d(x, weight), 4).dtype == torch.bfloat16
+        assert torch.nn.functional.conv3d(x, weight).dtype == torch.float32
+
+
+def test_meta_trace_of_a_bf16_step_matches_the_same_step_on_real_cpu_tensors(tiny):
+    """The trace on meta tensors with emulated CPU autocast equals a real CPU run under real autocast."""
+    config = with_overrides(tiny, {"training.precision": "bf16"})
+
+    def peak(device: str) -> int:
+        torch.manual_seed(0)
+        with MetaTrace() as trace:
+            model = TraceRecorder(trace, "cpu", "bf16").model(config, 1) if device == "meta" else \
+                build_model(config, 1, device)
+            x = torch.rand(2, 1, 8, 16, 16, device=device)
+            trace.reset_peak()
+            start = trace.current
+            with trace.autocast("cpu", torch.bfloat16) if device == "meta" else torch.autocast("cpu", torch.bfloat16):
+                loss = model.loss(x, x)
+            loss.backward()
+            return trace.peak - start
+
+    assert peak("meta") == pytest.approx(peak("cpu"), rel=0.01)
+
+
+def test_tiny_config_predicted_and_measured_agree_on_cpu(tiny):
+    geometry = _geometry()
+    estimate = estimate_memory(tiny, geometry, "cpu")
+    assert estimate.training_peak.name == "train step"
+    measured = measure_memory(tiny, geometry, torch.device("cpu"), parts=("train step",))[0]
+    assert measured.bytes is not None, measured.error
+    assert measured.bytes / estimate.training_peak.total == pytest.approx(1.0, abs=0.25)
+
+
+def test_checkpointing_lowers_predicted_activations(tiny):
+    on = with_overrides(tiny, {"model.gradient_checkpointing": True})
+    assert _activations(on) < 0.8 * _activations(tiny)
+
+
+def test_bigger_patch_raises_activations_roughly_linearly(tiny):
+    geometry = _geometry((80, 96, 96))
+    deeper = with_overrides(tiny, {"data.patch_thick_slices": 8})  # 20 -> 40 thin slices
+
+    def activations(config):
+        return estimate_memory(config, geometry, "cpu").training[1].components[ACTIVATIONS]
+
+    assert activations(deeper) / activations(tiny) == pytest.approx(2.0, rel=0.15)
+
+
+def test_cuda_bf16_holds_more_than_cpu_bf16_but_less_than_fp32(tiny):
+    """CUDA autocast keeps GroupNorm in float32, CPU autocast does not."""
+    bf16 = with_overrides(tiny, {"training.precision": "bf16"})
+    assert _activations(bf16, "cpu") < _activations(bf16, "cuda") < _activations(tiny, "cuda")
+
+
+def test_every_stage_adds_up_and_the_table_has_every_component(cli):
+    result = cli("inspect-memory", "--config", TINY, "--set", "codec.name=maisi", "--volume", "64x64x64",
+                 "--device-memory", "80GB")
+    assert result.exit_code == 0, result.output
+    for component in COMPONENTS:
+        assert component in result.stdout, component
+    for heading in ("Training, GB", "Inference (ctslice infer), GB", "Total", "Fits?", "fits"):
+        assert heading in result.stdout
+
+
+def test_json_is_one_document_whose_totals_add_up(cli):
+    result = cli("inspect-memory", "--config", TINY, "--volume", "20x48x48", "--device-memory", "24,80", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["device_type"] == "cpu" and document["measured"] is None
+    for table in ("training", "inference"):
+        stages = document[table]["stages"]
+        for stage in stages.values():
+            assert stage["total_gb"] == pytest.approx(sum(stage["components_gb"].values()), abs=1e-3)
+        assert document[table]["peak"]["gb"] == max(s["total_gb"] for s in stages.values())
+    assert [d["memory_gb"] for d in document["devices"]] == [24, 80]
+    assert all(d["training_fits"] for d in document["devices"])
+
+
+def test_a_config_that_does_not_fit_gets_suggestions_that_lower_its_peak(tiny):
+    config = with_overrides(tiny, {"data.patch_thick_slices": 8, "data.patch_size": 96})
+    inspection = inspect(config, device_memory="0.4GB", volume="40x96x96")
+    training, inference = inspection.estimate.training_peak.total, inspection.estimate.inference_peak.total
+    assert not inspection.verdicts[0].training_fits
+    changes = [s.change for s in inspection.suggestions]
+    assert "gradient checkpointing on" in changes and "BF16 autocast" in changes
+    for suggestion in inspection.suggestions:  # each lowers a peak that does not fit, none raises the other
+        assert suggestion.training_peak < training or suggestion.inference_peak < inference, suggestion
+        assert suggestion.training_peak <= training and suggestion.inference_peak <= inference, suggestion
+        assert suggestion.set_options.startswith("--set ")
+
+
+def test_geometry_comes_from_the_options_else_typical_values(tiny, tmp_path):
+    assumed = resolve_geometry(with_overrides(tiny, {"data.cache": str(tmp_path / "none.h5")}))
+    assert (assumed.ratio, assumed.largest) == (5.0, (300, 512, 512)) and "assumed" in assumed.source
+    given = resolve_geometry(tiny, ratio=3.0, volume=(90, 128, 128))
+    assert (given.ratio, given.largest, given.smallest) == (3.0, (90, 128, 128), (90, 128, 128))
+
+
+def test_device_memory_text():
+    assert [m.bytes for m in parse_device_memory("80GB")] == [80 * GIB]
+    assert [m.bytes for m in parse_device_memory("24, 40GiB,512MB")] == [24 * GIB, 40 * GIB, 512 * 2**20]
+    for bad in ("", "eighty", "80XB", "-4GB", "80GB,"):
+        with pytest.raises(InputError, match="--device-memory"):
+            parse_device_memory(bad)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device-memory", "lots"], "--device-memory 'lots'"),
+    (["--volume", "300x512"], "--volume '300x512'"),
+    (["--ratio", "0"], "--ratio 0"),
+    (["--set", "model.chanels=[8]"], "did you mean 'model.channels'"),
+])
+def test_bad_options_exit_2_with_one_line(cli, args, message):
+    result = cli("inspect-memory", "--config", TINY, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_measuring_cuda_without_cuda_is_a_usage_error(cli):
+    result = cli("inspect-memory", "--config", TINY, "--device", "cuda", "--measure")
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
