@@ -26,7 +26,10 @@ from ctslice.io.volume import Volume
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 AIR_HU = -1024
-"""Value given to NaN voxels of a float scan (typically outside the field of view)."""
+"""Value given to non-finite (NaN, infinite) voxels of a float scan: no measurement, typically outside the
+field of view of a resampled scan."""
+
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64 voxels
 
 
 def is_volume_file(path: Path) -> bool:
@@ -84,7 +87,8 @@ def _read_file(path: Path) -> Volume:
     except RuntimeError as error:
         raise _unreadable(path, error) from None
     _check_shape(path, reader)
-    if path.name.lower().endswith((".nii", ".nii.gz")):
+    nifti = path.name.lower().endswith((".nii", ".nii.gz"))
+    if nifti:
         _check_nifti_complete(path, reader)
     try:
         image = reader.Execute()
@@ -92,8 +96,14 @@ def _read_file(path: Path) -> Volume:
         raise _unreadable(path, error) from None
     volume = Volume.from_image(image)
     array = volume.array
-    if array.dtype.kind == "f" and np.isnan(array).any():
-        array = np.where(np.isnan(array), AIR_HU, array)
+    if array.dtype.kind == "f":
+        missing = ~np.isfinite(array)
+        if nifti:
+            missing |= _nifti_non_finite(path, reader, array.shape)
+        if missing.all():
+            raise InputError(f"{path} holds no measurement: every voxel is NaN or infinite; export it again")
+        if missing.any():
+            array = np.where(missing, AIR_HU, array)
     return volume.with_array(cast_rounded(array, np.int16))
 
 
@@ -126,12 +136,16 @@ def _check_nifti_complete(path: Path, reader: sitk.ImageFileReader) -> None:
         raise InputError(f"{path} is truncated ({available} of {expected} bytes); copy or export it again")
 
 
-def _gunzipped_size(path: Path, enough: int) -> int:
-    """Bytes that decompress from ``path``, counting up to ``enough``; ``InputError`` if the gzip is damaged."""
+def _gunzipped_size(path: Path, enough: float) -> int:
+    """Bytes that decompress from ``path``, counting up to ``enough``; ``InputError`` if the gzip is damaged.
+
+    Reading goes on past ``enough`` to the end of the stream, where gzip checks its CRC: damaged bytes
+    in the middle often still inflate, and only the checksum tells them from the scan.
+    """
     total = 0
     try:
         with gzip.open(path, "rb") as stream:
-            while total < enough and (chunk := stream.read(1 << 20)):
+            while total <= enough and (chunk := stream.read(1 << 20)):
                 total += len(chunk)
     except EOFError:
         raise InputError(f"{path} is truncated (its compressed data ends early); copy or export it again") from None
@@ -140,9 +154,40 @@ def _gunzipped_size(path: Path, enough: int) -> int:
     return total
 
 
+def _nifti_non_finite(path: Path, reader: sitk.ImageFileReader, shape: tuple[int, ...]) -> np.ndarray:
+    """Where a float NIfTI file stores NaN or infinity, as a (z, y, x) mask (all False for other types).
+
+    ITK's NIfTI reader (up to ITK 5) turns every non-finite voxel into 0 without a word, and 0 HU is
+    water: the NaN a resampling tool writes outside the field of view would become tissue. So the raw
+    voxels are scanned here, one slice at a time, to find them.
+    """
+    missing = np.zeros(shape, dtype=bool)
+    try:
+        kind = _NIFTI_FLOATS.get(int(reader.GetMetaData("datatype")))
+        offset = int(float(reader.GetMetaData("vox_offset")))
+    except (RuntimeError, ValueError):
+        return missing
+    if kind is None:
+        return missing
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        header = stream.read(offset)
+        order = "<" if int.from_bytes(header[:4], "little") in (348, 540) else ">"  # sizeof_hdr, NIfTI-1 or 2
+        dtype = np.dtype(order + kind)
+        for z in range(shape[0]):
+            voxels = np.frombuffer(stream.read(dtype.itemsize * shape[1] * shape[2]), dtype=dtype)
+            missing[z] = ~np.isfinite(voxels.reshape(shape[1:]))
+    return missing
+
+
 def _unreadable(path: Path, error: RuntimeError) -> InputError:
     if path.stat().st_size == 0:
         return InputError(f"{path} is empty (0 bytes); copy or export it again")
+    if path.name.lower().endswith(".gz"):
+        try:  # a damaged compression layer is the more precise diagnosis
+            _gunzipped_size(path, math.inf)
+        except InputError as damaged:
+            return damaged
     kind = next(s for s in SUPPORTED_SUFFIXES if path.name.lower().endswith(s))
     reason = sitk_reason(error)
     detail = "" if path.name in reason or "Unable to determine ImageIO" in reason else f" ({reason})"
