@@ -19,10 +19,12 @@ def check_ct_volume(volume: Volume, role: str) -> None:
         raise InputError(f"the {role} series is not a 3D volume (shape {values.shape})")
     sample = values[:: max(1, values.shape[0] // 16)].astype(np.float32)
     if float(sample.std()) < 1.0 and float(values.std()) < 1.0:
-        raise InputError(f"the {role} series is constant ({float(values.flat[0]):.0f} HU everywhere)")
+        raise InputError(f"the {role} series is constant ({float(values.flat[0]):.0f} HU everywhere): a blank "
+                         "export or a mask, not a CT scan")
     low, high = np.percentile(sample, [1, 99])
     if low > -200:
         raise InputError(f"the {role} series has no air or lung (1st percentile {low:.0f} HU): values do not "
                          "look like HU (missing rescale slope/intercept?)")
     if high < -200:
-        raise InputError(f"the {role} series has no tissue (99th percentile {high:.0f} HU)")
+        raise InputError(f"the {role} series has no tissue (99th percentile {high:.0f} HU): an empty field of "
+                         "view, not a CT scan")

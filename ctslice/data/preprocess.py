@@ -106,8 +106,10 @@ def _load(source: CaseSource) -> tuple[list[tuple[Volume, float]], str]:
 def _read_series(series: list, source: CaseSource) -> tuple[list[tuple[Volume, float]], str]:
     ct = [s for s in series if s.modality == "CT" and not s.localizer and s.n_slices > 1]
     if not ct:
-        found = ", ".join(sorted({s.modality or "unknown" for s in series})) or "no DICOM series"
-        raise InputError(f"no CT series ({found})")
+        if len(series) == 1:
+            series[0].check()  # says what that one series is instead (an MR series, a single slice...)
+        found = "; ".join(f"{i}) {s.describe()}" for i, s in enumerate(series, start=1)) or "no DICOM series at all"
+        raise InputError(f"{source.path} holds no CT volume ({found}); pass CT scans")
     patient = ct[0].patient_key or source.case_id
     return [(s.read(), s.slice_spacing) for s in ct], patient
 

@@ -46,7 +46,10 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
         raise InputError("--std-out needs --samples 2 or more (the spread between samples)")
     started = time.time()
     thick = read_volume(input)
-    check_ct_volume(thick, "input")
+    try:
+        check_ct_volume(thick, "input")
+    except InputError as error:  # the checks judge an array; the user needs to know which file
+        raise InputError(f"{input}: {error}") from None
     if method:
         spacing = thin_spacing or DEFAULT_THIN_SPACING
         console.print(f"{method} interpolation to {spacing:g} mm")
