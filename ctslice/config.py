@@ -38,7 +38,7 @@ class DataConfig:
     patch_thick_slices: int = 4  # patch depth in thick slices (thin depth = this x ratio)
     patch_size: int = 64  # in-plane patch side in pixels; 0 = whole slices
     whole_volumes: bool = False  # train on whole volumes instead of patches
-    flips: bool = True  # random flips along x and y
+    flips: bool = True  # random flips along z, y, x and y/x swaps (thick/thin relation is symmetric)
     cache_latents: bool = True  # encode each training volume once (the codec is frozen)
     num_workers: int = 0  # DataLoader worker processes
 

@@ -42,8 +42,8 @@ class Patch:
     z: tuple[int, int]
     y: tuple[int, int]
     x: tuple[int, int]
-    flip_y: bool
-    flip_x: bool
+    flips: tuple[int, ...] = ()  # array axes to reverse (-3 = z, -2 = y, -1 = x)
+    transpose: bool = False  # swap y and x (square patches only)
 
 
 class PatchSource(Protocol):
@@ -133,16 +133,18 @@ class PatchDataset(torch.utils.data.Dataset):
         size = shape if self.patch_shape is None else self.patch_shape
         starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(shape, size, strict=True)]
         starts[0] -= starts[0] % self.source.z_multiple
-        flip_y, flip_x = (bool(f) and self.config.flips for f in rng.integers(0, 2, 2))
+        coins = rng.integers(0, 2, 4).astype(bool) & self.config.flips
         z, y, x = ((a, a + p) for a, p in zip(starts, size, strict=True))
-        return Patch(case_id, z, y, x, flip_y, flip_x)
+        flips = tuple(axis for axis, coin in zip((-3, -2, -1), coins[:3], strict=True) if coin)
+        return Patch(case_id, z, y, x, flips, bool(coins[3]) and size[1] == size[2])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         patch = self.plan(index)
         cond, thin = self.source.read(patch)
-        axes = [axis for axis, flip in ((-2, patch.flip_y), (-1, patch.flip_x)) if flip]
-        if axes:
-            cond, thin = np.flip(cond, axes), np.flip(thin, axes)
+        if patch.flips:
+            cond, thin = np.flip(cond, patch.flips), np.flip(thin, patch.flips)
+        if patch.transpose:
+            cond, thin = np.swapaxes(cond, -1, -2), np.swapaxes(thin, -1, -2)
         cond, thin = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (cond, thin))
         if cond.ndim == 3:  # pixel sources have no channel axis
             cond, thin = cond[None], thin[None]
