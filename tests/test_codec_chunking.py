@@ -21,6 +21,15 @@ from ctslice.codecs.maisi import DEFAULT_OVERLAP, MaisiCodec, build_network
 TOLERANCE = 1e-4
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tensors are tiny: one thread beats two (no synchronisation) and spares a shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
@@ -63,8 +72,11 @@ def test_a_volume_no_deeper_than_one_slab_runs_whole():
 
 
 def test_group_norm_statistics_are_those_of_the_whole_volume(network):
-    """Every slab is the whole volume, so only the gathered statistics can make a difference."""
-    x = z_varying_volume(16)
+    """Every slab is the whole volume, so only the gathered statistics can make a difference.
+
+    Two samples in the batch: statistics are per sample, as in GroupNorm.
+    """
+    x = torch.cat([z_varying_volume(16), 0.5 * z_varying_volume(16, seed=1)])
     with torch.no_grad():
         expected = network.encoder(x)
         chunks = [Chunk(start, start + 8, 0, 16) for start in (0, 8)]

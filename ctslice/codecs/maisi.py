@@ -54,8 +54,8 @@ CT_CONFIG = dict(
 # beyond a latent slice's own 4, the decoder's 10 latent slices (40 image slices); the tests measure
 # both. With 40 the chunks see everything the whole volume would, and chunked results match
 # whole-volume ones to float rounding (max relative difference ~2e-6 on the released config with
-# random weights; tested at 1e-4). Shorter halos cost accuracy fast: 32 leaves ~1e-3, 20 leaves 4%
-# (encoding) and 13% (decoding).
+# random weights; tested at 1e-4). Shorter halos cost accuracy fast: 32 leaves ~1e-3, 20 leaves
+# 4-13% (benchmarks/RESULTS.md), though it would save memory (a slab of 72 slices instead of 112).
 DEFAULT_OVERLAP = 40
 
 
