@@ -5,8 +5,8 @@ field along z), max |chunked - whole| <= 1e-4 * max |whole|, for encoding and de
 released config with random weights, in float32 on CPU. Measured: about 2e-6 (float rounding).
 
 The volumes have statistics that change along z (as CT does: air, lungs, abdomen), so that chunks
-normalised with their own GroupNorm statistics would not pass; the in-plane size is tiny (4 x 4)
-because chunking only concerns z.
+normalised with their own GroupNorm statistics would not pass (measured 8e-2 at 117 slices, even
+with full halos); the in-plane size is tiny (4 x 4) because chunking only concerns z.
 """
 
 from __future__ import annotations
