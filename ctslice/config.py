@@ -49,6 +49,7 @@ class CodecConfig:
     checkpoint: str | None = None  # MAISI VAE weights (else $CTSLICE_MAISI_VAE)
     encode_chunk: int = 32  # slices per chunk when encoding
     decode_chunk: int = 8  # latent slices per chunk when decoding
+    overlap: int = 40  # halo slices per side of a chunk (40 covers the MAISI VAE's receptive field: exact)
 
 
 @dataclass
@@ -273,6 +274,8 @@ def _check(config: Config, where: str) -> None:
                 "inference.steps": config.inference.steps, "inference.window_batch": config.inference.window_batch,
                 "codec.encode_chunk": config.codec.encode_chunk,
                 "codec.decode_chunk": config.codec.decode_chunk}
+    if config.codec.overlap < 0:
+        raise ConfigError(f"{where}: codec.overlap must be 0 or more, got {config.codec.overlap}")
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{where}: {key} must be at least 1, got {value}")

@@ -13,11 +13,12 @@ import torch
 from ctslice.codecs.base import Codec, latent_scale_factor
 from ctslice.codecs.identity import IdentityCodec
 from ctslice.codecs.maisi import DEFAULT_OVERLAP, MaisiCodec, load_maisi
+from ctslice.config import CodecConfig
 from ctslice.errors import InputError
 
 CODECS = ("maisi", "identity")
 
-__all__ = ["CODECS", "Codec", "IdentityCodec", "MaisiCodec", "build_codec", "latent_scale_factor"]
+__all__ = ["CODECS", "Codec", "IdentityCodec", "MaisiCodec", "build_codec", "codec_for", "latent_scale_factor"]
 
 
 def build_codec(
@@ -41,3 +42,9 @@ def build_codec(
     if name == "identity":
         return IdentityCodec(device)
     raise InputError(f"unknown codec {name!r}; choose one of: {', '.join(CODECS)}")
+
+
+def codec_for(config: CodecConfig, device: str | torch.device = "cpu", checkpoint: str | Path | None = None) -> Codec:
+    """The codec a config's ``codec:`` section describes; ``checkpoint`` (e.g. ``--vae-checkpoint``) wins."""
+    return build_codec(config.name, checkpoint=checkpoint or config.checkpoint, device=device,
+                       encode_chunk=config.encode_chunk, decode_chunk=config.decode_chunk, overlap=config.overlap)

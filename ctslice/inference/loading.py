@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ctslice.codecs import build_codec
+from ctslice.codecs import codec_for
 from ctslice.config import config_from_dict
 from ctslice.errors import CtsliceError
 from ctslice.inference.pipeline import SliceInterpolator
@@ -52,9 +52,7 @@ def load_model(checkpoint: Path | None, device: torch.device | str, vae_checkpoi
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint has no '{key}' entry; was it written by `ctslice train`?")
     config = config_from_dict(state["config"], where=f"{path} (config)")
-    codec = build_codec(state["codec"]["name"], checkpoint=str(vae_checkpoint) if vae_checkpoint
-                        else config.codec.checkpoint, device=device, encode_chunk=config.codec.encode_chunk,
-                        decode_chunk=config.codec.decode_chunk)
+    codec = codec_for(config.codec, device, vae_checkpoint)
     if codec.latent_channels != state["codec"]["latent_channels"]:
         raise CheckpointError(f"{path}: trained with {state['codec']['latent_channels']} latent channels, "
                               f"the {codec.name} codec has {codec.latent_channels}")

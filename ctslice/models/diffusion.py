@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
+from ctslice.codecs.base import latent_scale_factor
 from ctslice.config import Config, DiffusionConfig
 from ctslice.models.unet import build_unet, size_multiple
 
@@ -45,16 +46,17 @@ class LatentStats:
 
     @classmethod
     def fit(cls, targets: list[torch.Tensor], conds: list[torch.Tensor], residual: bool) -> LatentStats:
-        """From (B, C, D, H, W) training latents: the target is thin - cond when ``residual``."""
-        diffused = torch.cat([_channels_last_flat(t - c if residual else t) for t, c in zip(targets, conds,
-                                                                                              strict=True)])
-        condition = torch.cat([_channels_last_flat(c) for c in conds])
-        return cls(diffused.mean(0), 1.0 / diffused.std(0).clamp_min(1e-6),
-                   condition.mean(0), 1.0 / condition.std(0).clamp_min(1e-6))
+        """From (B, C, D, H, W) training latents: the diffused variable is thin - cond when ``residual``."""
+        diffused = [t - c if residual else t for t, c in zip(targets, conds, strict=True)]
+        return cls(*_shift_and_scale(diffused), *_shift_and_scale(conds))
 
 
-def _channels_last_flat(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().float().transpose(0, 1).reshape(x.shape[1], -1).T
+def _shift_and_scale(latents: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel: the mean, and the latent scale factor 1/std (``ctslice.codecs.latent_scale_factor``)."""
+    channels = range(latents[0].shape[1])
+    shift = torch.tensor([float(torch.cat([x[:, k].double().flatten() for x in latents]).mean()) for k in channels])
+    scale = torch.tensor([latent_scale_factor(x[:, k] for x in latents) for k in channels])
+    return shift.float(), scale.float()
 
 
 class SliceDiffusion(torch.nn.Module):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ctslice.codecs import build_codec
+from ctslice.codecs import codec_for
 from ctslice.config import Config, save_config
 from ctslice.console import console
 from ctslice.data.cache import Cache
@@ -114,8 +114,7 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
         save_config(config, run_dir / "config.yaml")
 
     # ---- codec (frozen) and model
-    codec = build_codec(config.codec.name, checkpoint=config.codec.checkpoint, device=device,
-                        encode_chunk=config.codec.encode_chunk, decode_chunk=config.codec.decode_chunk)
+    codec = codec_for(config.codec, device)
     model = build_model(config, codec.latent_channels, device)
     if config.hardware.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
