@@ -4,22 +4,31 @@ A checkpoint is a plain dict of tensors and Python primitives (so ``torch.load(w
 loads it without trusting pickled code): ``format``, ``version``, ``ctslice_version``, ``step``,
 ``config`` (the resolved config), ``model`` (state dict, including the latent statistics),
 ``codec`` (name, latent channels, compression), ``data`` (thin/thick spacing, ratio, in-plane size),
-and for training state ``optimizer``, ``lr_scheduler``, ``rng``, ``best_metric``.
+and for training state ``optimizer``, ``lr_scheduler``, ``rng``, ``best_metric``; last, ``checksum``
+(sha256 of everything else). A file holding any other pickled object is refused, not executed.
+
+The checksum is what finds damage inside the file: a torch checkpoint is a zip whose reader notices a
+lost end (truncation) but loads zeroed or flipped bytes in the middle of a tensor without complaint.
+Files without a checksum (written before it existed) load unchecked.
 
 In a run folder, ``checkpoints/`` holds periodic ``step_N.pt``, ``latest.pt`` (the newest),
 ``best.pt`` (best validation PSNR) and ``final.pt``. If ``latest.pt`` is truncated or corrupt (a
 node died while copying it, a disk filled up), resuming falls back to the newest readable
-``step_N.pt`` with a warning instead of losing the run.
+``step_N.pt`` with a warning instead of losing the run. ``latest.pt`` is a hard link to the newest
+``step_N.pt``, so damage to one is damage to both: the fallback then reaches the one before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 
 from ctslice import __version__
 from ctslice.console import console
@@ -37,6 +46,7 @@ def write_checkpoint(state: dict[str, Any], path: Path) -> Path:
     """Save ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {"format": FORMAT, "version": VERSION, "ctslice_version": __version__, **state}
+    document["checksum"] = checksum(document)
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "wb") as handle:
         torch.save(document, handle)
@@ -53,6 +63,13 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         document = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        code = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", str(error), re.IGNORECASE)
+        if code is None:
+            raise CheckpointError(f"{path}: damaged or not a checkpoint (it does not unpickle)") from None
+        raise CheckpointError(f"{path}: refused: it holds a pickled Python object ({code.group(1)}) that could run "
+                              "code when loaded; ctslice loads only tensors and plain data, as `ctslice train` "
+                              "writes them") from None
     except Exception as error:  # torch raises many types for damaged files: all mean "unreadable"
         reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path}: damaged or not a checkpoint ({reason})") from None
@@ -60,7 +77,36 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"{path}: not a ctslice checkpoint")
     if document.get("version", 0) > VERSION:
         raise CheckpointError(f"{path}: written by a newer ctslice (format {document['version']}); upgrade ctslice")
+    expected = document.pop("checksum", None)
+    if expected is not None and expected != checksum(document):
+        raise CheckpointError(f"{path}: damaged: its contents do not match the checksum written with them "
+                              "(a disk or copy error)")
     return document
+
+
+def checksum(document: Any) -> str:
+    """sha256 of a checkpoint's contents: tensors by dtype, shape and bytes, the rest by type and value."""
+    digest = hashlib.sha256()
+    _feed(digest, document)
+    return digest.hexdigest()
+
+
+def _feed(digest, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"tensor {tensor.dtype} {tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)};".encode())
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):  # a tuple may come back from the file as either
+        digest.update(f"sequence {len(value)};".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        digest.update(f"{type(value).__name__} {value!r};".encode())
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -91,10 +137,10 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path, dict[str, Any]] | 
         try:
             document = read_checkpoint(candidate)
         except CheckpointError as error:
-            console.print(f"[yellow]warning:[/] {error}; trying an earlier checkpoint")
+            console.print(f"[yellow]warning:[/] {escape(str(error))}; trying an earlier checkpoint")
             continue
         if index > 0:
-            console.print(f"[yellow]warning:[/] resuming from {candidate.name} instead")
+            console.print(f"[yellow]warning:[/] resuming from {escape(candidate.name)} instead")
         return candidate, document
     if candidates:
         raise CtsliceError(f"{checkpoint_dir(run_dir)}: no readable checkpoint to resume from")
