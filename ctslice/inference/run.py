@@ -56,13 +56,22 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
         result, std = interpolate(thick, spacing, method), None
         device = resolve_device("cpu")
     else:
-        result, std, spacing, device = _run_model(thick, checkpoint, mode, samples, thin_spacing, steps, seed,
-                                                  device_name, vae_checkpoint)
+        try:
+            result, std, spacing, device = _run_model(thick, checkpoint, mode, samples, thin_spacing, steps, seed,
+                                                      device_name, vae_checkpoint)
+        except (RuntimeError, MemoryError) as error:
+            from ctslice.training.trainer import is_out_of_memory
+
+            if not is_out_of_memory(error):
+                raise
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise CtsliceError(f"out of memory while inferring ({reason}); nothing was written. Try --device cpu "
+                               "(slower, uses system memory) or a device with more memory") from None
     write_volume(result.with_array(cast_rounded(result.array)), output)
     if std_out is not None:
         write_volume(std.with_array(cast_rounded(std.array)), std_out)
     console.print(f"Wrote {output}: {result.depth} slices at {spacing:g} mm (input {thick.depth} slices at "
-                  f"{thick.spacing[2]:g} mm) in {time.time() - started:.1f} s, {memory_line(device)}")
+                  f"{thick.spacing[2]:g} mm) in {time.time() - started:.1f} s, {memory_line(device)}", markup=False)
     return result
 
 
@@ -77,7 +86,7 @@ def _run_model(thick: Volume, checkpoint, mode, samples, thin_spacing, steps, se
     spacing = thin_spacing or loaded.default_thin_spacing(thick.spacing[2])
     steps = steps or loaded.interpolator.config.inference.steps
     what = "mean estimate" if mode == "mean" else f"{samples} DDIM sample(s) of {steps} steps"
-    console.print(f"Using {source}: {what}, {thick.spacing[2]:g} mm -> {spacing:g} mm on {device}")
+    console.print(f"Using {source}: {what}, {thick.spacing[2]:g} mm -> {spacing:g} mm on {device}", markup=False)
     if abs(thick.spacing[2] / spacing - loaded.ratio) > 0.5:
         console.print(f"[yellow]note:[/] the model was trained to divide slices by {loaded.ratio:g}; this scan "
                       f"asks for {thick.spacing[2]:g} -> {spacing:g} mm (x{thick.spacing[2] / spacing:.2g})")
