@@ -147,8 +147,8 @@ def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions,
     known = cache_files.existing_hashes(output) if output.exists() else {}
     for part in sorted(parts.glob("*.h5")):
         known.update(cache_files.existing_hashes(part))
-    console.print(f"Preprocessing {len(sources)} case(s) -> {output} "
-                  f"(thick {options.thick_spacing} mm, thin {options.thin_spacing} mm, {workers} worker(s))")
+    console.print(f"Preprocessing {len(sources)} case(s) -> {output} (thick {options.thick_spacing} mm, "
+                  f"thin {options.thin_spacing} mm, {workers} worker(s))", markup=False)
     results: list[CaseResult] = []
     try:
         results = _run_cases(sources, options, parts, known, workers)
@@ -195,6 +195,7 @@ def _write_cache(output: Path, parts: Path, results: list[CaseResult]) -> None:
 
 
 def _print_summary(results: list[CaseResult]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     counts = {status: sum(r.status == status for r in results) for status in ("processed", "reused", "failed")}
@@ -204,7 +205,7 @@ def _print_summary(results: list[CaseResult]) -> None:
         table.add_column("case")
         table.add_column("reason", overflow="fold")
         for result in failed:
-            table.add_row(result.case_id, result.reason)
+            table.add_row(escape(result.case_id), escape(result.reason))  # paths may hold [brackets]
         stdout.print(table)
     summary = Table(title="Preprocessing summary", title_justify="left")
     for column in ("processed", "reused", "excluded"):
@@ -221,4 +222,4 @@ def run_merge(shards: list[Path], output: Path) -> None:
     cache_files.consolidate(output, list(shards) + previous)
     with cache_files.Cache(output) as merged:
         stdout.print(f"Merged {len(shards)} shard(s) into {output}: {len(merged.case_ids())} case(s), "
-                     f"{len(merged.failures())} failure record(s)")
+                     f"{len(merged.failures())} failure record(s)", markup=False)
