@@ -203,3 +203,28 @@ def test_nan_outside_the_field_of_view_reads_as_air_where_it_was(suffix, tmp_pat
     missing = ~np.isfinite(values)
     assert np.all(read[missing] == AIR_HU)
     np.testing.assert_array_equal(read[~missing], truth[~missing])
+
+
+@pytest.fixture
+def bracketed(tmp_path) -> Path:
+    """A bad file under ``CT [/bone]``: Rich reads ``[/bone]`` as a closing tag (exports name folders "CT [bone]")."""
+    path = tmp_path / "CT [/bone]" / "scan.nii.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_a_bracketed_path_reaches_the_failure_record_and_the_summary_verbatim(bracketed, tmp_path, cli):
+    result = cli("preprocess", bracketed, "-o", tmp_path / "cache.h5")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    with Cache(tmp_path / "cache.h5") as cache:
+        [failure] = cache.failures()
+    assert failure.reason == f"{bracketed} is empty (0 bytes); copy or export it again"
+
+
+@pytest.mark.xfail(strict=True, reason="ctslice/cli/app.py prints error messages as Rich markup: '[bone]' vanishes "
+                                       "and '[/bone]' raises MarkupError; it needs rich.markup.escape")
+def test_an_error_line_shows_a_bracketed_path_verbatim(bracketed, tmp_path, cli):
+    result = cli("infer", bracketed, "-o", tmp_path / "thin.nii.gz", "--method", "cubic")
+    assert result.exit_code == 2
+    assert result.output == f"error: {bracketed} is empty (0 bytes); copy or export it again\n"
