@@ -9,11 +9,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from ctslice.config import load_config
+from ctslice.data import cache as cache_files
+from ctslice.data.cache import Cache
+from ctslice.data.pairs import simulate_pair
 from ctslice.errors import InputError
+from ctslice.io.volume import Volume
 from ctslice.memory import (
     estimate_memory,
     inspect,
@@ -124,6 +129,18 @@ def test_cuda_bf16_holds_more_than_cpu_bf16_but_less_than_fp32(tiny):
     assert _activations(bf16, "cpu") < _activations(bf16, "cuda") < _activations(tiny, "cuda")
 
 
+def test_flash_attention_keeps_cuda_attention_linear_in_the_tokens(tiny):
+    """Without flash attention, 4x the middle-block tokens hold about 16x the attention memory; with it, ~4x."""
+    def attention(flash: bool, thick_slices: int) -> int:  # 2 -> 8 thick slices: 10 -> 40 thin (12 -> 40 padded)
+        config = with_overrides(tiny, {"hardware.flash_attention": flash, "data.patch_thick_slices": thick_slices})
+        step = estimate_memory(config, _geometry((40, 48, 48)), "cuda").training[1]
+        return step.components.get(ATTENTION, 0)
+
+    assert attention(False, 8) / attention(False, 2) > 10
+    assert attention(True, 8) / attention(True, 2) < 5
+    assert attention(True, 8) < attention(False, 8) / 10
+
+
 def test_every_stage_adds_up_and_the_table_has_every_component(cli):
     result = cli("inspect-memory", "--config", TINY, "--set", "codec.name=maisi", "--volume", "64x64x64",
                  "--device-memory", "80GB")
@@ -149,8 +166,7 @@ def test_json_is_one_document_whose_totals_add_up(cli):
 
 
 def test_a_config_that_does_not_fit_gets_suggestions_that_lower_its_peak(tiny):
-    config = with_overrides(tiny, {"data.patch_thick_slices": 8, "data.patch_size": 96})
-    inspection = inspect(config, device_memory="0.4GB", volume="40x96x96")
+    inspection = inspect(tiny, device_memory="0.2GB", volume="20x48x48")  # needs 0.26 GB, 0.18 GB usable
     training, inference = inspection.estimate.training_peak.total, inspection.estimate.inference_peak.total
     assert not inspection.verdicts[0].training_fits
     changes = [s.change for s in inspection.suggestions]
@@ -163,9 +179,26 @@ def test_a_config_that_does_not_fit_gets_suggestions_that_lower_its_peak(tiny):
 
 def test_geometry_comes_from_the_options_else_typical_values(tiny, tmp_path):
     assumed = resolve_geometry(with_overrides(tiny, {"data.cache": str(tmp_path / "none.h5")}))
-    assert (assumed.ratio, assumed.largest) == (5.0, (300, 512, 512)) and "assumed" in assumed.source
+    assert (assumed.ratio, assumed.largest) == (5.0, (300, 512, 512))
+    assert assumed.source.startswith("ratio and volumes assumed (no cache at")
     given = resolve_geometry(tiny, ratio=3.0, volume=(90, 128, 128))
     assert (given.ratio, given.largest, given.smallest) == (3.0, (90, 128, 128), (90, 128, 128))
+
+
+def test_geometry_comes_from_the_cache_when_there_is_one(tiny, tmp_path):
+    """Largest volume for inference and the latent cache; elementwise smallest for clipping patches."""
+    path = tmp_path / "cache.h5"
+    for k, shape in enumerate([(40, 24, 32), (60, 16, 16)]):
+        volume = Volume(np.zeros(shape, np.int16), (0.7, 0.7, 1.0), (0.0, 0.0, 0.0))
+        cache_files.write_part(cache_files.parts_dir(path), f"case{k}", simulate_pair(volume, 5.0, 1.0),
+                               source="test", content_hash=str(k), patient=str(k), options={})
+    cache_files.consolidate(path, sorted(cache_files.parts_dir(path).glob("*.h5")))
+    with Cache(path) as cache:
+        shapes = [cache.info(c).thin_shape for c in cache.case_ids()]
+    geometry = resolve_geometry(with_overrides(tiny, {"data.cache": str(path)}))
+    assert geometry.ratio == 5.0 and geometry.largest == max(shapes, key=np.prod)
+    assert geometry.smallest == tuple(min(s[k] for s in shapes) for k in range(3))
+    assert geometry.source == f"{path} (2 cases)"
 
 
 def test_device_memory_text():

@@ -42,6 +42,7 @@ from ctslice.memory.workload import (
     GRADIENTS,
     OPTIMIZER,
     UNET_WEIGHTS,
+    UPDATE,
     VAE_WEIGHTS,
     WINDOWS,
     Geometry,
@@ -52,8 +53,8 @@ from ctslice.memory.workload import (
 )
 
 GIB = 2**30
-COMPONENTS = (VAE_WEIGHTS, UNET_WEIGHTS, GRADIENTS, OPTIMIZER, BATCH, ACTIVATIONS, ATTENTION, ENCODE, WINDOWS,
-              DECODE)
+COMPONENTS = (VAE_WEIGHTS, UNET_WEIGHTS, GRADIENTS, OPTIMIZER, UPDATE, BATCH, ACTIVATIONS, ATTENTION, ENCODE,
+              WINDOWS, DECODE)
 DEFAULT_RATIO = 5.0  # 5 mm -> 1 mm, the common case
 DEFAULT_VOLUME = (300, 512, 512)  # a 50-slice 5 mm chest/abdomen CT on a 1 mm grid
 
@@ -105,9 +106,9 @@ def resolve_geometry(config: Config, ratio: float | None = None,
             smallest = volume or tuple(min(s[k] for s in shapes) for k in range(3))
             return Geometry(ratio or max(i.ratio for i in infos), largest, smallest,
                             f"{cache_path} ({len(infos)} cases)")
-    volume = volume or DEFAULT_VOLUME
-    source = "given" if ratio and volume != DEFAULT_VOLUME else f"assumed: no cache at {cache_path}"
-    return Geometry(ratio or DEFAULT_RATIO, volume, volume, source)
+    assumed = [name for name, value in (("ratio", ratio), ("volumes", volume)) if value is None]
+    source = f"{' and '.join(assumed)} assumed (no cache at {cache_path})" if assumed else "given"
+    return Geometry(ratio or DEFAULT_RATIO, volume or DEFAULT_VOLUME, volume or DEFAULT_VOLUME, source)
 
 
 def estimate_memory(config: Config, geometry: Geometry, device_type: str = "cuda") -> MemoryEstimate:
@@ -115,6 +116,8 @@ def estimate_memory(config: Config, geometry: Geometry, device_type: str = "cuda
     if device_type not in ("cuda", "cpu"):
         raise ValueError(f"device_type must be cuda or cpu, got {device_type!r}")
     step = Stage("train step", _traced("train step", config, geometry, device_type), ("train step",))
+    if step.components.get(UPDATE):
+        step.note = "peaks in the AdamW update, once backward has freed the activations"
     inference = [Stage(part, _volume_stage(part, config, geometry, device_type), (part,))
                  for part in ("encode", "denoise", "decode")]
     validation_denoise = Stage("denoise", _volume_stage("denoise", config, geometry, device_type,
@@ -173,13 +176,16 @@ class TraceRecorder:
             model = SliceDiffusion(config, latent_channels, flash_attention=flash)
         for p in model.unet.parameters():  # a gradient is born as a backward temporary, then kept
             p.register_post_accumulate_grad_hook(lambda p: self.trace.retag(p.grad, GRADIENTS))
-        for module in model.unet.modules():
+        for module in model.unet.modules():  # always_call: checkpointing ends a recomputation by raising
             if isinstance(module, SpatialAttentionBlock):
-                for register in (module.register_forward_pre_hook, module.register_full_backward_pre_hook):
-                    register(lambda *_: self.trace.push_tag(ATTENTION))
-                for register in (module.register_forward_hook, module.register_full_backward_hook):
-                    register(lambda *_: self.trace.pop_tag())
+                module.register_forward_pre_hook(lambda *_: self.trace.push_tag(ATTENTION))
+                module.register_forward_hook(self._attention_done, always_call=True)
         return model
+
+    def _attention_done(self, module, inputs, output) -> None:
+        self.trace.pop_tag()
+        if output is not None:
+            self.trace.tag_graph(output, inputs, ATTENTION)
 
     def optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """On CUDA, PyTorch's AdamW defaults to its foreach implementation (one temporary per parameter)."""
@@ -190,10 +196,12 @@ class TraceRecorder:
         return self.trace.autocast(self.device_type, torch.bfloat16 if self.precision == "bf16" else None)
 
     def backward(self, loss: torch.Tensor) -> None:
-        """``loss.backward()``, with checkpointed blocks recomputed under the forward's autocast, as real
-        checkpointing does. The engine is called directly: ``loss.backward()`` is a torch function, and a
-        mode is switched off while it handles one, which would leave the recomputation without autocast."""
-        with self.forward_precision():
+        """``loss.backward()``, with checkpointed blocks recomputed under the forward's autocast (each in a
+        region of its own, so without the weight cache), as real checkpointing does. The engine is called
+        directly: ``loss.backward()`` is a torch function, and a mode is switched off while it handles one,
+        which would leave the recomputation without autocast."""
+        dtype = torch.bfloat16 if self.precision == "bf16" else None
+        with self.trace.autocast(self.device_type, dtype, cache=False):
             torch.autograd.graph._engine_run_backward((loss,), (torch.ones_like(loss),), False, False, (),
                                                       allow_unreachable=True, accumulate_grad=True)
 
@@ -230,10 +238,12 @@ def _traced(part: str, config: Config, geometry: Geometry, device_type: str,
 def _relevant(part: str, config: Config) -> str:
     """The config values ``part``'s memory depends on, as a key (so unrelated changes reuse traces)."""
     c = config
-    keys = {"model": c.model, "flash": c.hardware.flash_attention, "codec": c.codec.name}
+    model = c.model.__dict__ if part == "train step" else {**c.model.__dict__, "gradient_checkpointing": None}
+    keys = {"model": model, "flash": c.hardware.flash_attention, "codec": c.codec.name}
     if part == "train step":
         keys.update(data=(c.data.patch_thick_slices, c.data.patch_size, c.data.whole_volumes, c.data.cache_latents),
                     training=(c.training.batch_size, c.training.grad_accumulation, c.training.precision),
+                    prediction=c.diffusion.prediction_type,
                     encode_chunk=None if c.data.cache_latents else c.codec.encode_chunk)
     elif part == "encode":
         keys.update(encode_chunk=c.codec.encode_chunk)
@@ -258,9 +268,11 @@ def _volume_stage(part: str, config: Config, geometry: Geometry, device_type: st
         return _traced(part, config, geometry, device_type, volume, mode)
     from ctslice.codecs.maisi import DEFAULT_OVERLAP
 
-    depth = volume[0]
-    chunk = config.codec.encode_chunk if part == "encode" else config.codec.decode_chunk * MaisiCodec.compression[0]
-    first_full = math.ceil(DEFAULT_OVERLAP / chunk) * chunk + chunk + DEFAULT_OVERLAP  # a chunk with full halos
+    depth, cz = volume[0], MaisiCodec.compression[0]
+    chunk = config.codec.encode_chunk if part == "encode" else config.codec.decode_chunk * cz
+    # The shallowest volume run in several chunks (not whole) of which one has full halos on both sides.
+    first_full = max(math.ceil(DEFAULT_OVERLAP / chunk) * chunk + chunk + DEFAULT_OVERLAP,
+                     _round_up(chunk + 2 * DEFAULT_OVERLAP + 1, cz))
     if depth <= first_full + chunk:
         return _traced(part, config, geometry, device_type, volume)
     low = _traced(part, config, geometry, device_type, (first_full, *volume[1:]))

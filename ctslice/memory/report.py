@@ -26,7 +26,7 @@ from ctslice.memory.advice import (
 )
 from ctslice.memory.estimate import COMPONENTS, GIB, MemoryEstimate, Stage, estimate_memory, resolve_geometry
 from ctslice.memory.measure import Measurement, measure_memory
-from ctslice.memory.workload import GRADIENTS
+from ctslice.memory.workload import ATTENTION, DECODE, ENCODE, GRADIENTS, UNET_WEIGHTS, VAE_WEIGHTS, WINDOWS
 
 
 @dataclass
@@ -71,8 +71,10 @@ def render(inspection: Inspection, label: str) -> list:
     """Rich renderables, in the order they are printed."""
     estimate = inspection.estimate
     out = [_header(estimate, label),
-           _stage_table("Training", estimate.training, f"peak: {_peak(estimate.training_peak)}{_gradients(estimate)}"),
-           _stage_table("Inference (ctslice infer)", estimate.inference, f"peak: {_peak(estimate.inference_peak)}"),
+           _stage_table("Training", estimate.training, COMPONENTS,
+                        f"peak: {_peak(estimate.training_peak)}{_gradients(estimate)}"),
+           _stage_table("Inference (ctslice infer)", estimate.inference, INFERENCE_COMPONENTS,
+                        f"peak: {_peak(estimate.inference_peak)}"),
            _verdict_table(inspection)]
     if inspection.suggestions:
         out.append(_suggestion_table(inspection))
@@ -106,6 +108,7 @@ def to_json(inspection: Inspection, label: str) -> dict:
     return document
 
 
+INFERENCE_COMPONENTS = (VAE_WEIGHTS, UNET_WEIGHTS, ATTENTION, ENCODE, WINDOWS, DECODE)
 # The stage each measured part is compared with.
 _PART_STAGES = {"train step": ("training", "train step"), "encode": ("inference", "encode"),
                 "denoise": ("inference", "denoise"), "decode": ("inference", "decode")}
@@ -129,33 +132,38 @@ def _parse_volume(text: str) -> tuple[int, int, int]:
     return tuple(int(s) for s in sizes)
 
 
-def _header(estimate: MemoryEstimate, label: str) -> str:
+def _header(estimate: MemoryEstimate, label: str) -> Table:
     c, f, g = estimate.config, estimate.facts, estimate.geometry
-    device = "CUDA" if estimate.device_type == "cuda" else "the CPU"
     tokens = ", ".join(f"{'middle block' if k == 'middle' else f'level {k}'} {v:,}"
                        for k, v in f["attention_tokens"].items())
     flash = "flash attention" if f["flash_attention"] else "no flash attention" + (
         " (CUDA only)" if estimate.device_type == "cpu" else "")
-    return "\n".join([
-        f"[bold]Predicted memory of {label} on {device}[/] ({c.training.precision}, gradient checkpointing "
-        f"{'on' if c.model.gradient_checkpointing else 'off'}, {flash})",
-        f"Data: thick/thin ratio {g.ratio:g}, largest volume {_size(g.largest)}, smallest {_size(g.smallest)} "
-        f"thin voxels ({g.source})",
-        f"Patch: {_size(f['pixel_patch'])} thin voxels -> {_size(f['latent_patch'])} latents (U-Net input "
-        f"{_size(f['padded_patch'])}), batch {c.training.batch_size} x accumulation {c.training.grad_accumulation}",
-        f"U-Net {f['unet_parameters'] / 1e6:.2f} M parameters (trained); {c.codec.name} codec "
-        f"{f['vae_parameters'] / 1e6:.2f} M (frozen); attention tokens: {tokens} ({c.model.attention_heads} heads)",
-        f"Inference windows {_size(f['window'])} latents over {_size(f['latent_volume'])}; GB = 2^30 bytes",
-    ])
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("Predicted", f"{label} on {'CUDA' if estimate.device_type == 'cuda' else 'the CPU'}")
+    grid.add_row("Precision", f"{c.training.precision}, gradient checkpointing "
+                              f"{'on' if c.model.gradient_checkpointing else 'off'}, {flash}")
+    grid.add_row("Data", f"thick/thin ratio {g.ratio:g}; thin volumes {_size(g.largest)} (largest), "
+                         f"{_size(g.smallest)} (smallest); {g.source}")
+    grid.add_row("Patch", f"{_size(f['pixel_patch'])} thin voxels -> {_size(f['latent_patch'])} latents (U-Net "
+                          f"input {_size(f['padded_patch'])}); batch {c.training.batch_size} x accumulation "
+                          f"{c.training.grad_accumulation}")
+    grid.add_row("Networks", f"U-Net {f['unet_parameters'] / 1e6:.2f} M parameters (trained), {c.codec.name} codec "
+                             f"{f['vae_parameters'] / 1e6:.2f} M (frozen)")
+    grid.add_row("Attention", f"tokens: {tokens}; {c.model.attention_heads} heads")
+    grid.add_row("Inference", f"windows of {_size(f['window'])} latents over {_size(f['latent_volume'])}")
+    grid.add_row("Units", "GB = 2^30 bytes")
+    return grid
 
 
-def _stage_table(title: str, stages: list[Stage], caption: str) -> Table:
+def _stage_table(title: str, stages: list[Stage], components: tuple[str, ...], caption: str) -> Table:
     table = Table(title=f"{title}, GB", caption=caption + _notes(stages), title_justify="left",
                   caption_justify="left")
     table.add_column("Component")
     for stage in stages:
         table.add_column(stage.name, justify="right")
-    for component in COMPONENTS:
+    for component in components:
         table.add_row(component, *[_cell(stage.components.get(component)) for stage in stages])
     table.add_row("[bold]Total[/]", *[f"[bold]{_number(stage.total)}[/]" for stage in stages], end_section=True)
     return table
@@ -230,8 +238,8 @@ def _jsonable(facts: dict) -> dict:
 
 def _fit(fits: bool, needed: int, usable: int) -> str:
     if fits:
-        return f"[green]fits[/] ({_number(usable - needed)} spare)"
-    return f"[red]does not fit[/] ({_number(needed - usable)} over)"
+        return f"[green]fits[/], {_number(usable - needed)} spare"
+    return f"[red]no[/], {_number(needed - usable)} over"
 
 
 def _peak(stage: Stage) -> str:

@@ -17,8 +17,10 @@ What the meta device cannot do, and what is done instead:
 - Autocast ignores meta tensors. :meth:`MetaTrace.autocast` applies PyTorch's documented per-op cast
   policies (``torch.amp`` op reference) with a ``TorchFunctionMode``, for CUDA or for CPU: they differ
   (CUDA runs GroupNorm and softmax in float32, CPU keeps them in bfloat16, so a CUDA bf16 step holds
-  more). Autocast's cache of cast weights is not modelled: the cast weights are saved for backward
-  anyway.
+  more), and keeps autocast's cache of cast trainable weights (2 bytes a parameter, held until the
+  autocast region ends: the whole forward pass, or the whole windowed inference pass).
+- On meta tensors ``scaled_dot_product_attention`` takes its math path (a tokens x tokens matrix); for a
+  CUDA target the trace calls the flash (half precision) or memory-efficient kernel CUDA would pick.
 - Values do not exist: the few ``.item()`` calls on the way (MONAI's noise schedule and importance
   map, AdamW's step count) read a placeholder 1; only shapes matter here.
 - Buffers allocated inside kernels that never become tensors (cuDNN/oneDNN workspaces, im2col) are
@@ -71,6 +73,7 @@ class MetaTrace(TorchDispatchMode):
         super().__init__()
         self._live: dict[int, tuple[int, str]] = {}
         self._tags = [default_tag]
+        self._node_tags: dict[object, str] = {}  # autograd node -> tag of the forward code that made it
         self._by_tag: Counter[str] = Counter()
         self.current = 0
         self.peak = 0
@@ -100,13 +103,37 @@ class MetaTrace(TorchDispatchMode):
         self._tags.pop()
 
     @contextmanager
-    def autocast(self, device_type: str, dtype: torch.dtype | None):
-        """Autocast as on ``device_type`` ("cuda" or "cpu") to ``dtype``; None switches it off inside."""
-        self._policy.states.append((device_type, dtype))
+    def autocast(self, device_type: str, dtype: torch.dtype | None, cache: bool = True):
+        """Autocast as on ``device_type`` ("cuda" or "cpu") to ``dtype``; None switches it off inside.
+
+        Like real autocast, casts of trainable weights are cached (and so kept) until the outermost
+        autocast region ends; ``cache=False`` is for regions that real autocast runs block by block
+        (checkpointed blocks recomputed in the backward pass each open their own region).
+        """
+        self._policy.states.append((device_type, dtype, cache))
         try:
             yield
         finally:
             self._policy.states.pop()
+            if not self._policy.states:
+                self._policy.cache.clear()
+
+    def tag_graph(self, outputs, inputs, name: str) -> None:
+        """Attributes the backward of the autograd graph between ``inputs`` and ``outputs`` to ``name``.
+
+        Call it right after the forward code that built that graph (a module's forward hook). Graphs
+        rebuilt while backward runs (checkpointed blocks recomputing) are never executed and are skipped.
+        """
+        if torch._C._current_autograd_node() is not None:
+            return
+        stop = {t.grad_fn for t in tree_leaves(inputs) if isinstance(t, torch.Tensor)}
+        nodes = [t.grad_fn for t in tree_leaves(outputs) if isinstance(t, torch.Tensor)]
+        while nodes:
+            node = nodes.pop()
+            if node is None or node in stop or node in self._node_tags:
+                continue
+            self._node_tags[node] = name
+            nodes.extend(next_node for next_node, _ in node.next_functions)
 
     def reset_peak(self) -> None:
         self.peak = self.current
@@ -138,6 +165,8 @@ class MetaTrace(TorchDispatchMode):
         if key in inputs or key in self._live:  # a view, an in-place result, or a tensor made before the trace
             return
         size, tag = storage.nbytes(), self._tags[-1]
+        if len(self._tags) == 1:  # nothing explicit: a backward op belongs to whatever built its node
+            tag = self._node_tags.get(torch._C._current_autograd_node(), tag)
         self._live[key] = (size, tag)
         self._by_tag[tag] += size
         self.current += size
@@ -163,38 +192,59 @@ class _Autocast(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.states: list[tuple[str, torch.dtype | None]] = []
+        self.states: list[tuple[str, torch.dtype | None, bool]] = []
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (weight, its cast)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        device_type, dtype = self.states[-1] if self.states else ("cpu", None)
-        if dtype is None:
-            return func(*args, **kwargs)
+        device_type, dtype, cache = self.states[-1] if self.states else ("cpu", None, False)
         name = getattr(func, "__name__", "")
+        if dtype is not None:
+            args, kwargs = self._autocast(name, device_type, dtype, cache, args, kwargs)
+        if name == "scaled_dot_product_attention" and device_type == "cuda":
+            return _cuda_attention(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    def _autocast(self, name: str, device_type: str, dtype: torch.dtype, cache: bool, args, kwargs):
         if name in LOWER_PRECISION:
-            args, kwargs = _cast((args, kwargs), dtype)
+            args, kwargs = self._cast((args, kwargs), dtype, cache)
         elif name in PROMOTE:
             widest = torch.float32 if any(t.dtype == torch.float32 for t in _eligible((args, kwargs))) else dtype
-            args, kwargs = _cast((args, kwargs), widest)
+            args, kwargs = self._cast((args, kwargs), widest, cache)
         elif name in FP32[device_type] or (device_type == "cpu" and name == "pad" and _pad_mode(args, kwargs)
                                            in CPU_FP32_PAD_MODES):
-            args, kwargs = _cast((args, kwargs), torch.float32)
+            args, kwargs = self._cast((args, kwargs), torch.float32, False)
         elif name in FP32_OUTPUT[device_type] and args and _eligible(args[0]) and kwargs.get("dtype") is None:
             kwargs = {**kwargs, "dtype": torch.float32}
-        return func(*args, **kwargs)
+        return args, kwargs
+
+    def _cast(self, tree, dtype: torch.dtype, cache: bool):
+        def cast(t):
+            if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype not in (dtype, torch.float64)):
+                return t
+            if not (cache and t.is_leaf and t.requires_grad and t.dtype == torch.float32):
+                return t.to(dtype)
+            if id(t) not in self.cache:  # the weight is kept in the entry, so its id stays its own
+                self.cache[id(t)] = (t, t.to(dtype))
+            return self.cache[id(t)][1]
+
+        return tree_map(cast, tree)
+
+
+def _cuda_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    """The kernel ``scaled_dot_product_attention`` picks on CUDA, whose memory is linear in the tokens: flash
+    attention for half precision, memory-efficient attention otherwise. On meta tensors SDPA would take
+    its math path and hold the full token x token matrix."""
+    if attn_mask is None and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256:
+        return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, is_causal,
+                                                                   scale=scale)[0]
+    return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, attn_mask, query.requires_grad,
+                                                                   dropout_p, is_causal, scale=scale)[0]
 
 
 def _eligible(tree) -> list[torch.Tensor]:
     return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor) and t.is_floating_point()
             and t.dtype != torch.float64]
-
-
-def _cast(tree, dtype: torch.dtype):
-    def cast(t):
-        eligible = isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
-        return t.to(dtype) if eligible and t.dtype != dtype else t
-
-    return tree_map(cast, tree)
 
 
 def _pad_mode(args, kwargs) -> str:

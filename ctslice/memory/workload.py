@@ -35,7 +35,7 @@ PARTS = ("train step", "encode", "denoise", "decode")
 
 # Component names (the rows of the report), used as trace tags.
 VAE_WEIGHTS, UNET_WEIGHTS = "VAE weights", "U-Net weights"
-GRADIENTS, OPTIMIZER, BATCH = "Gradients", "AdamW states", "Data batch"
+GRADIENTS, OPTIMIZER, UPDATE, BATCH = "Gradients", "AdamW states", "AdamW update", "Data batch"
 ACTIVATIONS, ATTENTION = "U-Net activations", "Attention"
 ENCODE, WINDOWS, DECODE = "VAE encode", "Windowed U-Net", "VAE decode"
 
@@ -117,7 +117,7 @@ def train_step(config: Config, geometry: Geometry, device: torch.device, rec: Re
         with rec.forward_precision():
             loss = model.loss(thin, cond) / accumulation
         rec.backward(loss)
-    with rec.tag(OPTIMIZER):
+    with rec.tag(UPDATE):  # temporaries of clipping and the update (on CUDA one per parameter, foreach)
         torch.nn.utils.clip_grad_norm_(model.unet.parameters(), config.training.grad_clip)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
