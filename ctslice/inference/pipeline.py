@@ -26,6 +26,8 @@ from ctslice.io.volume import Grid, Volume
 from ctslice.models.diffusion import SliceDiffusion
 from ctslice.models.sampling import WindowedNetwork, ddim_sample, mean_estimate
 
+MAX_ATTENTION_TOKENS = {False: 4096, True: 65536}  # without / with flash attention (CUDA)
+
 
 @dataclass
 class Prediction:
@@ -47,12 +49,23 @@ class SliceInterpolator:
         self.inplane_size = inplane_size
 
     def roi(self) -> tuple[int, int, int]:
-        """The latent window: configured pixels / codec compression, rounded to what the U-Net accepts."""
+        """The latent window: configured pixels / codec compression, rounded to what the U-Net accepts.
+
+        MONAI's U-Net always has self-attention in its middle block, over every voxel of the window at
+        the coarsest level; without flash attention (CPU) its memory grows with the square of that
+        count (a 64 x 128 x 128 window needed 8 GB). The window is shrunk, largest side first, until
+        that count is within ``MAX_ATTENTION_TOKENS`` for the device.
+        """
         cz, cy, cx = self.codec.compression
         multiple = self.model.multiple
         sizes = (self.config.inference.window_slices / cz, self.config.inference.window_size / cy,
                  self.config.inference.window_size / cx)
-        return tuple(max(multiple, int(math.ceil(s / multiple)) * multiple) for s in sizes)
+        roi = [max(multiple, int(math.ceil(s / multiple)) * multiple) for s in sizes]
+        limit = MAX_ATTENTION_TOKENS[self.device.type == "cuda" and self.config.hardware.flash_attention]
+        while math.prod(r // multiple for r in roi) > limit:
+            largest = max(range(3), key=lambda k: roi[k])
+            roi[largest] -= multiple
+        return tuple(roi)
 
     @torch.no_grad()
     def predict(self, thick: Volume, thin_spacing: float, mode: str = "mean", samples: int = 1, steps: int = 20,
