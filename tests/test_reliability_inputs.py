@@ -182,7 +182,8 @@ def test_a_bad_input_in_a_real_process_is_one_line_on_stderr(corpus, tmp_path):
     output = tmp_path / "thin.nii.gz"
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "ctslice", "infer", str(corpus["traversal"]), "-o", str(output),
-                           "--method", "cubic"], capture_output=True, text=True, env=env, timeout=120)
+                           "--method", "cubic"], capture_output=True, encoding="utf-8", errors="replace", env=env,
+                          timeout=120)
     assert done.returncode == 2
     assert done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
     assert "is unsafe" in done.stderr and "Traceback" not in done.stderr

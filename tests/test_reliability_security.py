@@ -13,6 +13,7 @@ import gzip
 import zipfile
 from pathlib import Path
 
+import pytest
 import SimpleITK as sitk
 import torch
 
@@ -115,7 +116,16 @@ def readable_bytes(path: Path) -> bytes:
     return data
 
 
-def test_patient_identifiers_appear_in_no_file_and_no_output(tmp_path, cli):
+@pytest.fixture
+def wide_console(monkeypatch):
+    """No wrapping of printed lines: Rich would fold a long word, and a folded identifier escapes a search."""
+    from ctslice.console import console, stdout
+
+    for printer in (console, stdout):
+        monkeypatch.setattr(printer, "width", 1000)
+
+
+def test_patient_identifiers_appear_in_no_file_and_no_output(tmp_path, cli, wide_console):
     inputs, work = tmp_path / "inputs", tmp_path / "work"
     write_study(inputs / "study_a", 1, thick=True)
     write_study(inputs / "study_b", 2, thick=True)

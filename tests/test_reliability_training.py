@@ -29,7 +29,7 @@ from ctslice.inference.pipeline import SliceInterpolator
 from ctslice.io import write_volume
 from ctslice.models.diffusion import SliceDiffusion
 from ctslice.training.checkpoint import read_checkpoint
-from ctslice.training.run_log import read_log
+from ctslice.training.run_log import RunLog, read_log
 from ctslice.training.trainer import memory_savings, train
 from tests.test_training import TINY
 
@@ -130,7 +130,7 @@ def test_sigterm_during_train_writes_a_checkpoint_and_exits_143(dataset, tmp_pat
     wait_for_step(run, 2, process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143
-    stderr = (tmp_path / "stderr.txt").read_text()
+    stderr = (tmp_path / "stderr.txt").read_text(encoding="utf-8", errors="replace")  # progress bars
     stopped = re.search(r"error: stopped by SIGTERM at step (\d+); checkpoint saved \(resume with --resume latest\)",
                         stderr)
     assert stopped, stderr
@@ -151,7 +151,7 @@ def test_kill_9_during_train_then_resume_latest_reproduces_the_uninterrupted_run
     assert saved in (3, 6) and saved <= killed_after
 
     done = subprocess.run([sys.executable, "-m", "ctslice", *train_args(dataset, run), "--resume", "latest"],
-                          capture_output=True, text=True, timeout=600, env=WIDE)
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=600, env=WIDE)
     assert done.returncode == 0, done.stderr
     assert f"Resumed from {run / 'checkpoints' / 'latest.pt'} at step {saved}" in done.stderr
     assert logged_steps(run) == list(range(1, 9))  # the log was cut back to the checkpoint: no step twice
@@ -224,32 +224,33 @@ def inject(monkeypatch, fault, steps) -> list[int]:
 
 def test_non_finite_losses_skip_their_steps_with_a_warning(dataset, tmp_path, monkeypatch, capsys):
     taken = inject(monkeypatch, lambda loss: loss * float("nan"), steps={3})
-    result = train(load_config(None, settings(dataset)), tmp_path / "run")
+    result = train(load_config(None, settings(dataset, "training.max_steps=4")), tmp_path / "run")
     assert "warning: non-finite loss at step 3; step skipped (1 in a row)" in capsys.readouterr().err
-    assert taken == [1, 2, 4, 5, 6, 7, 8]  # no optimizer step on the NaN gradients
-    assert result.step == 8
+    assert taken == [1, 2, 4]  # no optimizer step on the NaN gradients
+    assert result.step == 4
     records = {r["step"]: r for r in read_log(tmp_path / "run") if r["kind"] == "train"}
     assert records[3]["grad_norm"] is None and records[4]["grad_norm"] is not None
 
 
-@pytest.mark.xfail(strict=True, reason="RunLog writes a non-finite loss as NaN, which JSON does not have")
-def test_log_stays_json_after_a_non_finite_loss(dataset, tmp_path, monkeypatch):
-    inject(monkeypatch, lambda loss: loss * float("nan"), steps={2})
-    train(load_config(None, settings(dataset, "training.max_steps=2")), tmp_path / "run")
-    for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines():
+@pytest.mark.xfail(strict=True, reason="RunLog writes the loss of a skipped step as NaN, which JSON does not have")
+def test_the_record_of_a_skipped_step_is_json(tmp_path):
+    log = RunLog(tmp_path)
+    log.write({"kind": "train", "step": 3, "loss": float("nan"), "grad_norm": None})
+    log.close()
+    for line in (tmp_path / "log.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in log.jsonl: not JSON"))
 
 
 def test_max_bad_steps_in_a_row_stop_with_a_clear_message_and_a_checkpoint(dataset, tmp_path, monkeypatch, cli):
-    taken = inject(monkeypatch, lambda loss: loss * float("inf"), steps=set(range(3, 9)))
+    taken = inject(monkeypatch, lambda loss: loss * float("inf"), steps=set(range(2, 9)))
     run = tmp_path / "run"
-    result = cli(*train_args(dataset, run, "training.max_bad_steps=3"))
+    result = cli(*train_args(dataset, run, "training.max_bad_steps=2"))
     assert result.exit_code == 1
-    assert error_line(result.output) == ("error: 3 non-finite losses in a row at step 5: stopping (checkpoint saved). "
+    assert error_line(result.output) == ("error: 2 non-finite losses in a row at step 3: stopping (checkpoint saved). "
                                          "Lower training.lr, or check the data for NaNs")
-    assert taken == [1, 2]
+    assert taken == [1]
     state = read_checkpoint(run / "checkpoints" / "latest.pt")
-    assert state["step"] == 5 and (run / "checkpoints" / "step_5.pt").exists()
+    assert state["step"] == 3 and (run / "checkpoints" / "step_3.pt").exists()
 
 
 CPU_ALLOCATOR = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
@@ -258,8 +259,8 @@ CPU_ALLOCATOR = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAlloca
 
 @pytest.mark.parametrize("error, step, lost", [
     (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.25 "
-                            "GiB of which 3.12 GiB is free."), 5,
-     "The steps after step_3.pt are lost; continue with --resume latest."),
+                            "GiB of which 3.12 GiB is free."), 2,
+     "The steps after step_1.pt are lost; continue with --resume latest."),
     (RuntimeError(CPU_ALLOCATOR), 1, "No checkpoint was written yet."),
 ], ids=["cuda", "cpu allocator"])
 def test_out_of_memory_is_one_line_with_what_to_change(error, step, lost, dataset, tmp_path, monkeypatch, cli):
@@ -268,7 +269,7 @@ def test_out_of_memory_is_one_line_with_what_to_change(error, step, lost, datase
 
     inject(monkeypatch, out_of_memory, steps={step})
     run = tmp_path / "run"
-    result = cli(*train_args(dataset, run))
+    result = cli(*train_args(dataset, run, "training.checkpoint_interval=1"))
     assert result.exit_code == 1
     line = error_line(result.output)
     # (the CLI guard prints messages as Rich markup, which eats "[enforce fail ...]": see test_reliability_inputs)
