@@ -200,6 +200,16 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(damage, warnin
     assert losses(run) == losses(reference)
 
 
+@pytest.mark.xfail(strict=True, reason="session.prepare loads the checkpoint's weights unguarded: resuming with a "
+                                       "changed model config ends in a traceback, not one line")
+def test_resume_with_a_changed_model_config_is_one_line(dataset, reference, tmp_path, cli):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    result = cli(*train_args(dataset, run, "model.channels=[8, 8]"), "--resume", "latest")
+    assert result.exit_code == 2
+    assert "weights do not fit" in error_line(result.output)
+
+
 # --- faults --------------------------------------------------------------------------------------------------
 
 def inject(monkeypatch, fault, steps) -> list[int]:
