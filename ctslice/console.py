@@ -1,7 +1,8 @@
 """The Rich consoles and progress bars every command shares.
 
 Messages and progress go to stderr so that stdout carries only results (tables, ``--json``
-documents) and can be piped.
+documents) and can be piped. Messages carry user data (paths, case ids) that may contain brackets, so
+the message console parses no Rich markup: ``warn``, ``note`` and ``error`` colour only their prefix.
 """
 
 from __future__ import annotations
@@ -15,9 +16,22 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, markup=False)
 stdout = Console(highlight=False)
+
+
+def warn(message: str) -> None:
+    console.print(Text.assemble(("warning: ", "yellow"), message))
+
+
+def note(message: str) -> None:
+    console.print(Text.assemble(("note: ", "yellow"), message))
+
+
+def error(message: str) -> None:
+    console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
 
 
 def progress(*extra_columns, transient: bool = True) -> Progress:

@@ -223,8 +223,6 @@ def test_a_bracketed_path_reaches_the_failure_record_and_the_summary_verbatim(br
     assert failure.reason == f"{bracketed} is empty (0 bytes); copy or export it again"
 
 
-@pytest.mark.xfail(strict=True, reason="ctslice/cli/app.py prints error messages as Rich markup: '[bone]' vanishes "
-                                       "and '[/bone]' raises MarkupError; it needs rich.markup.escape")
 def test_an_error_line_shows_a_bracketed_path_verbatim(bracketed, tmp_path, cli):
     result = cli("infer", bracketed, "-o", tmp_path / "thin.nii.gz", "--method", "cubic")
     assert result.exit_code == 2

@@ -30,15 +30,15 @@ def guarded(function: Callable) -> Callable:
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        from ctslice.console import console
+        from ctslice.console import error as print_error
 
         try:
             return function(*args, **kwargs)
         except CtsliceError as error:
-            console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+            print_error(str(error))
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]")
+            print_error("interrupted")
             raise typer.Exit(130) from None
 
     return wrapper

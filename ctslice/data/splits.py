@@ -21,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from ctslice.console import console, stdout
+from ctslice.console import console, stdout, warn
 from ctslice.data.cache import Cache
 from ctslice.errors import InputError
 
@@ -102,7 +102,7 @@ def run_split(cache_path: Path, output: Path, val: float, test: float, seed: int
         kept = read_splits(output)
         gone = sorted({c for name in SPLITS for c in kept[name]} - set(patients))
         if gone:
-            console.print(f"[yellow]{len(gone)} case(s) in {output} are not in the cache and were dropped: "
+            warn(f"{len(gone)} case(s) in {output} are not in the cache and were dropped: "
                           f"{', '.join(gone[:5])}")
         existing = {patients[c]: name for name in SPLITS for c in kept[name] if c in patients}
         console.print(f"Kept the split of {len(existing)} patient(s) in {output}; "

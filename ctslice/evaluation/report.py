@@ -1,16 +1,16 @@
 """The validation report: per-case and mean metrics per method, as a Rich table and as JSON.
 
-JSON has no infinity, so a PSNR of +inf (a prediction identical to the truth) is written as null.
+A PSNR of +inf (a prediction identical to the truth) is written as null (``ctslice.jsonsafe``).
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np
 from rich.table import Table
+
+from ctslice.jsonsafe import dumps
 
 METRICS = ("psnr", "ssim", "ssim_coronal", "ssim_sagittal", "hu_mae")
 
@@ -20,16 +20,7 @@ def mean_scores(cases: list[dict], methods: list[str]) -> dict[str, dict[str, fl
 
 
 def to_json(report: dict) -> str:
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return value
-
-    return json.dumps(clean(report), indent=2)
+    return dumps(report, indent=2)
 
 
 def write_json(report: dict, path: Path) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctslice.console import console, progress
+from ctslice.console import console, note, progress
 from ctslice.data.checks import check_ct_volume
 from ctslice.errors import CtsliceError, InputError
 from ctslice.evaluation.baselines import METHODS, interpolate
@@ -88,7 +88,7 @@ def _run_model(thick: Volume, checkpoint, mode, samples, thin_spacing, steps, se
     what = "mean estimate" if mode == "mean" else f"{samples} DDIM sample(s) of {steps} steps"
     console.print(f"Using {source}: {what}, {thick.spacing[2]:g} mm -> {spacing:g} mm on {device}", markup=False)
     if abs(thick.spacing[2] / spacing - loaded.ratio) > 0.5:
-        console.print(f"[yellow]note:[/] the model was trained to divide slices by {loaded.ratio:g}; this scan "
+        note(f"the model was trained to divide slices by {loaded.ratio:g}; this scan "
                       f"asks for {thick.spacing[2]:g} -> {spacing:g} mm (x{thick.spacing[2] / spacing:.2g})")
     with progress() as bar:
         task = bar.add_task("Inferring", total=None)

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.markup import escape
 
 from ctslice import __version__
-from ctslice.console import console
+from ctslice.console import warn
 from ctslice.errors import CtsliceError, InputError
 
 FORMAT = "ctslice-checkpoint"
@@ -137,10 +136,10 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path, dict[str, Any]] | 
         try:
             document = read_checkpoint(candidate)
         except CheckpointError as error:
-            console.print(f"[yellow]warning:[/] {escape(str(error))}; trying an earlier checkpoint")
+            warn(f"{error}; trying an earlier checkpoint")
             continue
         if index > 0:
-            console.print(f"[yellow]warning:[/] resuming from {escape(candidate.name)} instead")
+            warn(f"resuming from {candidate.name} instead")
         return candidate, document
     if candidates:
         raise CtsliceError(f"{checkpoint_dir(run_dir)}: no readable checkpoint to resume from")

@@ -4,7 +4,10 @@ TensorBoard events, both written by rank 0 only."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+
+from ctslice.jsonsafe import dumps
 
 
 class RunLog:
@@ -22,10 +25,10 @@ class RunLog:
         if not self.enabled:
             return
         with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(dumps(record) + "\n")
         kind = record.get("kind", "train")
         for key, value in record.items():
-            if isinstance(value, (int, float)) and key != "step":
+            if isinstance(value, (int, float)) and math.isfinite(value) and key != "step":
                 self._writer.add_scalar(f"{kind}/{key}", value, record["step"])
         self._writer.flush()
 

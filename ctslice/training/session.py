@@ -17,7 +17,7 @@ import torch
 
 from ctslice.codecs import codec_for
 from ctslice.config import Config, save_config
-from ctslice.console import console
+from ctslice.console import console, note
 from ctslice.data.cache import Cache
 from ctslice.data.patches import PatchDataset, PixelSource
 from ctslice.data.splits import read_splits
@@ -106,7 +106,7 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
     if config.data.whole_volumes and config.training.batch_size > 1:
         raise InputError("data.whole_volumes needs training.batch_size 1 (volumes differ in shape)")
     if len(ratios) > 1:
-        console.print(f"[yellow]note:[/] training cases have different thick/thin ratios {ratios}; "
+        note(f"training cases have different thick/thin ratios {ratios}; "
                       f"the checkpoint records the largest")
     thin_spacing = thin_spacings[0] if len(thin_spacings) == 1 else None  # None: mixed, infer uses T / ratio
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -144,9 +144,13 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
     resumed = ckpt.resolve_resume(resume, run_dir) if resume else None
     if resumed:
         path, state = resumed
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["lr_scheduler"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["lr_scheduler"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise ckpt.CheckpointError(f"{path}: weights do not fit the model in this config (was model.* "
+                                       f"changed since the run started?): {str(error).splitlines()[0][:160]}") from None
         start_step, best_psnr = int(state["step"]), state.get("best_metric")
         restore_rng(state["rng"])
         if world.is_main:

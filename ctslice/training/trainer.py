@@ -28,7 +28,7 @@ import torch
 
 from ctslice.codecs import IdentityCodec, MaisiCodec
 from ctslice.config import Config
-from ctslice.console import console
+from ctslice.console import console, warn
 from ctslice.errors import CtsliceError
 from ctslice.hardware import autocast, memory_line, peak_memory_bytes
 from ctslice.training.checkpoint import periodic_checkpoints
@@ -84,7 +84,7 @@ def _loop(s: Session, stop: _SigtermFlag) -> TrainResult:
             step_time = time.time() - tic
             bad_steps = 0 if grad_norm is not None else bad_steps + 1
             if grad_norm is None:
-                console.print(f"[yellow]warning:[/] non-finite loss at step {step}; step skipped "
+                warn(f"non-finite loss at step {step}; step skipped "
                               f"({bad_steps} in a row)")
             if bad_steps >= training.max_bad_steps:
                 s.saver.save(step, s.best_psnr, periodic=True)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ctslice.config import Config
-from ctslice.console import console
+from ctslice.console import console, note
 from ctslice.data.cache import Cache
 from ctslice.data.patches import PatchDataset, PixelSource
 from ctslice.evaluation import metrics
@@ -41,7 +41,7 @@ class Validator:
     @torch.no_grad()
     def run(self, model, step: int, log: RunLog, final: bool = False) -> dict:
         if not self.case_ids:
-            console.print("[yellow]No validation cases in the splits: validation skipped")
+            note("no validation cases in the splits: validation skipped")
             return {}
         model.eval()
         result = {"val_loss": self._loss(model)}
