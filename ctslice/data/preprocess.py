@@ -148,7 +148,7 @@ def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions,
     for part in sorted(parts.glob("*.h5")):
         known.update(cache_files.existing_hashes(part))
     console.print(f"Preprocessing {len(sources)} case(s) -> {output} (thick {options.thick_spacing} mm, "
-                  f"thin {options.thin_spacing} mm, {workers} worker(s))", markup=False)
+                  f"thin {options.thin_spacing} mm, {workers} worker(s))")
     results: list[CaseResult] = []
     try:
         results = _run_cases(sources, options, parts, known, workers)

@@ -71,7 +71,7 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
     if std_out is not None:
         write_volume(std.with_array(cast_rounded(std.array)), std_out)
     console.print(f"Wrote {output}: {result.depth} slices at {spacing:g} mm (input {thick.depth} slices at "
-                  f"{thick.spacing[2]:g} mm) in {time.time() - started:.1f} s, {memory_line(device)}", markup=False)
+                  f"{thick.spacing[2]:g} mm) in {time.time() - started:.1f} s, {memory_line(device)}")
     return result
 
 
@@ -86,10 +86,10 @@ def _run_model(thick: Volume, checkpoint, mode, samples, thin_spacing, steps, se
     spacing = thin_spacing or loaded.default_thin_spacing(thick.spacing[2])
     steps = steps or loaded.interpolator.config.inference.steps
     what = "mean estimate" if mode == "mean" else f"{samples} DDIM sample(s) of {steps} steps"
-    console.print(f"Using {source}: {what}, {thick.spacing[2]:g} mm -> {spacing:g} mm on {device}", markup=False)
+    console.print(f"Using {source}: {what}, {thick.spacing[2]:g} mm -> {spacing:g} mm on {device}")
     if abs(thick.spacing[2] / spacing - loaded.ratio) > 0.5:
         note(f"the model was trained to divide slices by {loaded.ratio:g}; this scan "
-                      f"asks for {thick.spacing[2]:g} -> {spacing:g} mm (x{thick.spacing[2] / spacing:.2g})")
+             f"asks for {thick.spacing[2]:g} -> {spacing:g} mm (x{thick.spacing[2] / spacing:.2g})")
     with progress() as bar:
         task = bar.add_task("Inferring", total=None)
 

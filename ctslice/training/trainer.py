@@ -84,8 +84,7 @@ def _loop(s: Session, stop: _SigtermFlag) -> TrainResult:
             step_time = time.time() - tic
             bad_steps = 0 if grad_norm is not None else bad_steps + 1
             if grad_norm is None:
-                warn(f"non-finite loss at step {step}; step skipped "
-                              f"({bad_steps} in a row)")
+                warn(f"non-finite loss at step {step}; step skipped ({bad_steps} in a row)")
             if bad_steps >= training.max_bad_steps:
                 s.saver.save(step, s.best_psnr, periodic=True)
                 raise CtsliceError(f"{bad_steps} non-finite losses in a row at step {step}: stopping (checkpoint "
