@@ -17,6 +17,25 @@ def shared_ct() -> Path:
     return SHARED_CT
 
 
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    """The tiny phantom cache (3 training cases, 1 validation case) and its splits; see ``tests/tiny.py``."""
+    from tests.tiny import make_phantom_cache
+
+    return make_phantom_cache(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread beats two (no synchronisation) and spares a shared machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def cli():
     """Run ``ctslice ARGS...`` in-process; returns the click Result (exit_code, stdout, stderr)."""

@@ -21,13 +21,7 @@ from ctslice.codecs.maisi import DEFAULT_OVERLAP, MaisiCodec, build_network
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread beats two (no synchronisation) and spares a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:

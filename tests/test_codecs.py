@@ -20,13 +20,7 @@ RELEASED_PARAMETERS = 20_944_897
 RELEASED_TENSORS = 130
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread beats two (no synchronisation) and spares a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from ctslice.config import config_from_dict
 from ctslice.training import trainer
 from ctslice.training.session import prepare
-from tests.test_training import dataset, tiny_config  # noqa: F401  (dataset is a fixture)
+from tests.tiny import tiny_config
 
 
 def free_port() -> int:
@@ -35,7 +35,7 @@ def rank_worker(rank: int, port: int, config: dict, run_dirs: list[str], dumps: 
         session.world.close()
 
 
-def test_two_ranks_hold_identical_weights_and_only_rank_0_writes(dataset, tmp_path):  # noqa: F811
+def test_two_ranks_hold_identical_weights_and_only_rank_0_writes(dataset, tmp_path):
     config = tiny_config(dataset, "training.max_steps=3", "training.checkpoint_interval=2",
                          "validation.val_samples=0", "data.cache_latents=false")
     run_dirs = [str(tmp_path / "rank0"), str(tmp_path / "rank1")]  # rank 1 gets its own folder: must stay empty

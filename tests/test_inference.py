@@ -9,12 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ctslice.config import load_config
 from ctslice.data.cache import Cache
 from ctslice.data.pairs import simulate_pair
 from ctslice.data.phantom import make_phantom
-from ctslice.data.preprocess import PreprocessOptions, run_preprocess
-from ctslice.data.splits import run_split
 from ctslice.evaluation import metrics
 from ctslice.evaluation.baselines import interpolate
 from ctslice.inference.loading import load_model
@@ -23,7 +20,7 @@ from ctslice.io.geometry import resample, thin_grid
 from ctslice.io.volume import Volume
 from ctslice.training.trainer import train
 from tests.dicom_utils import write_dicom_series, zip_folder
-from tests.test_training import TINY
+from tests.tiny import make_phantom_cache, tiny_config
 
 OBLIQUE = tuple(sitk.VersorTransform((0.3, 0.2, 1.0), 0.5).GetMatrix())
 FLIPPED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
@@ -33,15 +30,9 @@ FLIPPED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 def trained(tmp_path_factory):
     """A tiny model trained for a few steps on phantoms, its cache and splits."""
     folder = tmp_path_factory.mktemp("model")
-    for seed in range(4):
-        write_volume(make_phantom(shape=(40, 32, 32), spacing=(12.0, 12.0, 1.0), seed=seed),
-                     folder / "raw" / f"case{seed}.nii.gz")
-    cache, splits = folder / "cache.h5", folder / "splits.json"
-    run_preprocess([folder / "raw"], cache, PreprocessOptions(5.0, 1.0, min_slices=4))
-    run_split(cache, splits, val=0.25, test=0.25, seed=0)
-    config = load_config(None, [*TINY, f"data.cache={cache}", f"data.splits={splits}", "training.max_steps=20",
-                                "training.val_interval=100", "validation.val_samples=0", "hardware.device=cpu"])
-    train(config, folder / "run")
+    cache, splits = make_phantom_cache(folder, val=0.25, test=0.25)
+    train(tiny_config((cache, splits), "training.max_steps=20", "training.val_interval=100",
+                      "validation.val_samples=0"), folder / "run")
     return folder / "run" / "checkpoints" / "final.pt", cache, splits
 
 

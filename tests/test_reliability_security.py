@@ -21,7 +21,7 @@ from ctslice.data.pairs import simulate_pair
 from ctslice.data.phantom import make_phantom
 from ctslice.io import Volume, write_volume
 from tests.dicom_utils import write_dicom_series
-from tests.test_training import TINY
+from tests.tiny import TINY
 
 
 class CodeOnLoad:

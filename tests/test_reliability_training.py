@@ -23,31 +23,16 @@ import torch
 
 from ctslice.config import load_config
 from ctslice.data.phantom import make_phantom
-from ctslice.data.preprocess import PreprocessOptions, run_preprocess
-from ctslice.data.splits import run_split
 from ctslice.inference.pipeline import SliceInterpolator
 from ctslice.io import write_volume
 from ctslice.models.diffusion import SliceDiffusion
 from ctslice.training.checkpoint import read_checkpoint
 from ctslice.training.run_log import RunLog, read_log
 from ctslice.training.trainer import memory_savings, train
-from tests.test_training import TINY
+from tests.tiny import TINY
 
 RUN = ["training.max_steps=8", "training.checkpoint_interval=3", "training.val_interval=1000",
        "validation.val_samples=0"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> tuple[Path, Path]:
-    """A cache of 4 small phantom cases and its splits."""
-    folder = tmp_path_factory.mktemp("data")
-    for seed in range(4):
-        write_volume(make_phantom(shape=(40, 32, 32), spacing=(12.0, 12.0, 1.0), seed=seed),
-                     folder / "raw" / f"case{seed}.nii.gz")
-    cache, splits = folder / "cache.h5", folder / "splits.json"
-    run_preprocess([folder / "raw"], cache, PreprocessOptions(5.0, 1.0, min_slices=4))
-    run_split(cache, splits, val=0.25, test=0.0, seed=0)
-    return cache, splits
 
 
 def settings(dataset, *extra: str) -> list[str]:

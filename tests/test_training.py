@@ -10,41 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from ctslice.config import load_config
-from ctslice.data.phantom import make_phantom
-from ctslice.data.preprocess import PreprocessOptions, run_preprocess
-from ctslice.data.splits import run_split
-from ctslice.io import write_volume
 from ctslice.models import build_model
 from ctslice.training.optim import build_optimizer
 from ctslice.training.run_log import read_log
 from ctslice.training.state import Saver
 from ctslice.training.trainer import Preempted, train
-
-TINY = ["model.channels=[8, 16]", "model.attention_levels=[false, false]", "model.norm_num_groups=4",
-        "model.attention_heads=2", "data.patch_size=16", "data.patch_thick_slices=2", "training.batch_size=2",
-        "training.log_interval=1", "inference.window_slices=16", "inference.window_size=32",
-        "validation.val_steps=2", "training.warmup_steps=0", "training.lr=1e-3",
-        "training.precision=fp32"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """A cache of 4 small phantom cases (3 train, 1 val) and its splits."""
-    folder = tmp_path_factory.mktemp("data")
-    for seed in range(4):
-        volume = make_phantom(shape=(40, 32, 32), spacing=(12.0, 12.0, 1.0), seed=seed)
-        write_volume(volume, folder / "raw" / f"case{seed}.nii.gz")
-    cache = folder / "cache.h5"
-    run_preprocess([folder / "raw"], cache, PreprocessOptions(5.0, 1.0, min_slices=4))
-    splits = folder / "splits.json"
-    run_split(cache, splits, val=0.25, test=0.0, seed=0)
-    return cache, splits
-
-
-def tiny_config(dataset, *extra):
-    cache, splits = dataset
-    return load_config(None, [*TINY, f"data.cache={cache}", f"data.splits={splits}", "hardware.device=cpu", *extra])
+from tests.tiny import tiny_config
 
 
 def test_training_runs_validates_at_the_interval_and_at_the_end(dataset, tmp_path):
