@@ -11,7 +11,7 @@ volume's latent buffers). "Predicted" is the stage's total from ``estimate_memor
 measured on; "measured" is ``measure_memory`` (CPU: peak resident set per stage in a fresh process;
 CUDA: ``torch.cuda.max_memory_allocated``). Variants:
 
-- tiny: ``configs/tiny_cpu.yaml`` as is (pixel space, U-Net [16, 32, 32], fp32, batch 2).
+- tiny: ``configs/tiny_cpu.yaml`` as is (pixel space, U-Net [16, 32, 32], batch 2, BF16); tiny-fp32: in FP32.
 - maisi: the MAISI VAE (random weights), U-Net [32, 64, 64], BF16, gradient checkpointing; patches 64 x 64
   in-plane, volumes 32 x 32 (the VAE on 2 CPU cores takes minutes per volume).
 - wide: pixel space, U-Net [32, 64, 128] with 8 heads, fp32: a middle block whose attention dominates.
@@ -41,10 +41,12 @@ FULL = {"codec.name": "maisi", "model.channels": [128, 256, 512, 512], "model.at
 # name: (overrides, patch side, patch depths in thick slices, volume side, inference volume depths, CUDA only)
 VARIANTS = {
     "tiny": ({}, 48, (2, 4, 8), 48, (40, 80, 160), False),
+    "tiny-fp32": ({"training.precision": "fp32"}, 48, (2, 4, 8), 48, (40, 80, 160), False),
     "maisi": ({"codec.name": "maisi", "model.channels": [32, 64, 64], "model.gradient_checkpointing": True,
                "training.precision": "bf16", "data.patch_size": 64, "inference.window_size": 32}, 64, (8, 16, 32),
               32, (64, 160, 256), False),
-    "wide": ({"model.channels": [32, 64, 128], "model.attention_heads": 8, "data.patch_size": 64,
+    "wide": ({"model.channels": [32, 64, 128], "model.attention_heads": 8, "training.precision": "fp32",
+              "data.patch_size": 64,
               "inference.window_size": 64, "inference.window_slices": 16}, 64, (2, 4, 8), 64, (32, 64, 128), False),
     "full": (FULL, 512, (2, 4, 8), 512, (150, 300, 600), True),
 }

@@ -125,8 +125,8 @@ def test_bigger_patch_raises_activations_roughly_linearly(tiny):
 
 def test_cuda_bf16_holds_more_than_cpu_bf16_but_less_than_fp32(tiny):
     """CUDA autocast keeps GroupNorm in float32, CPU autocast does not."""
-    bf16 = with_overrides(tiny, {"training.precision": "bf16"})
-    assert _activations(bf16, "cpu") < _activations(bf16, "cuda") < _activations(tiny, "cuda")
+    bf16, fp32 = (with_overrides(tiny, {"training.precision": p}) for p in ("bf16", "fp32"))
+    assert _activations(bf16, "cpu") < _activations(bf16, "cuda") < _activations(fp32, "cuda")
 
 
 def test_flash_attention_keeps_cuda_attention_linear_in_the_tokens(tiny):
@@ -166,7 +166,8 @@ def test_json_is_one_document_whose_totals_add_up(cli):
 
 
 def test_a_config_that_does_not_fit_gets_suggestions_that_lower_its_peak(tiny):
-    inspection = inspect(tiny, device_memory="0.2GB", volume="20x48x48")  # needs 0.26 GB, 0.18 GB usable
+    fp32 = with_overrides(tiny, {"training.precision": "fp32"})
+    inspection = inspect(fp32, device_memory="0.2GB", volume="20x48x48")  # needs 0.26 GB, 0.18 GB usable
     training, inference = inspection.estimate.training_peak.total, inspection.estimate.inference_peak.total
     assert not inspection.verdicts[0].training_fits
     changes = [s.change for s in inspection.suggestions]

@@ -52,8 +52,13 @@ class Suggestion:
     fits: bool  # on the device the suggestions are for
 
     @property
+    def settings(self) -> list[str]:
+        """``section.key=value`` for each change, as ``--set`` takes them."""
+        return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in self.overrides.items()]
+
+    @property
     def set_options(self) -> str:
-        return " ".join(f"--set {k}={_yaml(v)}" for k, v in self.overrides.items())
+        return " ".join(f"--set {setting}" for setting in self.settings)
 
 
 def parse_device_memory(text: str, device_type: str = "cuda") -> list[DeviceMemory]:
@@ -160,7 +165,3 @@ def _machine_memory() -> int:
     import os
 
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _yaml(value: object) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)

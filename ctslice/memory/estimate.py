@@ -6,7 +6,7 @@ the other. So each such moment (a *stage*) is traced on its own (see ``trace.py`
 ``workload.py`` for what each stage runs), giving the bytes of each component alive at that stage's
 peak; a device must hold the largest stage.
 
-Three stages are not traced at full size, because tracing costs one Python call per op and the
+Two kinds of stage are not traced at full size, because tracing costs one Python call per op and the
 chunked codec and the sliding-window sampler repeat their ops per chunk and per window:
 
 - Chunked encode/decode (MAISI). The peak is one slab (``chunk + 2 * halo`` slices) plus whole-volume

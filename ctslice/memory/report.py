@@ -26,7 +26,7 @@ from ctslice.memory.advice import (
 )
 from ctslice.memory.estimate import COMPONENTS, GIB, MemoryEstimate, Stage, estimate_memory, resolve_geometry
 from ctslice.memory.measure import Measurement, measure_memory
-from ctslice.memory.workload import ATTENTION, DECODE, ENCODE, GRADIENTS, UNET_WEIGHTS, VAE_WEIGHTS, WINDOWS
+from ctslice.memory.workload import ATTENTION, DECODE, ENCODE, GRADIENTS, PARTS, UNET_WEIGHTS, VAE_WEIGHTS, WINDOWS
 
 
 @dataclass
@@ -62,7 +62,7 @@ def inspect(config: Config, *, device: str | None = None, device_memory: str | N
     inspection = Inspection(estimate, verdicts, suggest(estimate, target) if target else [], target)
     if measure_device is not None:
         inspection.measurements = measure_memory(config, geometry, measure_device,
-                                                 skip_above={p: _predicted(estimate, p) for p in _PART_STAGES})
+                                                 skip_above={p: _predicted(estimate, p) for p in PARTS})
         inspection.measured_on = str(measure_device)
     return inspection
 
@@ -94,7 +94,7 @@ def to_json(inspection: Inspection, label: str) -> dict:
                      "training_fits": v.training_fits, "inference_fits": v.inference_fits}
                     for v in inspection.verdicts],
         "suggestions_for": inspection.suggestions_for.label if inspection.suggestions_for else None,
-        "suggestions": [{"change": s.change, "set": [f"{k}={v}" for k, v in s.overrides.items()],
+        "suggestions": [{"change": s.change, "set": s.settings,
                          "training_peak_gb": _gb(s.training_peak), "inference_peak_gb": _gb(s.inference_peak),
                          "fits": s.fits} for s in inspection.suggestions],
         "measured": None,
@@ -105,18 +105,26 @@ def to_json(inspection: Inspection, label: str) -> dict:
                                  "measured_gb": None if m.bytes is None else _gb(m.bytes),
                                  "ratio": _ratio(m, estimate), "error": m.error or None}
                                 for m in inspection.measurements]
+        peak = _measured_peak(inspection)
+        document["measured_peak"] = None if peak is None else {
+            "predicted_gb": _gb(peak[0]), "measured_gb": _gb(peak[1]), "ratio": round(peak[1] / peak[0], 3)}
     return document
 
 
 INFERENCE_COMPONENTS = (VAE_WEIGHTS, UNET_WEIGHTS, ATTENTION, ENCODE, WINDOWS, DECODE)
-# The stage each measured part is compared with.
-_PART_STAGES = {"train step": ("training", "train step"), "encode": ("inference", "encode"),
-                "denoise": ("inference", "denoise"), "decode": ("inference", "decode")}
 
 
 def _predicted(estimate: MemoryEstimate, part: str) -> int:
-    table, name = _PART_STAGES[part]
-    return next(s.total for s in getattr(estimate, table) if s.name == name)
+    """The predicted total of the stage a measured part is (the training step, or an inference stage)."""
+    return next(s.total for s in estimate.training + estimate.inference if s.name == part)
+
+
+def _measured_peak(inspection: Inspection) -> tuple[int, int] | None:
+    """(predicted, measured) largest stage over the parts that could be measured: the totals to compare."""
+    done = [m for m in inspection.measurements if m.bytes is not None]
+    if not done:
+        return None
+    return max(_predicted(inspection.estimate, m.part) for m in done), max(m.bytes for m in done)
 
 
 def _ratio(measurement: Measurement, estimate: MemoryEstimate) -> float | None:
@@ -170,13 +178,15 @@ def _stage_table(title: str, stages: list[Stage], components: tuple[str, ...], c
 
 
 def _gradients(estimate: MemoryEstimate) -> str:
-    """Gradients appear during backward as activations are freed, so the step's peak may hold only some."""
+    """Gradients appear during backward as activations are freed, so the step's peak may hold only some;
+    DDP (torchrun) keeps its gradient buckets besides the gradients unless they are views of them."""
     step = next(s for s in estimate.training if s.name == "train step")
     live, total = step.components.get(GRADIENTS, 0), 4 * estimate.facts["unet_parameters"]
-    if live >= 0.99 * total:
-        return ""
-    return (f"\ngradients: {_number(total)} GB in all; {_number(live)} GB exist at the step's peak (the rest are "
-            "allocated as backward frees activations)")
+    notes = f"\nunder torchrun (DDP) add {_number(total)} GB per GPU for the gradient buckets"
+    if live < 0.99 * total:
+        notes += (f"\ngradients: {_number(total)} GB in all, {_number(live)} GB at the step's peak (backward "
+                  "allocates them as it frees activations)")
+    return notes
 
 
 def _notes(stages: list[Stage]) -> str:
@@ -222,6 +232,10 @@ def _measurement_table(inspection: Inspection) -> Table:
         ratio = _ratio(m, estimate)
         table.add_row(m.part, _number(_predicted(estimate, m.part)), m.error if m.bytes is None else _number(m.bytes),
                       "" if ratio is None else f"{ratio:.2f}")
+    peak = _measured_peak(inspection)
+    if peak is not None:
+        table.add_row("[bold]Largest[/]", _number(peak[0]), _number(peak[1]), f"{peak[1] / peak[0]:.2f}",
+                      end_section=True)
     return table
 
 
