@@ -214,6 +214,7 @@ def test_device_memory_text():
     (["--device-memory", "lots"], "--device-memory 'lots'"),
     (["--volume", "300x512"], "--volume '300x512'"),
     (["--ratio", "0"], "--ratio 0"),
+    (["--device", "gpu"], "--device 'gpu'"),
     (["--set", "model.chanels=[8]"], "did you mean 'model.channels'"),
 ])
 def test_bad_options_exit_2_with_one_line(cli, args, message):

@@ -49,6 +49,7 @@ from ctslice.memory.workload import (
     codec_class,
     latent_size,
     pixel_patch,
+    round_up,
     run_part,
 )
 
@@ -272,7 +273,7 @@ def _volume_stage(part: str, config: Config, geometry: Geometry, device_type: st
     chunk = config.codec.encode_chunk if part == "encode" else config.codec.decode_chunk * cz
     # The shallowest volume run in several chunks (not whole) of which one has full halos on both sides.
     first_full = max(math.ceil(DEFAULT_OVERLAP / chunk) * chunk + chunk + DEFAULT_OVERLAP,
-                     _round_up(chunk + 2 * DEFAULT_OVERLAP + 1, cz))
+                     round_up(chunk + 2 * DEFAULT_OVERLAP + 1, cz))
     if depth <= first_full + chunk:
         return _traced(part, config, geometry, device_type, volume)
     low = _traced(part, config, geometry, device_type, (first_full, *volume[1:]))
@@ -324,7 +325,7 @@ def _facts(config: Config, geometry: Geometry, device_type: str) -> dict:
     levels = len(config.model.channels)
     multiple = 2 ** (levels - 1)
     patch = latent_size(config, pixel_patch(config, geometry))
-    padded = tuple(_round_up(n, multiple) for n in patch)
+    padded = tuple(round_up(n, multiple) for n in patch)
     tokens = {level: math.prod(padded) // 8**level for level, on in enumerate(config.model.attention_levels) if on}
     tokens["middle"] = math.prod(padded) // 8 ** (levels - 1)
     return {"unet_parameters": unet, "vae_parameters": vae, "pixel_patch": pixel_patch(config, geometry),
@@ -332,6 +333,3 @@ def _facts(config: Config, geometry: Geometry, device_type: str) -> dict:
             "flash_attention": config.hardware.flash_attention and device_type == "cuda",
             "window": _roi(config), "latent_volume": latent_size(config, geometry.largest)}
 
-
-def _round_up(value: int, multiple: int) -> int:
-    return int(math.ceil(value / multiple)) * multiple

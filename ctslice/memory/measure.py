@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -42,7 +42,7 @@ from ctslice.codecs import IdentityCodec, MaisiCodec
 from ctslice.config import Config, config_from_dict
 from ctslice.console import console
 from ctslice.errors import InputError
-from ctslice.memory.workload import PARTS, Geometry, run_part, warm_up_config
+from ctslice.memory.workload import PARTS, Geometry, codec_class, run_part
 
 
 @dataclass
@@ -110,7 +110,7 @@ def _worker(spec_path: str) -> None:
     geometry = Geometry(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["geometry"].items()})
     device = torch.device("cpu")
     console.quiet = True
-    tiny_config, tiny_geometry = warm_up_config(config)
+    tiny_config, tiny_geometry = _warm_up_config(config)
     run_part(spec["part"], tiny_config, tiny_geometry, device, RealRecorder(device, config.training.precision))
     gc.collect()
     _reset_peak_rss()
@@ -172,6 +172,15 @@ def _reset_peak_rss() -> None:
     except OSError as error:
         raise InputError(f"cannot reset the peak resident set on this system ({error}); "
                          "--measure on the CPU needs Linux") from None
+
+
+def _warm_up_config(config: Config) -> tuple[Config, Geometry]:
+    """A tiny run of the same networks, to load kernels and thread pools before measuring."""
+    multiple = 2 ** (len(config.model.channels) - 1)
+    cz, cy, _ = codec_class(config).compression
+    data = replace(config.data, whole_volumes=False, patch_thick_slices=1, patch_size=multiple * cy)
+    volume = (4 * multiple * cz, multiple * cy, multiple * cy)
+    return replace(config, data=data), Geometry(1.0, volume, volume, "warm-up")
 
 
 def _status_kib(field: str) -> int:

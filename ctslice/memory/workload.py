@@ -22,7 +22,7 @@ largest one).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -80,8 +80,8 @@ def pixel_patch(config: Config, geometry: Geometry) -> tuple[int, int, int]:
     if config.data.whole_volumes:
         return geometry.largest
     cz, cy, cx = codec_class(config).compression
-    depth = _round_up(math.ceil(config.data.patch_thick_slices * geometry.ratio), cz)
-    wanted = (depth, _round_up(config.data.patch_size, cy), _round_up(config.data.patch_size, cx))
+    depth = round_up(math.ceil(config.data.patch_thick_slices * geometry.ratio), cz)
+    wanted = (depth, round_up(config.data.patch_size, cy), round_up(config.data.patch_size, cx))
     return tuple(min(w, s) if w > 0 else s for w, s in zip(wanted, geometry.smallest, strict=True))
 
 
@@ -183,15 +183,6 @@ def run_part(part: str, config: Config, geometry: Geometry, device: torch.device
         raise ValueError(f"unknown part {part!r}; expected one of {', '.join(PARTS)}")
 
 
-def warm_up_config(config: Config) -> tuple[Config, Geometry]:
-    """A tiny run of the same networks, to load kernels and thread pools before measuring."""
-    multiple = 2 ** (len(config.model.channels) - 1)
-    cz, cy, _ = codec_class(config).compression
-    data = replace(config.data, whole_volumes=False, patch_thick_slices=1, patch_size=multiple * cy)
-    volume = (4 * multiple * cz, multiple * cy, multiple * cy)
-    return replace(config, data=data), Geometry(1.0, volume, volume, "warm-up")
-
-
 def _allocate_states(optimizer: torch.optim.Optimizer) -> None:
     """AdamW creates its states lazily at the first step; a zero-gradient step creates them now, so
     that the step measured is a steady-state one (states resident during forward and backward)."""
@@ -202,5 +193,6 @@ def _allocate_states(optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def _round_up(value: int, multiple: int) -> int:
+def round_up(value: int, multiple: int) -> int:
+    """``value`` rounded up to a multiple of ``multiple`` (0 stays 0: a whole axis)."""
     return int(math.ceil(value / multiple)) * multiple if value > 0 else 0
