@@ -68,3 +68,8 @@ def memory_line(device: torch.device) -> str:
     gib = peak_memory_bytes(device) / 2**30
     kind = "CUDA peak allocated" if device.type == "cuda" else "peak RSS"
     return f"{kind} {gib:.2f} GiB"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or PyTorch's CPU allocator failing (a plain RuntimeError)."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "DefaultCPUAllocator" in str(error)

@@ -25,10 +25,11 @@ from ctslice.config import load_config
 from ctslice.data.phantom import make_phantom
 from ctslice.inference.pipeline import SliceInterpolator
 from ctslice.io import write_volume
+from ctslice.memory.advice import set_options
 from ctslice.models.diffusion import SliceDiffusion
 from ctslice.training.checkpoint import read_checkpoint
 from ctslice.training.run_log import RunLog, read_log
-from ctslice.training.trainer import memory_savings, train
+from ctslice.training.trainer import train
 from tests.tiny import TINY
 
 RUN = ["training.max_steps=8", "training.checkpoint_interval=3", "training.val_interval=1000",
@@ -275,9 +276,10 @@ def test_out_of_memory_is_one_line_with_what_to_change(error, step, lost, datase
 
 def test_memory_savings_follow_the_config():
     frugal = load_config(None, [*TINY, "training.precision=bf16", "model.gradient_checkpointing=true",
-                                "training.batch_size=1", "data.patch_thick_slices=1", "data.patch_size=2"])
-    assert memory_savings(frugal) == []
-    maisi = memory_savings(load_config(None, ["codec.name=maisi", "data.patch_size=16"]))
+                                "training.batch_size=1", "data.patch_thick_slices=1", "data.patch_size=2",
+                                "inference.window_size=2"])
+    assert set_options(frugal, "cpu") == []
+    maisi = set_options(load_config(None, ["codec.name=maisi", "data.patch_size=16"]), "cuda")
     assert "data.patch_size=8" not in maisi  # 16 is the U-Net's smallest side: 2 x 2 levels x 4 (VAE)
     assert "codec.decode_chunk=4" in maisi
 

@@ -71,8 +71,3 @@ def _root(
 def main() -> None:
     """Console-script entry point."""
     app()
-
-
-def not_built(name: str) -> None:
-    """What a command that exists in the contract but is not implemented yet answers."""
-    raise CtsliceError(f"`ctslice {name}` is not built yet in this version")

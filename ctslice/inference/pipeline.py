@@ -67,6 +67,11 @@ class SliceInterpolator:
             roi[largest] -= multiple
         return tuple(roi)
 
+    def windowed_network(self) -> WindowedNetwork:
+        """The U-Net over blended latent windows of ``roi()``, as every denoising step runs it."""
+        inference = self.config.inference
+        return WindowedNetwork(self.model, self.roi(), inference.overlap, inference.window_batch)
+
     @torch.no_grad()
     def predict(self, thick: Volume, thin_spacing: float, mode: str = "mean", samples: int = 1, steps: int = 20,
                 seed: int = 0, on_step: Callable[[str, int, int], None] | None = None) -> Prediction:
@@ -87,8 +92,7 @@ class SliceInterpolator:
 
     def _denoise(self, cond: torch.Tensor, mode: str, samples: int, steps: int, seed: int, on_step) -> list:
         """Thin latents: one mean estimate, or ``samples`` DDIM samples with seeds seed, seed+1, ..."""
-        network = WindowedNetwork(self.model, self.roi(), self.config.inference.overlap,
-                                  self.config.inference.window_batch)
+        network = self.windowed_network()
         with autocast(self.device, self.config.training.precision):
             if mode == "mean":
                 latent = mean_estimate(self.model, cond, network).float()

@@ -16,7 +16,7 @@ from ctslice.console import console, note, progress
 from ctslice.data.checks import check_ct_volume
 from ctslice.errors import CtsliceError, InputError
 from ctslice.evaluation.baselines import METHODS, interpolate
-from ctslice.hardware import configure, memory_line, reset_peak_memory, resolve_device
+from ctslice.hardware import configure, is_out_of_memory, memory_line, reset_peak_memory, resolve_device
 from ctslice.io import WRITABLE_SUFFIXES, read_volume, write_volume
 from ctslice.io.intensity import cast_rounded
 from ctslice.io.volume import Volume
@@ -60,7 +60,6 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
             result, std, spacing, device = _run_model(thick, checkpoint, mode, samples, thin_spacing, steps, seed,
                                                       device_name, vae_checkpoint)
         except (RuntimeError, MemoryError) as error:
-            from ctslice.training.trainer import is_out_of_memory
 
             if not is_out_of_memory(error):
                 raise

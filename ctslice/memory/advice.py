@@ -98,7 +98,7 @@ def suggest(estimate: MemoryEstimate, device: DeviceMemory) -> list[Suggestion]:
                                                ("inference", estimate.inference_peak)) if stage.total > device.usable}
     parts = tuple({part for stage in failing.values() for part in stage.parts})
     suggestions = []
-    for change, overrides in _candidates(estimate.config, estimate.device_type):
+    for change, overrides in savings(estimate.config, estimate.device_type):
         config = with_overrides(estimate.config, overrides)
         if not changes_parts(estimate.config, config, parts):
             continue  # leaves the stages that do not fit as they are
@@ -122,7 +122,7 @@ def _suggestion(change: str, overrides: dict, estimate: MemoryEstimate, device: 
                       _worst(estimate) <= device.usable)
 
 
-def _candidates(config: Config, device_type: str) -> list[tuple[str, dict[str, object]]]:
+def savings(config: Config, device_type: str) -> list[tuple[str, dict[str, object]]]:
     """One change per knob that can lower memory, sized one step (a halving) from the current value."""
     candidates = []
     model, data, training, codec = config.model, config.data, config.training, config.codec
@@ -159,6 +159,15 @@ def _candidates(config: Config, device_type: str) -> list[tuple[str, dict[str, o
                            f"{config.inference.window_size // 2} pixels)",
                            {"inference.window_size": config.inference.window_size // 2}))
     return candidates
+
+
+def set_options(config: Config, device_type: str) -> list[str]:
+    """``savings`` as ``--set`` options (several for one change joined by `` --set ``), cheap: no tracing."""
+    def text(value: object) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    return [" --set ".join(f"{key}={text(value)}" for key, value in overrides.items())
+            for _, overrides in savings(config, device_type)]
 
 
 def _machine_memory() -> int:

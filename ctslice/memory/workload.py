@@ -138,12 +138,11 @@ def denoise(config: Config, volume: tuple[int, int, int], device: torch.device, 
             mode: str = "mean") -> None:
     """The U-Net over overlapping latent windows of the whole volume (the mean estimate, or one DDIM step)."""
     from ctslice.inference.pipeline import SliceInterpolator
-    from ctslice.models.sampling import WindowedNetwork, ddim_sample, mean_estimate
+    from ctslice.models.sampling import ddim_sample, mean_estimate
 
     codec = rec.codec(config)
     model = rec.model(config, codec.latent_channels).eval()
-    network = WindowedNetwork(model, SliceInterpolator(model, codec, config, device).roi(), config.inference.overlap,
-                              config.inference.window_batch)  # as SliceInterpolator._denoise builds it
+    network = SliceInterpolator(model, codec, config, device).windowed_network()
     rec.ready()
     with rec.tag(WINDOWS):
         cond = torch.rand((1, codec.latent_channels, *latent_size(config, volume)), device=device)

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import torch
 
-from ctslice.codecs import IdentityCodec, MaisiCodec
 from ctslice.config import Config
 from ctslice.console import console, warn
 from ctslice.errors import CtsliceError
-from ctslice.hardware import autocast, memory_line, peak_memory_bytes
+from ctslice.hardware import autocast, is_out_of_memory, memory_line, peak_memory_bytes
 from ctslice.training.checkpoint import periodic_checkpoints
 from ctslice.training.latents import encode_batch
 from ctslice.training.progress import TrainingProgress
@@ -145,15 +144,14 @@ def _optimizer_step(s: Session) -> tuple[float, float | None]:
     return loss_sum, grad_norm
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, Python's MemoryError, or PyTorch's CPU allocator failing (a plain RuntimeError)."""
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "DefaultCPUAllocator" in str(error)
-
-
 def _out_of_memory_message(config: Config, run_dir: Path, error: BaseException) -> str:
     """One line: what ran out, the changes that lower training memory, where the run can continue from."""
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-    savings = memory_savings(config)
+    from ctslice.memory.advice import set_options
+
+    device = (config.hardware.device if config.hardware.device != "auto"
+              else "cuda" if torch.cuda.is_available() else "cpu")
+    savings = set_options(config, "cuda" if device.startswith("cuda") else "cpu")
     inspect = f"`ctslice inspect-memory --config {run_dir / 'config.yaml'}`"
     advice = (f"Try any of {', '.join(f'`--set {change}`' for change in savings)}; {inspect} predicts the effect of "
               "each." if savings else f"Every memory saving is already on; {inspect} shows where the memory goes.")
@@ -161,35 +159,6 @@ def _out_of_memory_message(config: Config, run_dir: Path, error: BaseException) 
     resume = (f"The steps after {checkpoints[0].name} are lost; continue with --resume latest." if checkpoints
               else "No checkpoint was written yet.")
     return f"out of memory ({reason}). {advice} {resume}"
-
-
-def memory_savings(config: Config) -> list[str]:
-    """``--set`` changes that lower training memory, each one step (a halving) from the current value.
-
-    Only those that apply: a setting already at its frugal value is not suggested again, and a patch
-    is not halved below the smallest side the U-Net's levels and the codec's compression allow.
-    """
-    data, model, training, codec = config.data, config.model, config.training, config.codec
-    changes = []
-    if training.precision != "bf16":
-        changes.append("training.precision=bf16")
-    if not model.gradient_checkpointing:
-        changes.append("model.gradient_checkpointing=true")
-    compression = (MaisiCodec if codec.name == "maisi" else IdentityCodec).compression
-    smallest_side = 2 ** (len(model.channels) - 1) * compression[1]
-    if data.whole_volumes:
-        changes.append("data.whole_volumes=false")
-    else:
-        if data.patch_size == 0 or data.patch_size // 2 >= smallest_side:
-            changes.append(f"data.patch_size={data.patch_size // 2 if data.patch_size else 256}")
-        if data.patch_thick_slices > 1:
-            changes.append(f"data.patch_thick_slices={data.patch_thick_slices // 2}")
-    if training.batch_size > 1:
-        changes.append(f"training.batch_size=1 --set training.grad_accumulation="
-                       f"{training.batch_size * training.grad_accumulation}")
-    if codec.name == "maisi" and codec.decode_chunk > 1:
-        changes.append(f"codec.decode_chunk={codec.decode_chunk // 2}")
-    return changes
 
 
 def _maybe_no_sync(objective, sync: bool):
