@@ -10,7 +10,8 @@ import yaml
 from ctslice.config import config_from_dict, load_config, save_config
 from ctslice.errors import ConfigError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 
 def write(tmp_path, data) -> Path:
@@ -70,3 +71,27 @@ def test_missing_and_malformed_files(tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_are_valid(path):
     load_config(path)
+
+
+@pytest.mark.parametrize("name, memory, volume", [
+    ("slice_interpolation_full_medium.yaml", "80GB", "300x512x512"),
+    ("gpu_40gb.yaml", "40GB", "300x512x512"),
+    ("gpu_24gb.yaml", "24GB", "300x256x256"),  # preprocessed with --size 256, as the config says
+])
+def test_gpu_configs_fit_their_gpu(name, memory, volume):
+    """What the configs promise, by the memory model of `ctslice inspect-memory` (a 50 -> 300 slice scan)."""
+    from ctslice.memory import inspect
+
+    inspection = inspect(load_config(CONFIG_DIR / name), device="cuda", device_memory=memory, ratio=5,
+                         volume=volume)
+    [verdict] = inspection.verdicts
+    assert verdict.training_fits and verdict.inference_fits
+
+
+def test_the_full_config_does_not_fit_40gb():
+    """The 40 GB config exists for a reason: the reference setup's decode peak is above 40 GB usable."""
+    from ctslice.memory import inspect
+
+    inspection = inspect(load_config(CONFIG_DIR / "slice_interpolation_full_medium.yaml"), device="cuda",
+                         device_memory="40GB", ratio=5, volume="300x512x512")
+    assert not inspection.verdicts[0].inference_fits

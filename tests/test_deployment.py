@@ -544,7 +544,7 @@ def test_manifests_reference_existing_configs():
     """Every config a manifest names (in a command or a comment) is in configs/, where the image copies it from."""
     referenced = set()
     for path in sorted(K8S.glob("*.y*ml")):
-        referenced |= set(re.findall(r"/app/configs/[\w.-]+\.ya?ml", path.read_text()))
+        referenced |= set(re.findall(r"/app/ctslice/configs/[\w.-]+\.ya?ml", path.read_text()))
     referenced |= {v for inv in INVOCATIONS for v in parse_invocation(inv.args)[0].get("config", [])}
     assert referenced
     missing = [f"{name} -> {IMAGE.repo_path(name)}" for name in sorted(referenced)
