@@ -11,7 +11,8 @@ the final checkpoint is evaluated), and the recipe ``ctslice/configs/default_mod
 with a fixed seed for a bounded time. On the held-out volume it prints PSNR / SSIM / HU MAE / soft-tissue
 bias under the documented protocol for linear, cubic, Lanczos, the default (mean) mode, single DDIM
 samples and the mean of 4 samples, quality against the number of DDIM steps, and the inference time
-of each mode (the many-pass sampling rows on a central crop, see ``evaluate``). Training volumes also enter with their slab phase shifted (thick slabs starting at
+of each mode (the many-pass sampling rows on a central crop, see ``evaluate``). Training volumes
+also enter with their slab phase shifted (thick slabs starting at
 thin slice k = 0..4), which gives five distinct thick volumes per scan.
 """
 
@@ -93,19 +94,22 @@ def evaluate(checkpoint: Path, cache: Path, samples: int, step_counts: list[int]
         print(f"{name:52s} {row['psnr']:7.2f} {row['ssim']:7.4f} {row['hu_mae']:7.1f} "
               f"{row['soft_tissue_bias']:8.2f} {row['seconds']:8.1f}", flush=True)
 
-    def timed(run) -> tuple[np.ndarray, float]:
+    def timed(run, *args, **options) -> tuple[np.ndarray, float]:
         started = time.time()
-        volume = run()
+        volume = run(*args, **options)
         return volume, time.time() - started
+
+    def baseline(volume, method: str) -> np.ndarray:
+        return interpolate(volume, spacing, method).array
 
     def model(volume, **options) -> np.ndarray:
         return loaded.interpolator.predict(volume, spacing, **options).volume.array
 
     whole_truth = truth.array.astype(np.float32)
     for method in ("linear", "cubic", "lanczos"):
-        score(method, *timed(lambda: interpolate(thick, spacing, method).array), truth_hu=whole_truth)
-    score("model, default (mean)", *timed(lambda: model(thick)), truth_hu=whole_truth)
-    score("model, one sample (DDIM 20)", *timed(lambda: model(thick, mode="sample", steps=20, seed=0)),
+        score(method, *timed(baseline, thick, method), truth_hu=whole_truth)
+    score("model, default (mean)", *timed(model, thick), truth_hu=whole_truth)
+    score("model, one sample (DDIM 20)", *timed(model, thick, mode="sample", steps=20, seed=0),
           truth_hu=whole_truth)
 
     z0 = (thick.depth - crop_slices) // 2
@@ -114,11 +118,11 @@ def evaluate(checkpoint: Path, cache: Path, samples: int, step_counts: list[int]
     part_truth = truth.crop((RATIO * z0, RATIO * (z0 + crop_slices)), (y0, y0 + CROP_PIXELS),
                             (x0, x0 + CROP_PIXELS)).array.astype(np.float32)
     label = f"crop {RATIO * crop_slices}x{CROP_PIXELS}x{CROP_PIXELS}:"
-    score(f"{label} cubic", *timed(lambda: interpolate(part, spacing, "cubic").array), truth_hu=part_truth)
-    score(f"{label} model, default (mean)", *timed(lambda: model(part)), truth_hu=part_truth)
+    score(f"{label} cubic", *timed(baseline, part, "cubic"), truth_hu=part_truth)
+    score(f"{label} model, default (mean)", *timed(model, part), truth_hu=part_truth)
     singles = []
     for seed in range(samples):
-        single, seconds = timed(lambda: model(part, mode="sample", steps=20, seed=seed))
+        single, seconds = timed(model, part, mode="sample", steps=20, seed=seed)
         singles.append(single)
         score(f"{label} sample seed {seed} (DDIM 20)", single, seconds, truth_hu=part_truth)
     score(f"{label} mean of {samples} samples (DDIM 20)", np.mean(singles, axis=0), float("nan"),
@@ -126,7 +130,7 @@ def evaluate(checkpoint: Path, cache: Path, samples: int, step_counts: list[int]
     for steps in step_counts:
         if steps == 20 and singles:
             continue  # the seed-0 DDIM-20 sample above
-        score(f"{label} sample DDIM {steps} steps", *timed(lambda: model(part, mode="sample", steps=steps, seed=0)),
+        score(f"{label} sample DDIM {steps} steps", *timed(model, part, mode="sample", steps=steps, seed=0),
               truth_hu=part_truth)
     return rows
 
