@@ -2,6 +2,7 @@
 
 An ``InputError`` is the user's to fix (a bad file, a bad option, a bad config): exit code 2.
 Any other ``CtsliceError`` is a failure of a run that was set up correctly: exit code 1.
+``Preempted`` is a run stopped by SIGTERM with its work kept: exit code 143.
 Both carry a message meant to be printed as is, without a traceback.
 """
 
@@ -20,3 +21,9 @@ class InputError(CtsliceError):
 
 class ConfigError(InputError):
     """A config file or ``--set`` override that is invalid (unknown key, wrong type, bad value)."""
+
+
+class Preempted(CtsliceError):
+    """SIGTERM arrived and the work so far is kept. Exit 143 so that a Kubernetes Job reschedules."""
+
+    exit_code = 143

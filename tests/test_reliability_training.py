@@ -23,6 +23,7 @@ import torch
 
 from ctslice.config import load_config
 from ctslice.data.phantom import make_phantom
+from ctslice.errors import Preempted
 from ctslice.inference.pipeline import SliceInterpolator
 from ctslice.io import write_volume
 from ctslice.memory.advice import set_options
@@ -124,6 +125,35 @@ def test_sigterm_during_train_writes_a_checkpoint_and_exits_143(dataset, tmp_pat
     assert read_checkpoint(run / "checkpoints" / "latest.pt")["step"] == step
     assert (run / "checkpoints" / f"step_{step}.pt").exists()
     assert logged_steps(run) == list(range(1, step + 1))  # nothing done is lost
+
+
+def test_sigterm_while_building_the_latent_cache_keeps_the_encoded_volumes(dataset, tmp_path, monkeypatch):
+    """Encoding hundreds of volumes can outlast a preemption notice: stop between volumes, keep what is done."""
+    import h5py
+
+    from ctslice.training import latents
+
+    encoded = []
+    encode = latents.encode_volume
+
+    def encode_then_preempt(codec, hu, device):
+        encoded.append(hu.shape)
+        if len(encoded) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return encode(codec, hu, device)
+
+    monkeypatch.setattr(latents, "encode_volume", encode_then_preempt)
+    run = tmp_path / "run"
+    config = load_config(None, settings(dataset, "training.max_steps=2"))
+    with pytest.raises(Preempted, match=r"while building the latent cache \(1 of 3 training volumes encoded"):
+        train(config, run)
+    with h5py.File(run / "latents.h5", "r") as store:
+        assert len(store) == 1 and set(store[next(iter(store))]) == {"cond", "thin"}
+    assert len(encoded) == 2  # the condition and the thin volume of the first case only
+
+    result = train(config, run, resume="latest")
+    assert len(encoded) == 2 + 2 * 2  # the other two cases; the first is reused
+    assert result.step == 2 and (run / "checkpoints" / "final.pt").exists()
 
 
 def test_kill_9_during_train_then_resume_latest_reproduces_the_uninterrupted_run(dataset, reference, tmp_path):

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from ctslice.errors import Preempted
 from ctslice.models import build_model
 from ctslice.training.optim import build_optimizer
 from ctslice.training.run_log import read_log
 from ctslice.training.state import Saver
-from ctslice.training.trainer import Preempted, train
+from ctslice.training.trainer import train
 from tests.tiny import tiny_config
 
 

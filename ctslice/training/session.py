@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ctslice.console import console, note
 from ctslice.data.cache import Cache
 from ctslice.data.patches import PatchDataset, PixelSource
 from ctslice.data.splits import read_splits
-from ctslice.errors import InputError
+from ctslice.errors import InputError, Preempted
 from ctslice.hardware import configure, resolve_device
 from ctslice.models import LatentStats, build_model
 from ctslice.training import checkpoint as ckpt
@@ -87,7 +88,8 @@ class Objective(torch.nn.Module):
         return self.model.loss(thin, cond)
 
 
-def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str | None) -> Session:
+def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str | None,
+            stop_requested: Callable[[], bool] = lambda: False) -> Session:
     device = resolve_device(device_name or config.hardware.device)
     world = Distributed.from_environment(device.type)
     device = world.device_for(device)
@@ -124,9 +126,19 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
     if config.data.cache_latents:
         latents_path = run_dir / "latents.h5"
         if world.is_main:
+            encoded = []
+
+            def after_case(case_id: str) -> None:  # encoding hundreds of volumes can outlast a preemption notice
+                advance()
+                encoded.append(case_id)
+                if stop_requested() and len(encoded) < len(splits["train"]):
+                    raise Preempted(f"stopped by SIGTERM while building the latent cache ({len(encoded)} of "
+                                    f"{len(splits['train'])} training volumes encoded, kept in {latents_path}); "
+                                    "rerun with --resume latest")
+
             with TrainingProgress.encoding(len(splits["train"])) as advance:
                 build_latent_cache(Path(config.data.cache), splits["train"], codec, codec_fingerprint(config),
-                                   latents_path, device, on_case=lambda _: advance())
+                                   latents_path, device, on_case=after_case)
         world.barrier()
         source = LatentSource(latents_path, splits["train"], codec.compression)
     else:

@@ -28,18 +28,12 @@ import torch
 
 from ctslice.config import Config
 from ctslice.console import console, warn
-from ctslice.errors import CtsliceError
+from ctslice.errors import CtsliceError, Preempted
 from ctslice.hardware import autocast, is_out_of_memory, memory_line, peak_memory_bytes
 from ctslice.training.checkpoint import periodic_checkpoints
 from ctslice.training.latents import encode_batch
 from ctslice.training.progress import TrainingProgress
 from ctslice.training.session import Session, prepare
-
-
-class Preempted(CtsliceError):
-    """SIGTERM arrived; a checkpoint was written. Exit 143 so that a Kubernetes Job reschedules."""
-
-    exit_code = 143
 
 
 class OutOfMemory(CtsliceError):
@@ -59,7 +53,7 @@ def train(config: Config, run_dir: Path, resume: str | None = None, device_name:
     stop = _SigtermFlag()
     session = None
     try:
-        session = prepare(config, run_dir, resume, device_name)
+        session = prepare(config, run_dir, resume, device_name, stop_requested=lambda: stop.requested)
         return _loop(session, stop)
     except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
         if not is_out_of_memory(error):
