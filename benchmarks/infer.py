@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_checkpoint(folder: Path, config_path: Path, overrides: list[str]) -> Path:
-    """An untrained checkpoint of ``config`` (what inference loads), plus a random MAISI VAE if needed."""
+    """An untrained checkpoint of ``config`` (what inference loads), plus a random MAISI VAE if it uses one."""
     import torch
 
     from ctslice.codecs import codec_for
@@ -33,9 +33,11 @@ def make_checkpoint(folder: Path, config_path: Path, overrides: list[str]) -> Pa
     from ctslice.training.checkpoint import write_checkpoint
     from ctslice.training.session import codec_identity
 
-    vae = folder / "vae.pt"
-    torch.save(build_network().state_dict(), vae)
-    config = load_config(config_path, [*overrides, f"codec.checkpoint={vae}"])
+    config = load_config(config_path, overrides)
+    if config.codec.name == "maisi":  # a random VAE of the released config, saved as a user's weights would be
+        vae = folder / "vae.pt"
+        torch.save(build_network().state_dict(), vae)
+        config = load_config(config_path, [*overrides, f"codec.checkpoint={vae}"])
     codec = codec_for(config.codec)
     model = build_model(config, codec.latent_channels)
     state = {"step": 0, "config": config.to_dict(), "model": model.state_dict(), "codec": codec_identity(codec),

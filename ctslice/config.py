@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from ctslice.errors import ConfigError
+from ctslice.errors import ConfigError, first_line
 
 # Names people reach for that mean one of our keys (checked before spelling similarity).
 SYNONYMS = {
@@ -149,7 +149,7 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> Config
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: not valid YAML ({first_line(error)})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected sections (data, codec, model, ...) at the top level")
     for override in overrides or []:

@@ -7,6 +7,12 @@ Both carry a message meant to be printed as is, without a traceback.
 """
 
 
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type's name when it has none), for a one-line error."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]
+
+
 class CtsliceError(Exception):
     """A failure the tool expected and can explain in one line (exit code 1)."""
 

@@ -228,3 +228,15 @@ def test_bad_options_exit_2_with_one_line(cli, args, message):
 def test_measuring_cuda_without_cuda_is_a_usage_error(cli):
     result = cli("inspect-memory", "--config", TINY, "--device", "cuda", "--measure")
     assert result.exit_code == 2 and "CUDA is not available" in result.output
+
+
+def test_the_codec_halo_in_the_config_sets_the_predicted_codec_peaks():
+    """A shorter ``codec.overlap`` means smaller slabs: the model must trace the codec the config builds."""
+    geometry = Geometry(5.0, (160, 16, 16), (160, 16, 16), "given")
+
+    def codec_peaks(overlap: int) -> dict[str, int]:
+        config = load_config(TINY, ["codec.name=maisi", f"codec.overlap={overlap}", "codec.decode_chunk=2"])
+        return {s.name: s.total for s in estimate_memory(config, geometry, "cpu").inference if s.name != "denoise"}
+
+    full, short = codec_peaks(40), codec_peaks(20)
+    assert short["encode"] < full["encode"] and short["decode"] < full["decode"]

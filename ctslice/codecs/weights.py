@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ctslice.errors import InputError
+from ctslice.errors import InputError, first_line
 
 _SHOWN = 3  # keys named in an error message; the rest are counted
 
@@ -29,8 +29,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any failure to unpickle means the same thing: not a usable checkpoint
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"VAE checkpoint {path} is not a PyTorch checkpoint ({reason})") from error
+        raise InputError(f"VAE checkpoint {path} is not a PyTorch checkpoint ({first_line(error)})") from error
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     is_state_dict = isinstance(loaded, dict) and loaded

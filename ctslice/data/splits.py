@@ -102,8 +102,7 @@ def run_split(cache_path: Path, output: Path, val: float, test: float, seed: int
         kept = read_splits(output)
         gone = sorted({c for name in SPLITS for c in kept[name]} - set(patients))
         if gone:
-            warn(f"{len(gone)} case(s) in {output} are not in the cache and were dropped: "
-                          f"{', '.join(gone[:5])}")
+            warn(f"{len(gone)} case(s) in {output} are not in the cache and were dropped: {', '.join(gone[:5])}")
         existing = {patients[c]: name for name in SPLITS for c in kept[name] if c in patients}
         console.print(f"Kept the split of {len(existing)} patient(s) in {output}; "
                       f"assigning {len(set(patients.values()) - set(existing))} new patient(s)")

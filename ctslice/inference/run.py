@@ -14,7 +14,7 @@ import numpy as np
 
 from ctslice.console import console, note, progress
 from ctslice.data.checks import check_ct_volume
-from ctslice.errors import CtsliceError, InputError
+from ctslice.errors import CtsliceError, InputError, first_line
 from ctslice.evaluation.baselines import METHODS, interpolate
 from ctslice.hardware import configure, is_out_of_memory, memory_line, reset_peak_memory, resolve_device
 from ctslice.io import WRITABLE_SUFFIXES, read_volume, write_volume
@@ -60,12 +60,10 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
             result, std, spacing, device = _run_model(thick, checkpoint, mode, samples, thin_spacing, steps, seed,
                                                       device_name, vae_checkpoint)
         except (RuntimeError, MemoryError) as error:
-
             if not is_out_of_memory(error):
                 raise
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-            raise CtsliceError(f"out of memory while inferring ({reason}); nothing was written. Try --device cpu "
-                               "(slower, uses system memory) or a device with more memory") from None
+            raise CtsliceError(f"out of memory while inferring ({first_line(error, 200)}); nothing was written. "
+                               "Try --device cpu (slower, uses system memory) or a device with more memory") from None
     write_volume(result.with_array(cast_rounded(result.array)), output)
     if std_out is not None:
         write_volume(std.with_array(cast_rounded(std.array)), std_out)

@@ -54,7 +54,7 @@ class Suggestion:
     @property
     def settings(self) -> list[str]:
         """``section.key=value`` for each change, as ``--set`` takes them."""
-        return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in self.overrides.items()]
+        return _settings(self.overrides)
 
     @property
     def set_options(self) -> str:
@@ -163,11 +163,12 @@ def savings(config: Config, device_type: str) -> list[tuple[str, dict[str, objec
 
 def set_options(config: Config, device_type: str) -> list[str]:
     """``savings`` as ``--set`` options (several for one change joined by `` --set ``), cheap: no tracing."""
-    def text(value: object) -> str:
-        return str(value).lower() if isinstance(value, bool) else str(value)
+    return [" --set ".join(_settings(overrides)) for _, overrides in savings(config, device_type)]
 
-    return [" --set ".join(f"{key}={text(value)}" for key, value in overrides.items())
-            for _, overrides in savings(config, device_type)]
+
+def _settings(overrides: dict[str, object]) -> list[str]:
+    """``section.key=value`` for each override, as ``--set`` takes them (YAML booleans in lower case)."""
+    return [f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in overrides.items()]
 
 
 def _machine_memory() -> int:

@@ -161,7 +161,8 @@ class TraceRecorder:
             from ctslice.codecs.maisi import build_network
 
             network = build_network("meta")
-            codec = MaisiCodec(network, encode_chunk=config.codec.encode_chunk, decode_chunk=config.codec.decode_chunk)
+            codec = MaisiCodec(network, encode_chunk=config.codec.encode_chunk, decode_chunk=config.codec.decode_chunk,
+                               overlap=config.codec.overlap)
         for module in network.modules():  # what MaisiCodec.to("cuda") sets: GroupNorm output in fp16
             if isinstance(module, MaisiGroupNorm3D):
                 module.norm_float16 = self.device_type == "cuda"
@@ -245,11 +246,11 @@ def _relevant(part: str, config: Config) -> str:
         keys.update(data=(c.data.patch_thick_slices, c.data.patch_size, c.data.whole_volumes, c.data.cache_latents),
                     training=(c.training.batch_size, c.training.grad_accumulation, c.training.precision),
                     prediction=c.diffusion.prediction_type,
-                    encode_chunk=None if c.data.cache_latents else c.codec.encode_chunk)
+                    encode_chunk=None if c.data.cache_latents else (c.codec.encode_chunk, c.codec.overlap))
     elif part == "encode":
-        keys.update(encode_chunk=c.codec.encode_chunk)
+        keys.update(encode_chunk=c.codec.encode_chunk, overlap=c.codec.overlap)
     elif part == "decode":
-        keys.update(decode_chunk=c.codec.decode_chunk)
+        keys.update(decode_chunk=c.codec.decode_chunk, overlap=c.codec.overlap)
     else:
         keys.update(inference=c.inference, precision=c.training.precision)
     return json.dumps(keys, default=str, sort_keys=True)
@@ -267,13 +268,10 @@ def _volume_stage(part: str, config: Config, geometry: Geometry, device_type: st
         return _windows(config, geometry, device_type, mode)
     if config.codec.name != "maisi":
         return _traced(part, config, geometry, device_type, volume, mode)
-    from ctslice.codecs.maisi import DEFAULT_OVERLAP
-
-    depth, cz = volume[0], MaisiCodec.compression[0]
+    depth, cz, halo = volume[0], MaisiCodec.compression[0], config.codec.overlap
     chunk = config.codec.encode_chunk if part == "encode" else config.codec.decode_chunk * cz
     # The shallowest volume run in several chunks (not whole) of which one has full halos on both sides.
-    first_full = max(math.ceil(DEFAULT_OVERLAP / chunk) * chunk + chunk + DEFAULT_OVERLAP,
-                     round_up(chunk + 2 * DEFAULT_OVERLAP + 1, cz))
+    first_full = max(math.ceil(halo / chunk) * chunk + chunk + halo, round_up(chunk + 2 * halo + 1, cz))
     if depth <= first_full + chunk:
         return _traced(part, config, geometry, device_type, volume)
     low = _traced(part, config, geometry, device_type, (first_full, *volume[1:]))

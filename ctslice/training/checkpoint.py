@@ -31,7 +31,7 @@ import torch
 
 from ctslice import __version__
 from ctslice.console import warn
-from ctslice.errors import CtsliceError, InputError
+from ctslice.errors import CtsliceError, InputError, first_line
 
 FORMAT = "ctslice-checkpoint"
 VERSION = 1
@@ -70,8 +70,7 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                               "code when loaded; ctslice loads only tensors and plain data, as `ctslice train` "
                               "writes them") from None
     except Exception as error:  # torch raises many types for damaged files: all mean "unreadable"
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: damaged or not a checkpoint ({reason})") from None
+        raise CheckpointError(f"{path}: damaged or not a checkpoint ({first_line(error, 160)})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a ctslice checkpoint")
     if document.get("version", 0) > VERSION:

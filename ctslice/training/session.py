@@ -22,7 +22,7 @@ from ctslice.console import console, note
 from ctslice.data.cache import Cache
 from ctslice.data.patches import PatchDataset, PixelSource
 from ctslice.data.splits import read_splits
-from ctslice.errors import InputError, Preempted
+from ctslice.errors import InputError, Preempted, first_line
 from ctslice.hardware import configure, resolve_device
 from ctslice.models import LatentStats, build_model
 from ctslice.training import checkpoint as ckpt
@@ -162,7 +162,7 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
             scheduler.load_state_dict(state["lr_scheduler"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise ckpt.CheckpointError(f"{path}: weights do not fit the model in this config (was model.* "
-                                       f"changed since the run started?): {str(error).splitlines()[0][:160]}") from None
+                                       f"changed since the run started?): {first_line(error, 160)}") from None
         start_step, best_psnr = int(state["step"]), state.get("best_metric")
         restore_rng(state["rng"])
         if world.is_main:

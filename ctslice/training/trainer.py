@@ -28,7 +28,7 @@ import torch
 
 from ctslice.config import Config
 from ctslice.console import console, warn
-from ctslice.errors import CtsliceError, Preempted
+from ctslice.errors import CtsliceError, Preempted, first_line
 from ctslice.hardware import autocast, is_out_of_memory, memory_line, peak_memory_bytes
 from ctslice.training.checkpoint import periodic_checkpoints
 from ctslice.training.latents import encode_batch
@@ -140,7 +140,6 @@ def _optimizer_step(s: Session) -> tuple[float, float | None]:
 
 def _out_of_memory_message(config: Config, run_dir: Path, error: BaseException) -> str:
     """One line: what ran out, the changes that lower training memory, where the run can continue from."""
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
     from ctslice.memory.advice import set_options
 
     device = (config.hardware.device if config.hardware.device != "auto"
@@ -152,7 +151,7 @@ def _out_of_memory_message(config: Config, run_dir: Path, error: BaseException) 
     checkpoints = periodic_checkpoints(run_dir)
     resume = (f"The steps after {checkpoints[0].name} are lost; continue with --resume latest." if checkpoints
               else "No checkpoint was written yet.")
-    return f"out of memory ({reason}). {advice} {resume}"
+    return f"out of memory ({first_line(error, 200)}). {advice} {resume}"
 
 
 def _maybe_no_sync(objective, sync: bool):
