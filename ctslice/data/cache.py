@@ -25,8 +25,10 @@ truncated or damaged file is one line naming what is wrong, never a ``KeyError``
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -77,18 +79,27 @@ def parts_dir(cache_path: Path) -> Path:
 
 def write_part(folder: Path, case_id: str, pair: Pair, *, source: str, content_hash: str, patient: str,
                options: dict) -> Path:
-    """Write one finished case as ``folder/<case_id>.h5`` atomically (temporary file, then rename)."""
+    """Write one finished case as ``folder/<case_id>.h5`` atomically (temporary file, then rename).
+
+    The HDF5 file is built in memory (a compressed case: a fraction of the pair's own size) and written
+    with plain file calls: a full disk is then one clean ``OSError``, where HDF5 writing to a full disk
+    itself spews errors from its object destructors and can crash the interpreter at exit.
+    """
+    image = io.BytesIO()
+    with h5py.File(image, "w") as file:
+        group = file.create_group(f"cases/{case_id}")
+        group.attrs.update({"source": source, "content_hash": content_hash, "pair_kind": pair.kind,
+                            "patient": patient, "ratio": pair.ratio, "options": json.dumps(options)})
+        _write_volume(group, "thin", pair.thin)
+        _write_volume(group, "thick", pair.thick)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{case_id}.h5"
     temporary = folder / f".{case_id}.h5.tmp"
     try:
-        with h5py.File(temporary, "w") as file:
-            group = file.create_group(f"cases/{case_id}")
-            group.attrs.update({"source": source, "content_hash": content_hash, "pair_kind": pair.kind,
-                                "patient": patient, "ratio": pair.ratio, "options": json.dumps(options)})
-            _write_volume(group, "thin", pair.thin)
-            _write_volume(group, "thick", pair.thick)
-        _fsync(temporary)
+        with open(temporary, "wb") as handle:
+            handle.write(image.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, final)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -102,6 +113,14 @@ def _write_volume(group: h5py.Group, name: str, volume: Volume) -> None:
     dataset = group.create_dataset(name, data=volume.array.astype(np.int16), chunks=chunks,
                                    compression="gzip", compression_opts=1, shuffle=True)
     dataset.attrs.update({"spacing": volume.spacing, "origin": volume.origin, "direction": volume.direction})
+
+
+def write_error(error: BaseException) -> str:
+    """The reason of a failed write in a few words: ``No space left on device`` rather than HDF5's wording."""
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno)
+    found = re.search(r"error message = '([^']+)'", str(error))
+    return found.group(1) if found else first_line(error)
 
 
 def _fsync(path: Path) -> None:
@@ -123,9 +142,9 @@ def consolidate(cache_path: Path, sources: Iterable[Path], failures: Iterable[Fa
         _consolidate(temporary, list(sources), failures, drop_failures, set(drop_cases))
         _fsync(temporary)
         os.replace(temporary, cache_path)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # h5py raises either for a failed write
         temporary.unlink(missing_ok=True)
-        raise CtsliceError(f"could not write the cache {cache_path} ({error.strerror or first_line(error)}); "
+        raise CtsliceError(f"could not write the cache {cache_path} ({write_error(error)}); "
                            "the previous cache is unchanged") from None
     except BaseException:
         temporary.unlink(missing_ok=True)

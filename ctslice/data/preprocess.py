@@ -150,9 +150,9 @@ def process_case(source: CaseSource, options: PreprocessOptions, parts: Path, kn
     try:
         cache_files.write_part(parts, source.case_id, pair, source=str(source.path), content_hash=content_hash,
                                patient=patient, options=options_dict)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # h5py raises either for a failed write
         raise PartNotWritten(f"could not write case {source.case_id} to {parts} "
-                             f"({error.strerror or first_line(error)})") from None
+                             f"({cache_files.write_error(error)})") from None
     return CaseResult(source.case_id, str(source.path), "processed", kind=pair.kind)
 
 
