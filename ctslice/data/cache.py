@@ -304,6 +304,7 @@ def existing_hashes(path: Path) -> dict[str, str]:
     """case_id -> content_hash of the cases already in a cache file or part file (empty if unreadable)."""
     try:
         with h5py.File(path, "r") as file:
-            return {k: str(g.attrs["content_hash"]) for k, g in file.get("cases", {}).items()}
+            return {k: str(g.attrs["content_hash"]) for k, g in file.get("cases", {}).items()
+                    if isinstance(g, h5py.Group) and "content_hash" in g.attrs}
     except OSError:
         return {}

@@ -55,7 +55,8 @@ def _acquire(path: Path, cache_path: Path):
         try:
             handle = open(path, "a+")  # noqa: SIM115 (held open for the whole run)
         except OSError as error:
-            raise CtsliceError(f"cannot create the lock file {path} ({error.strerror})") from None
+            raise InputError(f"cannot create the lock file {path} ({error.strerror}); the cache's folder must be "
+                             "writable") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
