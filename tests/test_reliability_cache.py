@@ -179,6 +179,26 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_tak
     assert "late" in entries(output) and leftovers(output) == []
 
 
+def test_two_preprocess_runs_at_once_lose_no_case(tmp_path):
+    """Two real ``ctslice preprocess`` processes on one cache: one writes, the other waits its turn (exit 2
+    naming the first) or, if it starts after the first ended, reuses everything; no case is ever lost."""
+    for seed in range(6):
+        write_volume(make_phantom(shape=(60, 64, 64), spacing=(6.0, 6.0, 1.0), seed=seed),
+                     tmp_path / "in" / f"case{seed}.nii.gz")
+    output = tmp_path / "out" / "cache.h5"
+    command = [sys.executable, "-m", "ctslice", "preprocess", str(tmp_path / "in"), "-o", str(output),
+               "--min-slices", "4"]
+    runs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=WIDE)
+            for _ in range(2)]
+    outcomes = sorted((run.wait(timeout=300), run.stderr.read(), run.pid) for run in runs)
+    assert [code for code, _, _ in outcomes] in ([0, 0], [0, 2]), outcomes
+    if outcomes[1][0] == 2:
+        [line] = error_lines(outcomes[1][1])
+        assert f"ctslice pid {outcomes[0][2]} on host" in line and "one writer per cache" in line
+    assert sorted(entries(output)) == [f"case{k}" for k in range(6)]
+    assert leftovers(output) == []
+
+
 def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
     with writer_lock(tmp_path / "c.h5"), pytest.raises(InputError, match=f"pid {os.getpid()}"), \
             writer_lock(tmp_path / "c.h5"):
