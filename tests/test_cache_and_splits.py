@@ -86,7 +86,11 @@ def test_unreadable_or_foreign_cache_is_a_clear_input_error(tmp_path):
         Cache(junk)
     foreign = tmp_path / "foreign.h5"
     h5py.File(foreign, "w").close()
-    with pytest.raises(InputError, match="cache format"):
+    with pytest.raises(InputError, match="not a ctslice cache"):
+        Cache(foreign)
+    with h5py.File(foreign, "a") as file:
+        file.attrs["format_version"] = 99
+    with pytest.raises(InputError, match="cache format 99"):
         Cache(foreign)
 
 

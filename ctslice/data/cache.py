@@ -16,13 +16,19 @@ whole file. The writer therefore never appends to the cache in place. Each finis
 its own small file in ``<cache>.parts/`` (temporary name, then an atomic rename); at the end of a run
 the parts and the previous cache are copied (raw chunks, no recompression) into a new file that
 atomically replaces the cache. A kill at any moment leaves the previous cache intact and the finished
-parts on disk, and the next run reuses both.
+parts on disk, and the next run reuses both. A failed write (a full disk) removes its temporary file
+and raises ``CtsliceError``, with the same guarantee: previous cache intact, finished parts kept.
+
+Reading: ``Cache`` checks the whole layout when it opens a file (cheap: metadata only), so a foreign,
+truncated or damaged file is one line naming what is wrong, never a ``KeyError`` deep in training.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,12 +39,14 @@ import numpy as np
 
 from ctslice import __version__
 from ctslice.data.pairs import Pair
-from ctslice.errors import InputError
+from ctslice.errors import CtsliceError, InputError, first_line
 from ctslice.io.volume import Grid, Volume
 
 FORMAT_VERSION = 1
 CHUNK_SLICES = 8
 CHUNK_PIXELS = 32  # 8 x 32 x 32 read 1.5x faster than 8 x 64 x 64 at the same size (benchmarks/)
+CASE_ATTRS = ("source", "content_hash", "pair_kind", "patient", "ratio", "options")
+VOLUME_ATTRS = ("spacing", "origin", "direction")
 
 
 @dataclass(frozen=True)
@@ -71,18 +79,31 @@ def parts_dir(cache_path: Path) -> Path:
 
 def write_part(folder: Path, case_id: str, pair: Pair, *, source: str, content_hash: str, patient: str,
                options: dict) -> Path:
-    """Write one finished case as ``folder/<case_id>.h5`` atomically (temporary file, then rename)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{case_id}.h5"
-    temporary = folder / f".{case_id}.h5.tmp"
-    with h5py.File(temporary, "w") as file:
+    """Write one finished case as ``folder/<case_id>.h5`` atomically (temporary file, then rename).
+
+    The HDF5 file is built in memory (a compressed case: a fraction of the pair's own size) and written
+    with plain file calls: a full disk is then one clean ``OSError``, where HDF5 writing to a full disk
+    itself spews errors from its object destructors and can crash the interpreter at exit.
+    """
+    image = io.BytesIO()
+    with h5py.File(image, "w") as file:
         group = file.create_group(f"cases/{case_id}")
         group.attrs.update({"source": source, "content_hash": content_hash, "pair_kind": pair.kind,
                             "patient": patient, "ratio": pair.ratio, "options": json.dumps(options)})
         _write_volume(group, "thin", pair.thin)
         _write_volume(group, "thick", pair.thick)
-    _fsync(temporary)
-    os.replace(temporary, final)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{case_id}.h5"
+    temporary = folder / f".{case_id}.h5.tmp"
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(image.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return final
 
 
@@ -94,21 +115,44 @@ def _write_volume(group: h5py.Group, name: str, volume: Volume) -> None:
     dataset.attrs.update({"spacing": volume.spacing, "origin": volume.origin, "direction": volume.direction})
 
 
+def write_error(error: BaseException) -> str:
+    """The reason of a failed write in a few words: ``No space left on device`` rather than HDF5's wording."""
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno)
+    found = re.search(r"error message = '([^']+)'", str(error))
+    return found.group(1) if found else first_line(error)
+
+
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
 
 
 def consolidate(cache_path: Path, sources: Iterable[Path], failures: Iterable[Failure] = (),
-                drop_failures: Iterable[str] = ()) -> None:
+                drop_failures: Iterable[str] = (), drop_cases: Iterable[str] = ()) -> None:
     """Write a new cache from the cases of ``sources`` (earlier files win on a clash: list the newest first).
 
     ``sources`` are HDF5 files with the cache layout: the previous cache, part files, shard caches.
     ``failures`` replace any earlier record of the same case; earlier failure records are kept unless
-    the case now succeeds or is listed in ``drop_failures``. The result replaces ``cache_path``
-    atomically.
+    the case now succeeds or is listed in ``drop_failures``. Cases in ``drop_cases`` (damaged entries)
+    are copied from none of the sources. The result replaces ``cache_path`` atomically.
     """
     temporary = cache_path.with_name(f".{cache_path.name}.tmp")
+    try:
+        _consolidate(temporary, list(sources), failures, drop_failures, set(drop_cases))
+        _fsync(temporary)
+        os.replace(temporary, cache_path)
+    except (OSError, RuntimeError) as error:  # h5py raises either for a failed write
+        temporary.unlink(missing_ok=True)
+        raise CtsliceError(f"could not write the cache {cache_path} ({write_error(error)}); "
+                           "the previous cache is unchanged") from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _consolidate(temporary: Path, sources: list[Path], failures: Iterable[Failure],
+                 drop_failures: Iterable[str], drop_cases: set[str]) -> None:
     new_failures = {f.case_id: f for f in failures}
     written: set[str] = set()
     with h5py.File(temporary, "w") as out:
@@ -118,7 +162,7 @@ def consolidate(cache_path: Path, sources: Iterable[Path], failures: Iterable[Fa
         for source in sources:
             with h5py.File(source, "r") as file:
                 for case_id in file.get("cases", {}):
-                    if case_id not in written and case_id not in new_failures:
+                    if case_id not in written and case_id not in new_failures and case_id not in drop_cases:
                         file.copy(file[f"cases/{case_id}"], cases, name=case_id)
                         written.add(case_id)
                 for case_id, group in file.get("failures", {}).items():
@@ -128,8 +172,6 @@ def consolidate(cache_path: Path, sources: Iterable[Path], failures: Iterable[Fa
         failed = out.create_group("failures")
         for case_id, failure in sorted(kept.items()):
             failed.create_group(case_id).attrs.update({"source": failure.source, "reason": failure.reason})
-    _fsync(temporary)
-    os.replace(temporary, cache_path)
 
 
 def remove_parts(cache_path: Path) -> None:
@@ -148,11 +190,13 @@ class Cache:
         except OSError as error:
             raise InputError(f"{self.path}: not a readable HDF5 cache ({error})") from None
         self._grids: dict[tuple[str, str], Grid] = {}
-        version = self.file.attrs.get("format_version")
-        if version != FORMAT_VERSION:
+        try:
+            problem = layout_problem(self.file)
+        except (OSError, RuntimeError, KeyError) as error:  # h5py's errors for damaged metadata
+            problem = f"its layout cannot be read ({error})"
+        if problem:
             self.file.close()
-            raise InputError(f"{self.path}: cache format {version}, this ctslice reads format {FORMAT_VERSION}; "
-                             "re-run `ctslice preprocess`")
+            raise InputError(f"{self.path}: {problem}")
 
     def __enter__(self) -> Cache:
         return self
@@ -213,10 +257,54 @@ class Cache:
             raise InputError(f"{self.path}: no case {case_id!r}") from None
 
 
+def layout_problem(file: h5py.File) -> str | None:
+    """What makes ``file`` unusable as a cache (foreign file, other format, a damaged case), or None."""
+    problem = format_problem(file)
+    if problem:
+        return problem
+    for case_id, missing in damaged_cases(file).items():
+        return (f"damaged cache: case {case_id!r} has no {missing}; re-run `ctslice preprocess` on its scan "
+                "into this cache to rebuild it")
+    return None
+
+
+def format_problem(file: h5py.File) -> str | None:
+    """Why ``file`` is not a cache this ctslice can read at all (foreign file, other format), or None."""
+    if "format_version" not in file.attrs:
+        return "not a ctslice cache (no format_version attribute); give a cache written by `ctslice preprocess`"
+    version = file.attrs["format_version"]
+    if version != FORMAT_VERSION:
+        return f"cache format {version}, this ctslice reads format {FORMAT_VERSION}; re-run `ctslice preprocess`"
+    for name in ("cases", "failures"):
+        if not isinstance(file.get(name), h5py.Group):
+            return f"damaged cache: the group /{name} is missing; re-run `ctslice preprocess` into a new file"
+    return None
+
+
+def damaged_cases(file: h5py.File) -> dict[str, str]:
+    """case_id -> what its entry lacks (an attribute, a volume, a volume's geometry), for damaged entries."""
+    damaged = {}
+    for case_id, group in file["cases"].items():
+        if not isinstance(group, h5py.Group):
+            damaged[case_id] = "group (it is a dataset)"
+            continue
+        missing = [f"attribute {a!r}" for a in CASE_ATTRS if a not in group.attrs]
+        for which in ("thin", "thick"):
+            dataset = group.get(which)
+            if not isinstance(dataset, h5py.Dataset) or dataset.ndim != 3:
+                missing.append(f"{which!r} volume")
+            else:
+                missing += [f"{which} attribute {a!r}" for a in VOLUME_ATTRS if a not in dataset.attrs]
+        if missing:
+            damaged[case_id] = ", ".join(missing)
+    return damaged
+
+
 def existing_hashes(path: Path) -> dict[str, str]:
     """case_id -> content_hash of the cases already in a cache file or part file (empty if unreadable)."""
     try:
         with h5py.File(path, "r") as file:
-            return {k: str(g.attrs["content_hash"]) for k, g in file.get("cases", {}).items()}
+            return {k: str(g.attrs["content_hash"]) for k, g in file.get("cases", {}).items()
+                    if isinstance(g, h5py.Group) and "content_hash" in g.attrs}
     except OSError:
         return {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,33 +46,35 @@ class CaseSource:
 
 
 def discover(inputs: list[Path]) -> list[CaseSource]:
-    """All cases under ``inputs``, with unique ids, in a stable order."""
-    sources: list[CaseSource] = []
+    """All cases under ``inputs``, with unique ids, in a stable order (a case found twice counts once)."""
+    found: list[tuple[CaseSource, str]] = []
     for path in inputs:
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
         if path.is_file():
-            sources.append(CaseSource(case_name(path), path))
+            found.append((CaseSource(case_name(path), path), path.name))
         else:
-            sources.extend(_discover_folder(path))
-    return _unique_ids(sources)
+            found.extend(_discover_folder(path))
+    return _unique_ids(found)
 
 
-def _discover_folder(folder: Path) -> list[CaseSource]:
-    found: list[CaseSource] = []
+def _discover_folder(folder: Path) -> list[tuple[CaseSource, str]]:
+    """The cases in ``folder``, each with its key: its path inside the folder (and study, for DICOM)."""
+    found: list[tuple[CaseSource, str]] = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
             file = Path(root) / name
             if is_volume_file(file) or file.suffix.lower() == ".zip":
-                found.append(CaseSource(case_name(file), file))
+                found.append((CaseSource(case_name(file), file), file.relative_to(folder).as_posix()))
     studies: dict[str, list[DicomSeries]] = {}
     for series in find_series(folder):
         # series without a StudyInstanceUID are studies of their own
         studies.setdefault(series.study_key or f"folder:{series.directory}", []).append(series)
-    for members in studies.values():
+    for study, members in studies.items():
         study_dir = Path(os.path.commonpath([str(s.directory) for s in members]))
-        found.append(CaseSource(case_name(study_dir), study_dir, tuple(members)))
+        key = f"{study_dir.relative_to(folder).as_posix()}#{study}" if study_dir != folder else f"{folder.name}#{study}"
+        found.append((CaseSource(case_name(study_dir), study_dir, tuple(members)), key))
     return found
 
 
@@ -85,12 +88,35 @@ def case_name(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
 
 
-def _unique_ids(sources: list[CaseSource]) -> list[CaseSource]:
-    seen: dict[str, int] = {}
-    unique = []
-    for source in sources:
-        count = seen.get(source.case_id, 0)
-        seen[source.case_id] = count + 1
-        case_id = source.case_id if count == 0 else f"{source.case_id}-{count + 1}"
-        unique.append(CaseSource(case_id, source.path, source.series))
-    return unique
+def _unique_ids(found: list[tuple[CaseSource, str]]) -> list[CaseSource]:
+    """Give every case an id no other case has, the same in every run over the same inputs.
+
+    A case whose name (``case_name``) no other case shares keeps it, so the ids of existing caches
+    stay valid. Cases that share a name (compared without case, for case-insensitive file systems) all
+    get ``name-<hash>``, the hash taken from the case's key (its path inside the input folder; its
+    absolute path when two inputs give the same key), lengthened until the id is taken by nobody else.
+    Ids therefore never depend on discovery order, and two inputs never write the same cache entry.
+    """
+    unique: dict[tuple[str, ...], tuple[CaseSource, str]] = {}
+    for source, key in found:  # the same file or study reached through two inputs is one case
+        identity = (str(source.path.resolve()), *sorted(str(f) for s in source.series for f in s.files[:1]))
+        unique.setdefault(identity, (source, key))
+    cases = list(unique.values())
+    sharing = Counter(source.case_id.lower() for source, _ in cases)
+    keys = Counter(key for _, key in cases)
+    taken = {source.case_id.lower() for source, _ in cases if sharing[source.case_id.lower()] == 1}
+    result = []
+    for source, key in cases:
+        case_id = source.case_id
+        if sharing[case_id.lower()] > 1:
+            text = key if keys[key] == 1 else f"{key}@{source.path.resolve()}"
+            digest = hashlib.sha256(os.fsencode(text)).hexdigest()
+            length = 8
+            while f"{case_id}-{digest[:length]}".lower() in taken and length < len(digest):
+                length += 4
+            case_id = f"{case_id}-{digest[:length]}"
+            if case_id.lower() in taken:
+                raise InputError(f"cannot give {source.path} a case id of its own; rename it")
+        taken.add(case_id.lower())
+        result.append(CaseSource(case_id, source.path, source.series))
+    return result

@@ -5,21 +5,31 @@ the main process is the one writer of the cache, which it rebuilds from the prev
 parts at the end (see ``ctslice.data.cache`` for why this survives kill -9). A case whose content
 hash (file bytes + options) matches the cache is reused, not redone; a failed case is recorded with
 its reason and the others carry on.
+
+A run never degrades the cache: only a failure caused by the case's input (``InputError``) replaces
+its previous entry. A case that fails for any other reason (an ``OSError`` reading it, a
+``MemoryError``, a bug) keeps its previous entry, and the run ends with exit 1 naming it. A part or
+the cache that cannot be written (a full disk) stops the run at once: the previous cache is left as it
+was and the finished parts are kept for the next run. One run at a time writes a cache (``lock``).
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ctslice.console import console, progress, stdout
+import h5py
+
+from ctslice.console import console, note, progress, stdout
 from ctslice.data import cache as cache_files
 from ctslice.data.checks import check_ct_volume
 from ctslice.data.discover import CaseSource, discover
+from ctslice.data.lock import writer_lock
 from ctslice.data.pairs import Pair, real_pair, resample_inplane, simulate_pair
-from ctslice.errors import CtsliceError, InputError
+from ctslice.errors import CtsliceError, InputError, first_line
 from ctslice.io import extracted, find_series, read_volume
 from ctslice.io.volume import Volume
 
@@ -48,9 +58,14 @@ class PreprocessOptions:
 class CaseResult:
     case_id: str
     source: str
-    status: str  # "processed", "reused" or "failed"
+    status: str  # "processed", "reused", "failed" (recorded in the cache) or "kept" (previous entry kept)
     reason: str = ""
     kind: str = ""
+    input_caused: bool = True  # a failure the case's input explains (else the run's environment or a bug)
+
+
+class PartNotWritten(CtsliceError):
+    """A finished case could not be written to the parts folder (a full disk): the run stops."""
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -115,47 +130,111 @@ def _read_series(series: list, source: CaseSource) -> tuple[list[tuple[Volume, f
 
 
 def process_case(source: CaseSource, options: PreprocessOptions, parts: Path, known_hash: str | None) -> CaseResult:
-    """Worker body: one case from source to part file, or a failure record. Never raises for a bad case."""
+    """Worker body: one case from source to part file, or a failure record. Never raises for a bad case.
+
+    ``known_hash`` is the content hash of the case's entry in the cache (None: no entry). Raises
+    ``PartNotWritten`` when the part cannot be written, which stops the run.
+    """
     options_dict = asdict(options)
     try:
         content_hash = source.content_hash(options_dict)
         if content_hash == known_hash:
             return CaseResult(source.case_id, str(source.path), "reused")
         pair, patient = build_pair(source, options)
+    except InputError as error:
+        return CaseResult(source.case_id, str(source.path), "failed", str(error))
+    except Exception as error:  # noqa: BLE001 (not the input's fault: keep what the cache has, say why)
+        reason = str(error) if isinstance(error, CtsliceError) else f"{type(error).__name__}: {first_line(error)}"
+        status = "failed" if known_hash is None else "kept"
+        return CaseResult(source.case_id, str(source.path), status, reason, input_caused=False)
+    try:
         cache_files.write_part(parts, source.case_id, pair, source=str(source.path), content_hash=content_hash,
                                patient=patient, options=options_dict)
-        return CaseResult(source.case_id, str(source.path), "processed", kind=pair.kind)
-    except CtsliceError as error:
-        return CaseResult(source.case_id, str(source.path), "failed", str(error))
-    except (OSError, ValueError, RuntimeError, MemoryError) as error:
-        return CaseResult(source.case_id, str(source.path), "failed", f"{type(error).__name__}: {error}")
+    except (OSError, RuntimeError) as error:  # h5py raises either for a failed write
+        raise PartNotWritten(f"could not write case {source.case_id} to {parts} "
+                             f"({cache_files.write_error(error)})") from None
+    return CaseResult(source.case_id, str(source.path), "processed", kind=pair.kind)
 
 
 def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions, workers: int = 1,
                    shard: tuple[int, int] | None = None) -> list[CaseResult]:
-    """Preprocess every case under ``inputs`` into the cache ``output``; returns one result per case."""
+    """Preprocess every case under ``inputs`` into the cache ``output``; returns one result per case.
+
+    Raises ``CtsliceError`` (after writing the cache) when a case failed for a reason other than its input.
+    """
     options.check()
     if output.suffix.lower() not in (".h5", ".hdf5"):
         raise InputError(f"{output}: the cache must be an .h5 file")
     output.parent.mkdir(parents=True, exist_ok=True)
-    sources = discover(inputs)
-    if shard:
-        sources = [s for k, s in enumerate(sorted(sources, key=lambda s: s.case_id)) if k % shard[1] == shard[0]]
-    if not sources:
-        raise InputError("no scans found in the inputs")
-    parts = cache_files.parts_dir(output)
-    known = cache_files.existing_hashes(output) if output.exists() else {}
-    for part in sorted(parts.glob("*.h5")):
-        known.update(cache_files.existing_hashes(part))
-    console.print(f"Preprocessing {len(sources)} case(s) -> {output} (thick {options.thick_spacing} mm, "
-                  f"thin {options.thin_spacing} mm, {workers} worker(s))")
-    results: list[CaseResult] = []
-    try:
-        results = _run_cases(sources, options, parts, known, workers)
-    finally:
-        _write_cache(output, parts, results)
+    with writer_lock(output, on_takeover=note):
+        damaged = _check_existing(output)
+        sources = discover(inputs)
+        if shard:
+            sources = [s for k, s in enumerate(sorted(sources, key=lambda s: s.case_id)) if k % shard[1] == shard[0]]
+        if not sources:
+            raise InputError("no scans found in the inputs")
+        parts = cache_files.parts_dir(output)
+        known = cache_files.existing_hashes(output) if output.exists() else {}
+        for part in sorted(parts.glob("*.h5")):
+            known.update(cache_files.existing_hashes(part))
+        for case_id in damaged:
+            known.pop(case_id, None)
+        console.print(f"Preprocessing {len(sources)} case(s) -> {output} (thick {options.thick_spacing} mm, "
+                      f"thin {options.thin_spacing} mm, {workers} worker(s))")
+        try:
+            results = _run_cases(sources, options, parts, known, workers)
+        except PartNotWritten as error:
+            raise CtsliceError(f"{error}; {output} is unchanged{_kept_parts(output)}") from None
+        except BaseException:
+            _write_cache(output, parts, [], damaged)  # Ctrl-C, a dead worker: keep the finished cases
+            raise
+        _write_cache(output, parts, results, damaged)
     _print_summary(results)
+    _raise_for_environment(results)
     return results
+
+
+def _check_existing(output: Path) -> set[str]:
+    """Refuse (one line, before any work) an ``output`` that is not a cache; returns its damaged case ids.
+
+    Damaged entries (a dataset or attribute deleted) are not reused: they are rebuilt if their scan is
+    among the inputs, and left out of the new cache either way.
+    """
+    if not output.exists():
+        return set()
+    if not output.is_file():
+        raise InputError(f"{output} is not a file; give the path of a cache (.h5) to create or update")
+    try:
+        with h5py.File(output, "r") as file:
+            problem = cache_files.format_problem(file)
+            damaged = set() if problem else set(cache_files.damaged_cases(file))
+    except (OSError, RuntimeError, KeyError) as error:
+        problem = f"not a readable HDF5 cache ({first_line(error)})"
+    if problem:
+        raise InputError(f"{output}: {problem}; move it away or choose another -o")
+    if damaged:
+        note(f"{output}: {len(damaged)} damaged case(s) are rebuilt or left out: {', '.join(sorted(damaged)[:5])}")
+    return damaged
+
+
+def _kept_parts(output: Path) -> str:
+    """``; the N finished case(s) in PARTS are kept for the next run`` (or nothing, removing an empty folder)."""
+    parts = cache_files.parts_dir(output)
+    finished = list(parts.glob("*.h5"))
+    if not finished:
+        cache_files.remove_parts(output)
+        return ""
+    return f"; the {len(finished)} finished case(s) in {parts} are kept for the next run"
+
+
+def _raise_for_environment(results: list[CaseResult]) -> None:
+    """Exit 1 when a case failed for a reason other than its input: the run did not do its job."""
+    failed = [r for r in results if not r.input_caused]
+    if failed:
+        kept = sum(r.status == "kept" for r in failed)
+        raise CtsliceError(f"{len(failed)} case(s) failed for a reason other than their input (first: "
+                           f"{failed[0].case_id}: {failed[0].reason}); {kept} kept their previous cache entry; "
+                           "re-run to retry them")
 
 
 def _run_cases(sources: list[CaseSource], options: PreprocessOptions, parts: Path, known: dict[str, str],
@@ -170,9 +249,15 @@ def _run_cases(sources: list[CaseSource], options: PreprocessOptions, parts: Pat
             return results
         with ProcessPoolExecutor(max_workers=workers, initializer=_limit_threads, initargs=(workers,)) as pool:
             futures = [pool.submit(process_case, s, options, parts, known.get(s.case_id)) for s in sources]
-            for future in as_completed(futures):
-                results.append(future.result())
-                bar.advance(task)
+            try:
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    bar.advance(task)
+            except BrokenProcessPool:
+                raise CtsliceError("a worker process died (killed for memory?); the finished cases are kept, "
+                                   "re-run with fewer --workers") from None
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)  # stop at the first part that cannot be written
     return sorted(results, key=lambda r: r.case_id)
 
 
@@ -183,14 +268,23 @@ def _limit_threads(workers: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, (os.cpu_count() or 1) // workers))
 
 
-def _write_cache(output: Path, parts: Path, results: list[CaseResult]) -> None:
-    """Merge this run's parts (and any left by an interrupted run) with the previous cache."""
+def _write_cache(output: Path, parts: Path, results: list[CaseResult], damaged: set[str]) -> None:
+    """Merge this run's parts (and any left by an interrupted run) with the previous cache.
+
+    Failure records replace earlier entries; "kept" cases are not failure records, so their previous
+    entries are copied. Damaged entries are left out unless a part rebuilt them.
+    """
     part_files = sorted(parts.glob("*.h5"))
-    if not part_files and output.exists() and all(r.status == "reused" for r in results):
+    if not part_files and not damaged and output.exists() and all(r.status in ("reused", "kept") for r in results):
+        cache_files.remove_parts(output)
         return
     failures = [cache_files.Failure(r.case_id, r.source, r.reason) for r in results if r.status == "failed"]
     previous = [output] if output.exists() else []
-    cache_files.consolidate(output, part_files + previous, failures)
+    try:
+        cache_files.consolidate(output, part_files + previous, failures,
+                                drop_cases=damaged - {p.name.removesuffix(".h5") for p in part_files})
+    except CtsliceError as error:
+        raise CtsliceError(f"{error}{_kept_parts(output)}") from None
     cache_files.remove_parts(output)
 
 
@@ -198,19 +292,20 @@ def _print_summary(results: list[CaseResult]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    counts = {status: sum(r.status == status for r in results) for status in ("processed", "reused", "failed")}
-    failed = [r for r in results if r.status == "failed"]
+    counts = {status: sum(r.status == status for r in results) for status in ("processed", "reused", "failed", "kept")}
+    failed = [r for r in results if r.status in ("failed", "kept")]
     if failed:
         table = Table(title="Excluded cases", title_justify="left")
         table.add_column("case")
         table.add_column("reason", overflow="fold")
         for result in failed:
-            table.add_row(escape(result.case_id), escape(result.reason))  # paths may hold [brackets]
+            kept = " (its previous cache entry is kept)" if result.status == "kept" else ""
+            table.add_row(escape(result.case_id), escape(result.reason + kept))  # paths may hold [brackets]
         stdout.print(table)
     summary = Table(title="Preprocessing summary", title_justify="left")
-    for column in ("processed", "reused", "excluded"):
+    for column in ("processed", "reused", "excluded", "kept from before"):
         summary.add_column(column, justify="right")
-    summary.add_row(str(counts["processed"]), str(counts["reused"]), str(counts["failed"]))
+    summary.add_row(*(str(counts[status]) for status in ("processed", "reused", "failed", "kept")))
     stdout.print(summary)
 
 
@@ -218,8 +313,12 @@ def run_merge(shards: list[Path], output: Path) -> None:
     """Merge shard caches (from ``--shard I/N`` runs) into ``output``."""
     for shard in shards:
         cache_files.Cache(shard).close()  # raises a clear InputError for a missing or foreign file
-    previous = [output] if output.exists() and output not in shards else []
-    cache_files.consolidate(output, list(shards) + previous)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(output, on_takeover=note):
+        damaged = _check_existing(output)
+        rebuilt = {case_id for shard in shards for case_id in cache_files.existing_hashes(shard)}
+        previous = [output] if output.exists() and output not in shards else []
+        cache_files.consolidate(output, list(shards) + previous, drop_cases=damaged - rebuilt)
     with cache_files.Cache(output) as merged:
         stdout.print(f"Merged {len(shards)} shard(s) into {output}: {len(merged.case_ids())} case(s), "
                      f"{len(merged.failures())} failure record(s)", markup=False)
