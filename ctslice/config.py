@@ -139,15 +139,40 @@ CHOICES = {
 }
 
 
+# The configs that come with the package (configs/ in a checkout links here): usable by name anywhere.
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> dict[str, tuple[Path, str]]:
+    """Shipped configs by name: (path, the first line of the file's leading comment, its description)."""
+    found = {}
+    for path in sorted(SHIPPED_CONFIGS.glob("*.yaml")):
+        first = next(iter(path.read_text().splitlines()), "")
+        found[path.stem] = (path, first.lstrip("#").strip() if first.startswith("#") else "")
+    return found
+
+
+def resolve_config(path: Path) -> Path:
+    """``path`` itself when it exists (a path always wins), else the shipped config it names: ``tiny_cpu``
+    or ``tiny_cpu.yaml`` means ctslice/configs/tiny_cpu.yaml from any folder, outside a checkout too."""
+    path = Path(path)
+    if path.is_file() or path.parent != Path("."):
+        return path
+    shipped = shipped_configs().get(path.name.removesuffix(".yaml"))
+    return shipped[0] if shipped else path
+
+
 def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:
-    """The config in ``path`` (defaults if None) with ``--set key=value`` overrides, validated."""
+    """The config in ``path`` (a file, or the name of a shipped config; defaults if None) with
+    ``--set key=value`` overrides, validated."""
     data: dict[str, Any] = {}
     where = str(path) if path else "config"
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(resolve_config(path).read_text()) or {}
         except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
+            raise ConfigError(f"{path}: no such config file (shipped configs, usable by name: "
+                              f"{', '.join(shipped_configs())})") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({first_line(error)})") from None
         if not isinstance(data, dict):

@@ -241,6 +241,13 @@ def test_manifest_has_the_fields_of_its_kind(file, doc):
         if spec.get("completionMode") == "Indexed":
             assert isinstance(spec["completions"], int) and spec["completions"] >= 1
             assert 1 <= spec.get("parallelism", 1) <= spec["completions"]
+        # Finished Jobs are cleaned up, but late enough for `kubectl wait` and `kubectl logs` to find them.
+        assert isinstance(spec.get("ttlSecondsAfterFinished"), int), f"{file}: ttlSecondsAfterFinished"
+        assert spec["ttlSecondsAfterFinished"] >= 3600, f"{file}: ttlSecondsAfterFinished under an hour"
+        for rule in spec.get("podFailurePolicy", {}).get("rules", []):
+            assert bool(rule.get("onExitCodes")) != bool(rule.get("onPodConditions")), f"{file}: one of the two"
+            for pattern in rule.get("onPodConditions") or []:  # the API requires the status of the condition
+                assert pattern.get("status") in ("True", "False", "Unknown"), f"{file}: {pattern}"
     elif kind == "Pod":
         assert doc["apiVersion"] == "v1" and doc["spec"]["restartPolicy"] in ("Never", "OnFailure")
     else:
@@ -555,3 +562,61 @@ def test_manifests_reference_existing_configs():
     for inv in (inv for inv in INVOCATIONS if inv.args[0] == "train"):
         given = parse_invocation(inv.args)[0]
         load_config(IMAGE.repo_path(given["config"][0]), given.get("overrides", []))
+
+
+# ---------------------------------------------------------------- what API servers and Pod Security accept
+
+def kubernetes_versions() -> list[str]:
+    """Every minor version from 1.28 to the newest kubernetes-validate knows (["missing"] without it)."""
+    try:
+        from kubernetes_validate.utils import all_versions
+    except ImportError:
+        return ["missing"]
+    minors = {tuple(int(n) for n in version.split(".")[:2]) for version in all_versions()}
+    return [f"{major}.{minor}" for major, minor in sorted(minors) if (major, minor) >= (1, 28)]
+
+
+@pytest.mark.parametrize("version", kubernetes_versions())
+def test_manifests_pass_strict_schema_validation(version):
+    """`kubernetes-validate --strict`: the OpenAPI schema of each API server version, unknown fields refused."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    failures = []
+    for file, doc in MANIFESTS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            failures.append(f"{file} {doc['kind']}/{doc['metadata']['name']}: {error.path}: {error.message}")
+    assert not failures, f"Kubernetes {version}:\n" + "\n".join(failures)
+
+
+def test_strict_validation_covers_the_newest_kubernetes_known():
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    newest = ".".join(kubernetes_validate.latest_version().split(".")[:2])
+    versions = kubernetes_versions()
+    assert versions[0] == "1.28" and versions[-1] == newest, versions
+
+
+@pytest.mark.parametrize(("file", "doc"), workloads(), ids=[f"{f}:{d['metadata']['name']}" for f, d in workloads()])
+def test_containers_meet_the_restricted_pod_security_standard(file, doc):
+    """What the "restricted" Pod Security level demands of every container, plus a read-only root filesystem:
+    then whatever a container writes outside /tmp must go to a volume."""
+    spec = pod_spec(doc)
+    volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
+    runs_ctslice = {inv.container["name"] for inv in invocations_of(doc)}
+    assert spec.get("securityContext", {}).get("runAsNonRoot") is True, file
+    for container in all_containers(doc):
+        where = f"{file}: container {container['name']}"
+        context = container.get("securityContext", {})
+        assert context.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation: false"
+        assert context.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: capabilities.drop: [ALL]"
+        assert not context.get("capabilities", {}).get("add"), f"{where}: adds capabilities"
+        seccomp = context.get("seccompProfile") or spec.get("securityContext", {}).get("seccompProfile", {})
+        assert seccomp.get("type") == "RuntimeDefault", f"{where}: seccompProfile RuntimeDefault"
+        assert context.get("readOnlyRootFilesystem") is True, f"{where}: readOnlyRootFilesystem"
+        assert not context.get("privileged") and context.get("runAsUser", 1) != 0, where
+        if container["name"] in runs_ctslice:  # temporary files (unzipped scans, torchrun) and caches under HOME
+            mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+            assert "/tmp" in mounts and "emptyDir" in volumes[mounts["/tmp"]["name"]], f"{where}: no /tmp emptyDir"
+            assert not mounts["/tmp"].get("readOnly"), where
+            env = {item["name"]: item.get("value") for item in container.get("env", [])}
+            assert is_under(env.get("HOME", "/home"), "/tmp"), f"{where}: HOME on the read-only root filesystem"

@@ -217,7 +217,7 @@ def bracketed(tmp_path) -> Path:
 
 def test_a_bracketed_path_reaches_the_failure_record_and_the_summary_verbatim(bracketed, tmp_path, cli):
     result = cli("preprocess", bracketed, "-o", tmp_path / "cache.h5")
-    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output  # its only case is excluded
     with Cache(tmp_path / "cache.h5") as cache:
         [failure] = cache.failures()
     assert failure.reason == f"{bracketed} is empty (0 bytes); copy or export it again"

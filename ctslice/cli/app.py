@@ -11,15 +11,46 @@ import functools
 from collections.abc import Callable
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from ctslice import __version__
 from ctslice.errors import CtsliceError
 
+
+def _without_flag_types(params: list) -> list:
+    """A flag takes no value, yet Typer's help shows a ``<bool>`` type beside each one: an empty metavar
+    leaves the type column blank for flags (``--help`` included)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    def get_params(self, ctx) -> list:
+        return _without_flag_types(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        """``[OPTIONS] INPUTS...`` as click writes it, not Typer's ``{inputs}...``."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.name.upper() + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+class Group(TyperGroup):
+    def get_params(self, ctx) -> list:
+        return _without_flag_types(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="ctslice",
+    cls=Group,
     help="Thick-slice to thin-slice CT with a latent diffusion model.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_show_locals=False,  # locals can hold patient data
     rich_markup_mode="rich",
 )
@@ -44,11 +75,14 @@ def guarded(function: Callable) -> Callable:
     return wrapper
 
 
-def command(name: str, **kwargs) -> Callable:
-    """Register ``function`` as ``ctslice NAME`` with the error guard around it."""
+def command(name: str, example: str | None = None, **kwargs) -> Callable:
+    """Register ``function`` as ``ctslice NAME`` with the error guard around it; ``example``, a command
+    line, ends its ``--help``."""
+    if example:
+        kwargs.setdefault("epilog", f"Example: {example}")
 
     def register(function: Callable) -> Callable:
-        app.command(name, **kwargs)(guarded(function))
+        app.command(name, cls=Command, **kwargs)(guarded(function))
         return function
 
     return register

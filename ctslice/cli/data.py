@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
 from ctslice.cli.app import command
 
 
-@command("preprocess")
+@command("preprocess", example="ctslice preprocess scans/ study.zip -o cache.h5 --thick-spacing 5 --thin-spacing 1 "
+                               "--workers 4")
 def preprocess(
     inputs: list[Path] = typer.Argument(..., help="Scans: files (NIfTI/NRRD/MHA), DICOM folders or zips, "
                                         "study folders/zips with a thick and a thin series, or folders of "
@@ -18,7 +20,8 @@ def preprocess(
     thick_spacing: float = typer.Option(5.0, help="Thick slice spacing (mm) simulated from thin-only scans."),
     thin_spacing: float = typer.Option(1.0, help="Thin slice spacing (mm) the thin volumes are resampled to."),
     size: int = typer.Option(0, help="Resample in-plane to SIZE x SIZE (0: keep the scan's matrix)."),
-    profile: str = typer.Option("slab", help="Simulated slice profile: slab (box average) or gaussian."),
+    profile: Literal["slab", "gaussian"] = typer.Option("slab", help="Simulated slice profile: slab (box average) "
+                                                        "or gaussian."),
     min_slices: int = typer.Option(8, help="Reject thick volumes with fewer slices than this."),
     workers: int = typer.Option(1, help="Parallel worker processes (one writer)."),
     shard: str = typer.Option(None, help="Process only shard I of N (I/N, 0-based), as in a Kubernetes "
@@ -33,10 +36,15 @@ def preprocess(
         return
     options = PreprocessOptions(thick_spacing=thick_spacing, thin_spacing=thin_spacing, size=size,
                                 profile=profile, min_slices=min_slices)
-    run_preprocess(inputs, output, options, workers=workers, shard=parse_shard(shard))
+    results = run_preprocess(inputs, output, options, workers=workers, shard=parse_shard(shard))
+    if results and all(result.status == "failed" for result in results):
+        from ctslice.errors import CtsliceError
+
+        raise CtsliceError(f"every case was excluded ({len(results)} of {len(results)}): {output} holds no pairs to "
+                           "train on; the reasons are in the table above")
 
 
-@command("split")
+@command("split", example="ctslice split cache.h5 -o splits.json --val 0.15 --test 0.10 --seed 42")
 def split(
     cache: Path = typer.Argument(..., help="The HDF5 cache written by `ctslice preprocess`."),
     output: Path = typer.Option(..., "-o", "--output", help="splits.json to write (or update: existing "

@@ -9,7 +9,7 @@ import typer
 from ctslice.cli.app import command
 
 
-@command("demo")
+@command("demo", example="ctslice demo --out ctslice-demo --minutes 4")
 def demo(
     out: Path = typer.Option(Path("ctslice-demo"), "--out", help="Folder for everything the demo writes."),
     inputs: list[Path] = typer.Option(None, "--input", help="Use these scans instead of phantoms (repeatable; "

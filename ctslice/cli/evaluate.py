@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
 from ctslice.cli.app import command
 
 
-@command("validate")
+@command("validate", example="ctslice validate --checkpoint runs/tiny/checkpoints/best.pt --cache cache.h5 "
+                             "--splits splits.json --split test --out report/")
 def validate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Model checkpoint (.pt)."),
     cache: Path = typer.Option(..., "--cache", help="HDF5 cache."),
     splits: Path = typer.Option(..., "--splits", help="splits.json."),
-    split: str = typer.Option("test", "--split", help="val or test."),
+    split: Literal["val", "test"] = typer.Option("test", "--split", help="The split to evaluate."),
     steps: int = typer.Option(None, "--steps", help="DDIM steps (default: the checkpoint's)."),
     out: Path = typer.Option(None, "--out", help="Folder for the report and figures."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as one JSON document."),
-    mode: str = typer.Option(None, "--mode", help="mean or sample (default: the checkpoint's validation.mode)."),
+    mode: Literal["mean", "sample"] | None = typer.Option(None, "--mode", help="Deterministic mean or diffusion "
+                                                          "samples (default: the checkpoint's validation.mode)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA if available)."),
     vae_checkpoint: Path = typer.Option(None, "--vae-checkpoint", help="MAISI VAE weights for a maisi model."),
 ) -> None:
@@ -29,13 +32,15 @@ def validate(
                  device_name=device, vae_checkpoint=vae_checkpoint)
 
 
-@command("infer")
+@command("infer", example="ctslice infer scan.nii.gz -o thin.nii.gz")
 def infer(
     input: Path = typer.Argument(..., help="Thick-slice scan: NIfTI/NRRD/MHA file, DICOM folder or zip."),
     output: Path = typer.Option(..., "-o", "--output", help="Thin output (.nii.gz, .nii, .nrrd, .mha)."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Model checkpoint (default: the bundled model)."),
-    method: str = typer.Option(None, "--method", help="A classical baseline instead: linear, cubic or lanczos."),
-    mode: str = typer.Option("mean", "--mode", help="mean: deterministic best-PSNR estimate; sample: diffusion."),
+    method: Literal["linear", "cubic", "lanczos"] | None = typer.Option(None, "--method", help="A classical "
+                                                                        "baseline instead of the model."),
+    mode: Literal["mean", "sample"] = typer.Option("mean", "--mode", help="mean: deterministic best-PSNR estimate; "
+                                                   "sample: diffusion."),
     samples: int = typer.Option(1, "--samples", help="Diffusion samples to draw (their mean is written)."),
     std_out: Path = typer.Option(None, "--std-out", help="Also write the per-voxel std between samples here."),
     thin_spacing: float = typer.Option(None, "--thin-spacing", help="Output slice spacing in mm "

@@ -1,4 +1,4 @@
-"""``ctslice train`` and ``ctslice inspect-memory``: both start from a config file."""
+"""``ctslice train``, ``ctslice inspect-memory`` and ``ctslice configs``: they start from a config file."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import typer
 from ctslice.cli.app import command
 
 SET_HELP = "Override a config key, e.g. --set training.max_steps=100 (repeatable)."
+CONFIG_HELP = "YAML config: a file, or the name of a shipped one (`ctslice configs` lists them)."
 
 
-@command("train")
+@command("train", example="ctslice train --config tiny_cpu --set data.cache=cache.h5 --set data.splits=splits.json "
+                          "--out runs/tiny")
 def train(
-    config: Path = typer.Option(..., "--config", "-c", help="YAML config of the run."),
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
     overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
     out: Path = typer.Option(None, "--out", help="Run folder (config, checkpoints, logs); default runs/<config name>."),
     resume: str = typer.Option(None, "--resume", help="`latest` (in --out) or a checkpoint path."),
@@ -33,9 +35,10 @@ def with_vae(overrides: list[str] | None, vae_checkpoint: Path | None) -> list[s
     return [*(overrides or []), *([f"codec.checkpoint={vae_checkpoint}"] if vae_checkpoint else [])]
 
 
-@command("inspect-memory")
+@command("inspect-memory",
+         example="ctslice inspect-memory --config slice_interpolation_full_medium --device-memory 40GB")
 def inspect_memory(
-    config: Path = typer.Option(..., "--config", "-c", help="YAML config to inspect."),
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
     overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
     measure: bool = typer.Option(False, "--measure", help="Also run one step and report measured peaks."),
     device_memory: str = typer.Option(None, "--device-memory", help="Device memory to judge against, e.g. 80GB."),
@@ -60,3 +63,17 @@ def inspect_memory(
     for renderable in render(inspection, str(config)):
         stdout.print(renderable)
         stdout.print()
+
+
+@command("configs", example="ctslice configs")
+def configs() -> None:
+    """List the configs that come with ctslice: usable by name (--config tiny_cpu) from any folder."""
+    from rich.table import Table
+
+    from ctslice.config import SHIPPED_CONFIGS, shipped_configs
+    from ctslice.console import stdout
+
+    table = Table("Config", "Description", title=f"Shipped configs ({SHIPPED_CONFIGS})", title_justify="left")
+    for name, (_, description) in shipped_configs().items():
+        table.add_row(name, description)
+    stdout.print(table)

@@ -9,7 +9,8 @@ the device must hold. GB means 2^30 bytes throughout (nvidia-smi's MiB / 1024).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from rich.table import Table
 
@@ -55,7 +56,12 @@ def inspect(config: Config, *, device: str | None = None, device_memory: str | N
     device_type = measure_device.type if measure_device else ("cpu" if name == "cpu" else "cuda")
     if ratio is not None and ratio <= 0:
         raise InputError(f"--ratio {ratio}: the thick/thin spacing ratio must be positive")
-    geometry = resolve_geometry(config, ratio, _parse_volume(volume) if volume else None)
+    size = _parse_volume(volume) if volume else None
+    small = measure_device is not None and size is None and not Path(config.data.cache).is_file()
+    geometry = resolve_geometry(config, ratio, MEASURE_VOLUME if small else size)
+    if small:  # measuring the assumed 300 x 512 x 512 volume on a CPU would take many minutes
+        geometry = replace(geometry, source=f"no cache at {config.data.cache} and no --volume, so --measure predicts "
+                           f"and measures a small {_size(MEASURE_VOLUME)} volume (--volume DxHxW for another)")
     devices = parse_device_memory(device_memory, device_type) if device_memory else default_devices(device_type)
     estimate = estimate_memory(config, geometry, device_type)
     verdicts = judge(estimate, devices)
@@ -111,6 +117,15 @@ def to_json(inspection: Inspection, label: str) -> dict:
         document["measured_peak"] = None if peak is None else {
             "predicted_gb": _gb(peak[0]), "measured_gb": _gb(peak[1]), "ratio": round(peak[1] / peak[0], 3)}
     return document
+
+
+# What ``--measure`` runs on when neither a cache nor ``--volume`` gives the volumes: as deep as the
+# reference configs' training patches (16 thick slices x 5), whole 128 x 128 slices (32 x 32 latents).
+MEASURE_VOLUME = (80, 128, 128)
+
+
+def _size(volume: tuple[int, int, int]) -> str:
+    return " x ".join(str(n) for n in volume)
 
 
 INFERENCE_COMPONENTS = (VAE_WEIGHTS, UNET_WEIGHTS, ATTENTION, ENCODE, WINDOWS, DECODE)
