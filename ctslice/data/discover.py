@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctslice.errors import InputError
-from ctslice.io import DicomSeries, find_series
+from ctslice.io import DicomSeries, scan_series
 from ctslice.io.reader import is_volume_file
 
 
@@ -44,20 +44,36 @@ class CaseSource:
         return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class Discovery:
+    """The cases found, and how many files beside DICOM series were skipped as not images."""
+
+    sources: list[CaseSource]
+    skipped: int = 0
+
+
 def discover(inputs: list[Path]) -> list[CaseSource]:
     """All cases under ``inputs``, with unique ids, in a stable order."""
+    return find_cases(inputs).sources
+
+
+def find_cases(inputs: list[Path]) -> Discovery:
+    """``discover``, with the count of non-image files skipped (DICOMDIR, index files, litter...)."""
     sources: list[CaseSource] = []
+    skipped = 0
     for path in inputs:
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
         if path.is_file():
             sources.append(CaseSource(case_name(path), path))
         else:
-            sources.extend(_discover_folder(path))
-    return _unique_ids(sources)
+            found, skipped_here = _discover_folder(path)
+            sources.extend(found)
+            skipped += skipped_here
+    return Discovery(_unique_ids(sources), skipped)
 
 
-def _discover_folder(folder: Path) -> list[CaseSource]:
+def _discover_folder(folder: Path) -> tuple[list[CaseSource], int]:
     found: list[CaseSource] = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
@@ -66,13 +82,14 @@ def _discover_folder(folder: Path) -> list[CaseSource]:
             if is_volume_file(file) or file.suffix.lower() == ".zip":
                 found.append(CaseSource(case_name(file), file))
     studies: dict[str, list[DicomSeries]] = {}
-    for series in find_series(folder):
+    scan = scan_series(folder)
+    for series in scan.series:
         # series without a StudyInstanceUID are studies of their own
         studies.setdefault(series.study_key or f"folder:{series.directory}", []).append(series)
     for members in studies.values():
         study_dir = Path(os.path.commonpath([str(s.directory) for s in members]))
         found.append(CaseSource(case_name(study_dir), study_dir, tuple(members)))
-    return found
+    return found, len(scan.skipped)
 
 
 def case_name(path: Path) -> str:

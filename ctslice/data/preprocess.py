@@ -14,13 +14,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ctslice.console import console, progress, stdout
+from ctslice.console import console, note, progress, stdout
 from ctslice.data import cache as cache_files
 from ctslice.data.checks import check_ct_volume
-from ctslice.data.discover import CaseSource, discover
+from ctslice.data.discover import CaseSource, find_cases
 from ctslice.data.pairs import Pair, real_pair, resample_inplane, simulate_pair
 from ctslice.errors import CtsliceError, InputError
-from ctslice.io import extracted, find_series, read_volume
+from ctslice.io import ReadOptions, extracted, find_series, read_volume
+from ctslice.io.dicom import check_z_spacing
 from ctslice.io.volume import Volume
 
 
@@ -33,6 +34,21 @@ class PreprocessOptions:
     size: int = 0
     profile: str = "slab"
     min_slices: int = 8
+    tilt_correction: bool = True
+    z_spacing: float | None = None
+
+    @property
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(tilt_correction=self.tilt_correction, z_spacing=self.z_spacing)
+
+    def as_dict(self) -> dict:
+        """The options that shape a cache entry; the DICOM reading ones only when set, so that caches
+        made before they existed stay valid for every case they do not change."""
+        options = asdict(self)
+        for key, default in (("tilt_correction", True), ("z_spacing", None)):
+            if options[key] == default:
+                del options[key]
+        return options
 
     def check(self) -> None:
         if self.thin_spacing <= 0 or self.thick_spacing <= self.thin_spacing:
@@ -42,6 +58,7 @@ class PreprocessOptions:
             raise InputError(f"--size {self.size}: give 0 (keep the matrix) or a matrix size such as 512")
         if self.profile not in ("slab", "gaussian"):
             raise InputError(f"--profile {self.profile!r}: use slab or gaussian")
+        check_z_spacing(self.z_spacing)
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,7 @@ class CaseResult:
     status: str  # "processed", "reused" or "failed"
     reason: str = ""
     kind: str = ""
+    notes: tuple[str, ...] = ()  # corrections made while reading (gantry tilt, uneven spacing)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -66,9 +84,9 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, str]:
-    """Load, validate and pair one case; returns the pair and the patient pseudonym."""
-    series_volumes, patient = _load(source)
+def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, str, tuple[str, ...]]:
+    """Load, validate and pair one case; returns the pair, the patient pseudonym and notes on corrections."""
+    series_volumes, patient, notes = _load(source, options.read_options)
     for volume, _ in series_volumes:
         check_ct_volume(volume, "source")
     if len(series_volumes) == 1:
@@ -89,21 +107,22 @@ def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, st
     if pair.thick.depth < options.min_slices:
         raise InputError(f"{pair.thick.depth} thick slices, fewer than the minimum {options.min_slices}")
     check_ct_volume(pair.thin, "thin")
-    return pair, patient
+    return pair, patient, notes
 
 
-def _load(source: CaseSource) -> tuple[list[tuple[Volume, float]], str]:
-    """(volume, slice spacing) of each CT series of the case, and its patient pseudonym."""
+def _load(source: CaseSource, options: ReadOptions) -> tuple[list[tuple[Volume, float]], str, tuple[str, ...]]:
+    """(volume, slice spacing) of each CT series of the case, its patient pseudonym, and notes."""
     if source.series:
-        return _read_series(list(source.series), source)
+        return _read_series(list(source.series), source, options)
     if source.path.suffix.lower() == ".zip":
         with extracted(source.path) as folder:
-            return _read_series(find_series(folder, shown_as=source.path), source)
-    volume = read_volume(source.path)
-    return [(volume, volume.spacing[2])], source.case_id
+            return _read_series(find_series(folder, shown_as=source.path), source, options)
+    volume = read_volume(source.path, options)
+    return [(volume, volume.spacing[2])], source.case_id, ()
 
 
-def _read_series(series: list, source: CaseSource) -> tuple[list[tuple[Volume, float]], str]:
+def _read_series(series: list, source: CaseSource,
+                 options: ReadOptions) -> tuple[list[tuple[Volume, float]], str, tuple[str, ...]]:
     ct = [s for s in series if s.modality == "CT" and not s.localizer and s.n_slices > 1]
     if not ct:
         if len(series) == 1:
@@ -111,20 +130,22 @@ def _read_series(series: list, source: CaseSource) -> tuple[list[tuple[Volume, f
         found = "; ".join(f"{i}) {s.describe()}" for i, s in enumerate(series, start=1)) or "no DICOM series at all"
         raise InputError(f"{source.path} holds no CT volume ({found}); pass CT scans")
     patient = ct[0].patient_key or source.case_id
-    return [(s.read(), s.slice_spacing) for s in ct], patient
+    loaded = [s.load(options) for s in ct]
+    notes = tuple(f"{s.label}: {line}" for s, (_, report) in zip(ct, loaded, strict=True) for line in report.lines())
+    return [(volume, volume.spacing[2]) for volume, _ in loaded], patient, notes
 
 
 def process_case(source: CaseSource, options: PreprocessOptions, parts: Path, known_hash: str | None) -> CaseResult:
     """Worker body: one case from source to part file, or a failure record. Never raises for a bad case."""
-    options_dict = asdict(options)
+    options_dict = options.as_dict()
     try:
         content_hash = source.content_hash(options_dict)
         if content_hash == known_hash:
             return CaseResult(source.case_id, str(source.path), "reused")
-        pair, patient = build_pair(source, options)
+        pair, patient, notes = build_pair(source, options)
         cache_files.write_part(parts, source.case_id, pair, source=str(source.path), content_hash=content_hash,
                                patient=patient, options=options_dict)
-        return CaseResult(source.case_id, str(source.path), "processed", kind=pair.kind)
+        return CaseResult(source.case_id, str(source.path), "processed", kind=pair.kind, notes=notes)
     except CtsliceError as error:
         return CaseResult(source.case_id, str(source.path), "failed", str(error))
     except (OSError, ValueError, RuntimeError, MemoryError) as error:
@@ -138,7 +159,8 @@ def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions,
     if output.suffix.lower() not in (".h5", ".hdf5"):
         raise InputError(f"{output}: the cache must be an .h5 file")
     output.parent.mkdir(parents=True, exist_ok=True)
-    sources = discover(inputs)
+    found = find_cases(inputs)
+    sources = found.sources
     if shard:
         sources = [s for k, s in enumerate(sorted(sources, key=lambda s: s.case_id)) if k % shard[1] == shard[0]]
     if not sources:
@@ -149,11 +171,17 @@ def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions,
         known.update(cache_files.existing_hashes(part))
     console.print(f"Preprocessing {len(sources)} case(s) -> {output} (thick {options.thick_spacing} mm, "
                   f"thin {options.thin_spacing} mm, {workers} worker(s))")
+    if found.skipped:
+        note(f"skipped {found.skipped} file(s) beside the DICOM series that are not images (DICOMDIR, index "
+             "files, OS litter, DICOM objects without pixels)")
     results: list[CaseResult] = []
     try:
         results = _run_cases(sources, options, parts, known, workers)
     finally:
         _write_cache(output, parts, results)
+    for result in results:
+        for line in result.notes:
+            note(f"{result.case_id}: {line}")
     _print_summary(results)
     return results
 

@@ -20,6 +20,7 @@ as pseudonyms, and patient names are never read.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,8 @@ from ctslice.io.intensity import cast_rounded
 from ctslice.io.slices import MAX_GAP_RATIO, SliceLayout, frame_axes, regularise
 from ctslice.io.volume import Volume
 
-__all__ = ["DicomSeries", "ReadOptions", "SeriesReport", "SeriesScan", "find_series", "pseudonym", "scan_series"]
+__all__ = ["DicomSeries", "ReadOptions", "SeriesReport", "SeriesScan", "check_z_spacing", "find_series", "pseudonym",
+           "scan_series"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,20 @@ class ReadOptions:
 
     tilt_correction: bool = True
     z_spacing: float | None = None
+
+    def __post_init__(self) -> None:
+        check_z_spacing(self.z_spacing)
+
+
+Z_SPACING_RANGE = (0.05, 20.0)
+"""Accepted ``--z-spacing`` (mm): finer than any CT reconstruction would multiply the slices past use."""
+
+
+def check_z_spacing(value: float | None) -> None:
+    """``InputError`` unless ``value`` is None or a finite spacing within ``Z_SPACING_RANGE``."""
+    if value is not None and not (math.isfinite(value) and Z_SPACING_RANGE[0] <= value <= Z_SPACING_RANGE[1]):
+        raise InputError(f"--z-spacing {value}: give a slice spacing between {Z_SPACING_RANGE[0]:g} and "
+                         f"{Z_SPACING_RANGE[1]:g} mm")
 
 
 @dataclass(frozen=True)
