@@ -134,7 +134,7 @@ def dicomdir_series(dicomdir: Path) -> dict[str, list[Path]] | None:
             path = Path(instance.path)
             if not path.is_file():
                 return None
-            key = pseudonym(str(instance.get("SeriesInstanceUID") or "")) or str(path.parent)
+            key = pseudonym(str(getattr(instance, "SeriesInstanceUID", "") or "")) or str(path.parent)
             found.setdefault(key, []).append(path)
         return found
     except Exception:  # noqa: BLE001 -- any failure means: fall back to the folders

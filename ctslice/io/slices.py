@@ -80,7 +80,7 @@ class SliceLayout:
         """``requested``, or the largest step not above the smallest one that spans the stack exactly."""
         if requested:
             return float(requested)
-        count = math.ceil(self.z[-1] / float(self.steps.min()) - 1e-6)
+        count = math.ceil(self.z[-1] / float(self.steps.min()) - 1e-3)  # positions carry rounding
         return float(self.z[-1] / count)
 
 
