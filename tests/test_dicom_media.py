@@ -191,6 +191,15 @@ def test_dicomdir_joins_a_series_split_over_two_folders(tmp_path):
     assert sorted(s.n_slices for s in find_series(top)) == [8, 20, 20]
 
 
+def test_truncated_slice_listed_in_a_dicomdir_is_named_not_interpolated(tmp_path):
+    top, _ = write_export(tmp_path, "dicomdir")
+    victim = sorted(top.rglob("IM*"))[5]
+    victim.write_bytes(victim.read_bytes()[:-300])
+    [bad] = [s for s in find_series(top) if s.unreadable]
+    with pytest.raises(InputError, match=f"{victim.name} is an unreadable DICOM file"):
+        bad.read()
+
+
 def test_damaged_dicomdir_falls_back_to_the_folders(tmp_path):
     top, _ = write_export(tmp_path, "dicomdir")
     (top / "DICOMDIR").write_bytes((top / "DICOMDIR").read_bytes()[:400])

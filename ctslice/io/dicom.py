@@ -285,11 +285,11 @@ def scan_series(folder: Path, *, shown_as: Path | str | None = None) -> SeriesSc
         for paths in (listed or {}).values():
             fresh = [p for p in paths if p not in covered]
             covered.update(fresh)
-            headers, _, not_images = _read_headers(fresh)
+            headers, unreadable, not_images = _read_headers(fresh)
             skipped.extend(not_images)
             if headers:
                 where = Path(os.path.commonpath([str(h.file.parent) for h in headers]))
-                found.append(_describe(where, headers, label(where), ()))
+                found.append(_describe(where, headers, label(where), tuple(unreadable)))
         headers, unreadable, not_images = _read_headers([f for f in files if f not in covered and f.is_file()])
         skipped.extend(not_images)
         groups: dict[str | None, list[SliceHeader]] = {}
