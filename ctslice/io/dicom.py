@@ -93,9 +93,8 @@ class DicomSeries:
     the order found). ``positions`` (mm, x/y/z per file, same order) and ``orientation`` (the six
     ImageOrientationPatient cosines shared by every slice) are None where that is not so;
     ``orientations`` and ``sizes`` are per file (None where absent), ``unplaced`` the first file without a
-    position. ``unreadable`` lists image files
-    in the same folder that are damaged. ``label`` is how messages name the series (the folder, or
-    ``scan.zip/folder`` for a zip).
+    position. ``unreadable`` lists damaged image files of the series or its folder. ``label`` is how
+    messages name the series (the folder, or ``scan.zip/folder`` for a zip).
     """
 
     directory: Path
