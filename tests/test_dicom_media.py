@@ -77,6 +77,11 @@ def voxel_points(volume: Volume) -> np.ndarray:
     return np.asarray(volume.origin) + index @ axes.T
 
 
+def flat(output: str) -> str:
+    """Printed output with Rich's line wrapping undone."""
+    return " ".join(output.split())
+
+
 def assert_private(*texts: str) -> None:
     for text in texts:
         assert PATIENT_ID not in text and "Secretname" not in text, text
@@ -132,7 +137,7 @@ def test_media_export_preprocesses_into_one_real_pair_on_the_known_geometry(tmp_
     output = tmp_path / "cache.h5"
     result = cli("preprocess", top, "-o", output, "--min-slices", "4")
     assert result.exit_code == 0, result.output
-    assert f"skipped {non_images} file(s)" in result.output
+    assert f"skipped {non_images} file(s)" in flat(result.output)
     assert_private(result.output)
     with Cache(output) as cache:
         [case] = cache.case_ids()
@@ -166,7 +171,7 @@ def test_infer_picks_the_one_ct_series_of_an_export_among_litter(tmp_path, cli):
     output = tmp_path / "thin.nii.gz"
     result = cli("infer", top / "1", "-o", output, "--method", "cubic")
     assert result.exit_code == 0, result.output
-    assert "skipped 6 file(s)" in result.output  # DIRFILE, 4 litter files, the presentation state
+    assert "skipped 6 file(s)" in flat(result.output)  # DIRFILE, 4 litter files, the presentation state
     thin = read_volume(output)
     np.testing.assert_allclose(thin.origin, ORIGIN - 2.0 * NORMAL, atol=1e-3)
     assert thin.depth == 40
@@ -256,13 +261,29 @@ def test_tilt_correction_can_be_refused(tmp_path, cli):
     assert "is tilted" in result.output and "--no-tilt-correction" in result.output
 
 
+def test_preprocess_corrects_a_tilted_series_with_a_note_unless_told_not_to(tmp_path, cli):
+    write_series(tmp_path / "in" / "tilted", np.arange(40.0), shear_mm_per_mm=math.tan(math.radians(10.0)))
+    result = cli("preprocess", tmp_path / "in", "-o", tmp_path / "cache.h5", "--min-slices", "4")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"note: tilted: \S+tilted: gantry tilt of 10.0 degrees corrected", flat(result.output))
+    with Cache(tmp_path / "cache.h5") as cache:
+        [case] = cache.case_ids()
+        thin = cache.volume(case, "thin")
+    np.testing.assert_allclose(np.asarray(thin.direction).reshape(3, 3), AXES, atol=1e-5)
+    assert thin.array.shape[1] == SIZE + round(39 * math.tan(math.radians(10.0)) / PIXEL)
+    refused = cli("preprocess", tmp_path / "in", "-o", tmp_path / "refused.h5", "--no-tilt-correction")
+    assert refused.exit_code == 0, refused.output
+    with Cache(tmp_path / "refused.h5") as cache:
+        assert cache.case_ids() == [] and "is tilted" in cache.failures()[0].reason
+
+
 def test_tilted_series_infers_to_the_physical_extent_of_the_input(tmp_path, cli):
     heights = 5.0 * np.arange(8)
     write_series(tmp_path / "tilted", heights, shear_mm_per_mm=math.tan(math.radians(15.0)), gantry_tilt_tag=15.0)
     output = tmp_path / "thin.nii.gz"
     result = cli("infer", tmp_path / "tilted", "-o", output, "--method", "cubic")
     assert result.exit_code == 0, result.output
-    assert "note: gantry tilt of 15.0 degrees corrected" in result.output
+    assert "note: gantry tilt of 15.0 degrees corrected" in flat(result.output)
     thin = read_volume(output)
     np.testing.assert_allclose(np.asarray(thin.direction).reshape(3, 3), AXES, atol=1e-5)
     # along the normal: the 8 slabs of 5 mm, from 2.5 mm before the first slice to 2.5 mm after the last
@@ -302,7 +323,7 @@ def test_unevenly_spaced_series_infers_with_z_spacing(tmp_path, cli):
     result = cli("infer", tmp_path / "uneven", "-o", output, "--method", "cubic", "--z-spacing", "2.5",
                  "--thin-spacing", "0.5")
     assert result.exit_code == 0, result.output
-    assert "uneven slice spacing (1.25 to 3.75 mm) resampled to a uniform 2.5 mm" in result.output
+    assert "uneven slice spacing (1.25 to 3.75 mm) resampled to a uniform 2.5 mm" in flat(result.output)
     thin = read_volume(output)
     positions = thin.grid.slice_positions() - ORIGIN @ NORMAL
     assert positions[0] - 0.25 == pytest.approx(-1.25, abs=1e-3)  # the thick grid: 0 to 17.5 mm at 2.5 mm
