@@ -19,6 +19,7 @@ from ctslice.errors import CtsliceError, InputError
 from ctslice.io import (
     SUPPORTED_SUFFIXES,
     DicomSeries,
+    ReadOptions,
     Volume,
     extracted,
     find_series,
@@ -30,6 +31,7 @@ from ctslice.io.archive import LIMIT_ENV
 
 PATIENT_ID = "PAT-SECRET-4711"
 PATIENT_NAME = "Secretname^Jane"
+NO_TILT_CORRECTION = ReadOptions(tilt_correction=False)
 
 
 def rotation(z_degrees: float, x_degrees: float) -> np.ndarray:
@@ -264,15 +266,15 @@ def test_folder_without_dicom_is_rejected(tmp_path):
         read_volume(tmp_path)
 
 
-def _rejection(tmp_path: Path, **defects) -> str:
+def _rejection(tmp_path: Path, options: ReadOptions | None = None, **defects) -> str:
     folder = tmp_path / "series"
     write_dicom_series(phantom(depth=defects.pop("depth", 12)), folder, patient_id=PATIENT_ID,
                        patient_name=PATIENT_NAME, **defects)
     [series] = find_series(folder)
     with pytest.raises(InputError) as checked:
-        series.check()
+        series.check(options)
     with pytest.raises(InputError) as read:
-        read_volume(folder)
+        read_volume(folder, options)
     message = str(read.value)
     assert str(checked.value) == message
     assert str(folder) in message and "\n" not in message
@@ -283,11 +285,11 @@ def _rejection(tmp_path: Path, **defects) -> str:
 @pytest.mark.parametrize("defects, expected", [
     ({"modality": "MR"}, "is an MR series, not CT"),
     ({"depth": 1}, "holds a single 2D slice, not a 3D volume"),
-    ({"drop_slices": (5,)}, r"is missing 1 slice\(s\): a 5.00 mm gap between .* where the spacing is 2.50 mm"),
-    ({"drop_slices": (5, 6)}, r"is missing 2 slice\(s\)"),
+    ({"drop_slices": (5, 6)}, r"is missing 2 slice\(s\): a 7.50 mm gap between .* where the spacing is 2.50 mm"),
+    ({"drop_slices": (5, 6, 7)}, r"is missing 3 slice\(s\)"),
     ({"duplicate_slices": (3,)}, r"has a duplicate slice: IM\d+ and IM\d+_copy|IM\d+_copy and IM\d+"),
-    ({"tilt_degrees": 12.0}, r"is tilted: the slices are sheared by 12.0 degrees"),
-    ({"gantry_tilt_tag": 15.0}, r"was acquired with a gantry tilt of 15 degrees"),
+    ({"tilt_degrees": 12.0, "options": NO_TILT_CORRECTION}, r"is tilted: the slices are sheared by 12.0 degrees"),
+    ({"gantry_tilt_tag": 15.0, "options": NO_TILT_CORRECTION}, r"was acquired with a gantry tilt of 15 degrees"),
 ])
 def test_defective_series_are_rejected_with_the_reason(tmp_path, defects, expected):
     assert re.search(expected, _rejection(tmp_path, **defects))

@@ -130,7 +130,7 @@ def test_patient_identifiers_appear_in_no_file_and_no_output(tmp_path, cli, wide
     write_study(inputs / "study_a", 1, thick=True)
     write_study(inputs / "study_b", 2, thick=True)
     write_study(inputs / "study_c", 3, thick=False)
-    write_study(inputs / "study_d", 4, thick=False, drop_slices=(17,))  # fails: its failure reason is output too
+    write_study(inputs / "study_d", 4, thick=False, drop_slices=(17, 18))  # fails: its failure reason is output too
     raw = b"".join(f.read_bytes() for f in inputs.rglob("*") if f.is_file())
     assert all(token.encode() in raw for token in TOKENS)  # the inputs do carry every identifier
 
@@ -155,7 +155,7 @@ def test_patient_identifiers_appear_in_no_file_and_no_output(tmp_path, cli, wide
         result = cli(*arguments)
         outputs.append(result.output)
         assert result.exit_code == exit_code, result.output
-    assert "is missing 1 slice(s)" in outputs[0] and "is missing 1 slice(s)" in outputs[-1]
+    assert "is missing 2 slice(s)" in outputs[0] and "is missing 2 slice(s)" in outputs[-1]
 
     written = sorted(f for f in work.rglob("*") if f.is_file())
     assert {f.suffix for f in written} >= {".h5", ".json", ".yaml", ".jsonl", ".pt", ".png", ".gz"}

@@ -27,6 +27,10 @@ def preprocess(
     shard: str = typer.Option(None, help="Process only shard I of N (I/N, 0-based), as in a Kubernetes "
                               "Indexed Job; merge the shard caches with --merge."),
     merge: bool = typer.Option(False, "--merge", help="Merge the shard caches given as INPUTS into -o."),
+    no_tilt_correction: bool = typer.Option(False, "--no-tilt-correction", help="Refuse tilted-gantry DICOM "
+                                            "series instead of resampling them onto an untilted grid."),
+    z_spacing: float = typer.Option(None, "--z-spacing", help="Slice spacing (mm) for tilted or unevenly "
+                                    "spaced DICOM series (default: each one's smallest step)."),
 ) -> None:
     """Turn raw CT scans into (thick, thin) pairs in one HDF5 cache (int16 HU, with geometry)."""
     from ctslice.data.preprocess import PreprocessOptions, parse_shard, run_merge, run_preprocess
@@ -35,7 +39,8 @@ def preprocess(
         run_merge(inputs, output)
         return
     options = PreprocessOptions(thick_spacing=thick_spacing, thin_spacing=thin_spacing, size=size,
-                                profile=profile, min_slices=min_slices)
+                                profile=profile, min_slices=min_slices, tilt_correction=not no_tilt_correction,
+                                z_spacing=z_spacing)
     results = run_preprocess(inputs, output, options, workers=workers, shard=parse_shard(shard))
     if results and all(result.status == "failed" for result in results):
         from ctslice.errors import CtsliceError

@@ -49,9 +49,15 @@ def infer(
     seed: int = typer.Option(0, "--seed", help="Seed of the noise (sample i uses seed + i)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA if available)."),
     vae_checkpoint: Path = typer.Option(None, "--vae-checkpoint", help="MAISI VAE weights for a maisi model."),
+    no_tilt_correction: bool = typer.Option(False, "--no-tilt-correction", help="Refuse a tilted-gantry DICOM "
+                                            "series instead of resampling it onto an untilted grid."),
+    z_spacing: float = typer.Option(None, "--z-spacing", help="Slice spacing (mm) for a tilted or unevenly "
+                                    "spaced DICOM series (default: its smallest step)."),
 ) -> None:
     """Turn a thick-slice scan into a thin-slice scan that overlays it exactly (int16 HU)."""
     from ctslice.inference.run import run_infer
+    from ctslice.io import ReadOptions
 
     run_infer(input, output, checkpoint=checkpoint, method=method, mode=mode, samples=samples, std_out=std_out,
-              thin_spacing=thin_spacing, steps=steps, seed=seed, device_name=device, vae_checkpoint=vae_checkpoint)
+              thin_spacing=thin_spacing, steps=steps, seed=seed, device_name=device, vae_checkpoint=vae_checkpoint,
+              read_options=ReadOptions(tilt_correction=not no_tilt_correction, z_spacing=z_spacing))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctslice.errors import InputError
-from ctslice.io import DicomSeries, find_series
+from ctslice.io import DicomSeries, scan_series
 from ctslice.io.reader import is_volume_file
 
 
@@ -45,21 +45,38 @@ class CaseSource:
         return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class Discovery:
+    """The cases found, and how many files beside DICOM series were skipped as not images."""
+
+    sources: list[CaseSource]
+    skipped: int = 0
+
+
 def discover(inputs: list[Path]) -> list[CaseSource]:
     """All cases under ``inputs``, with unique ids, in a stable order (a case found twice counts once)."""
+    return find_cases(inputs).sources
+
+
+def find_cases(inputs: list[Path]) -> Discovery:
+    """``discover``, with the count of non-image files skipped (DICOMDIR, index files, litter...)."""
     found: list[tuple[CaseSource, str]] = []
+    skipped = 0
     for path in inputs:
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
         if path.is_file():
             found.append((CaseSource(case_name(path), path), path.name))
         else:
-            found.extend(_discover_folder(path))
-    return _unique_ids(found)
+            found_here, skipped_here = _discover_folder(path)
+            found.extend(found_here)
+            skipped += skipped_here
+    return Discovery(_unique_ids(found), skipped)
 
 
-def _discover_folder(folder: Path) -> list[tuple[CaseSource, str]]:
-    """The cases in ``folder``, each with its key: its path inside the folder (and study, for DICOM)."""
+def _discover_folder(folder: Path) -> tuple[list[tuple[CaseSource, str]], int]:
+    """The cases in ``folder``, each with its key (its path inside the folder, and study for DICOM),
+    and the count of non-image files skipped."""
     found: list[tuple[CaseSource, str]] = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
@@ -68,14 +85,15 @@ def _discover_folder(folder: Path) -> list[tuple[CaseSource, str]]:
             if is_volume_file(file) or file.suffix.lower() == ".zip":
                 found.append((CaseSource(case_name(file), file), file.relative_to(folder).as_posix()))
     studies: dict[str, list[DicomSeries]] = {}
-    for series in find_series(folder):
+    scan = scan_series(folder)
+    for series in scan.series:
         # series without a StudyInstanceUID are studies of their own
         studies.setdefault(series.study_key or f"folder:{series.directory}", []).append(series)
     for study, members in studies.items():
         study_dir = Path(os.path.commonpath([str(s.directory) for s in members]))
         key = f"{study_dir.relative_to(folder).as_posix()}#{study}" if study_dir != folder else f"{folder.name}#{study}"
         found.append((CaseSource(case_name(study_dir), study_dir, tuple(members)), key))
-    return found
+    return found, len(scan.skipped)
 
 
 def case_name(path: Path) -> str:

@@ -26,11 +26,12 @@ import h5py
 from ctslice.console import console, note, progress, stdout
 from ctslice.data import cache as cache_files
 from ctslice.data.checks import check_ct_volume
-from ctslice.data.discover import CaseSource, discover
+from ctslice.data.discover import CaseSource, find_cases
 from ctslice.data.lock import writer_lock
 from ctslice.data.pairs import Pair, real_pair, resample_inplane, simulate_pair
 from ctslice.errors import CtsliceError, InputError, first_line
-from ctslice.io import extracted, find_series, read_volume
+from ctslice.io import ReadOptions, extracted, find_series, read_volume
+from ctslice.io.dicom import check_z_spacing
 from ctslice.io.volume import Volume
 
 
@@ -43,6 +44,21 @@ class PreprocessOptions:
     size: int = 0
     profile: str = "slab"
     min_slices: int = 8
+    tilt_correction: bool = True
+    z_spacing: float | None = None
+
+    @property
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(tilt_correction=self.tilt_correction, z_spacing=self.z_spacing)
+
+    def as_dict(self) -> dict:
+        """The options that shape a cache entry; the DICOM reading ones only when set, so that caches
+        made before they existed stay valid for every case they do not change."""
+        options = asdict(self)
+        for key, default in (("tilt_correction", True), ("z_spacing", None)):
+            if options[key] == default:
+                del options[key]
+        return options
 
     def check(self) -> None:
         if self.thin_spacing <= 0 or self.thick_spacing <= self.thin_spacing:
@@ -52,6 +68,7 @@ class PreprocessOptions:
             raise InputError(f"--size {self.size}: give 0 (keep the matrix) or a matrix size such as 512")
         if self.profile not in ("slab", "gaussian"):
             raise InputError(f"--profile {self.profile!r}: use slab or gaussian")
+        check_z_spacing(self.z_spacing)
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,7 @@ class CaseResult:
     reason: str = ""
     kind: str = ""
     input_caused: bool = True  # a failure the case's input explains (else the run's environment or a bug)
+    notes: tuple[str, ...] = ()  # corrections made while reading (gantry tilt, uneven spacing)
 
 
 class PartNotWritten(CtsliceError):
@@ -81,9 +99,9 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, str]:
-    """Load, validate and pair one case; returns the pair and the patient pseudonym."""
-    series_volumes, patient = _load(source)
+def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, str, tuple[str, ...]]:
+    """Load, validate and pair one case; returns the pair, the patient pseudonym and notes on corrections."""
+    series_volumes, patient, notes = _load(source, options.read_options)
     for volume, _ in series_volumes:
         check_ct_volume(volume, "source")
     if len(series_volumes) == 1:
@@ -104,21 +122,22 @@ def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, st
     if pair.thick.depth < options.min_slices:
         raise InputError(f"{pair.thick.depth} thick slices, fewer than the minimum {options.min_slices}")
     check_ct_volume(pair.thin, "thin")
-    return pair, patient
+    return pair, patient, notes
 
 
-def _load(source: CaseSource) -> tuple[list[tuple[Volume, float]], str]:
-    """(volume, slice spacing) of each CT series of the case, and its patient pseudonym."""
+def _load(source: CaseSource, options: ReadOptions) -> tuple[list[tuple[Volume, float]], str, tuple[str, ...]]:
+    """(volume, slice spacing) of each CT series of the case, its patient pseudonym, and notes."""
     if source.series:
-        return _read_series(list(source.series), source)
+        return _read_series(list(source.series), source, options)
     if source.path.suffix.lower() == ".zip":
         with extracted(source.path) as folder:
-            return _read_series(find_series(folder, shown_as=source.path), source)
-    volume = read_volume(source.path)
-    return [(volume, volume.spacing[2])], source.case_id
+            return _read_series(find_series(folder, shown_as=source.path), source, options)
+    volume = read_volume(source.path, options)
+    return [(volume, volume.spacing[2])], source.case_id, ()
 
 
-def _read_series(series: list, source: CaseSource) -> tuple[list[tuple[Volume, float]], str]:
+def _read_series(series: list, source: CaseSource,
+                 options: ReadOptions) -> tuple[list[tuple[Volume, float]], str, tuple[str, ...]]:
     ct = [s for s in series if s.modality == "CT" and not s.localizer and s.n_slices > 1]
     if not ct:
         if len(series) == 1:
@@ -126,7 +145,9 @@ def _read_series(series: list, source: CaseSource) -> tuple[list[tuple[Volume, f
         found = "; ".join(f"{i}) {s.describe()}" for i, s in enumerate(series, start=1)) or "no DICOM series at all"
         raise InputError(f"{source.path} holds no CT volume ({found}); pass CT scans")
     patient = ct[0].patient_key or source.case_id
-    return [(s.read(), s.slice_spacing) for s in ct], patient
+    loaded = [s.load(options) for s in ct]
+    notes = tuple(f"{s.label}: {line}" for s, (_, report) in zip(ct, loaded, strict=True) for line in report.lines())
+    return [(volume, volume.spacing[2]) for volume, _ in loaded], patient, notes
 
 
 def process_case(source: CaseSource, options: PreprocessOptions, parts: Path, known_hash: str | None) -> CaseResult:
@@ -135,12 +156,12 @@ def process_case(source: CaseSource, options: PreprocessOptions, parts: Path, kn
     ``known_hash`` is the content hash of the case's entry in the cache (None: no entry). Raises
     ``PartNotWritten`` when the part cannot be written, which stops the run.
     """
-    options_dict = asdict(options)
+    options_dict = options.as_dict()
     try:
         content_hash = source.content_hash(options_dict)
         if content_hash == known_hash:
             return CaseResult(source.case_id, str(source.path), "reused")
-        pair, patient = build_pair(source, options)
+        pair, patient, notes = build_pair(source, options)
     except InputError as error:
         return CaseResult(source.case_id, str(source.path), "failed", str(error))
     except Exception as error:  # noqa: BLE001 (not the input's fault: keep what the cache has, say why)
@@ -153,7 +174,7 @@ def process_case(source: CaseSource, options: PreprocessOptions, parts: Path, kn
     except (OSError, RuntimeError) as error:  # h5py raises either for a failed write
         raise PartNotWritten(f"could not write case {source.case_id} to {parts} "
                              f"({cache_files.write_error(error)})") from None
-    return CaseResult(source.case_id, str(source.path), "processed", kind=pair.kind)
+    return CaseResult(source.case_id, str(source.path), "processed", kind=pair.kind, notes=notes)
 
 
 def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions, workers: int = 1,
@@ -168,7 +189,8 @@ def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions,
     output.parent.mkdir(parents=True, exist_ok=True)
     with writer_lock(output, on_takeover=note):
         damaged = _check_existing(output)
-        sources = discover(inputs)
+        found = find_cases(inputs)
+        sources = found.sources
         if shard:
             sources = [s for k, s in enumerate(sorted(sources, key=lambda s: s.case_id)) if k % shard[1] == shard[0]]
         if not sources:
@@ -181,6 +203,9 @@ def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions,
             known.pop(case_id, None)
         console.print(f"Preprocessing {len(sources)} case(s) -> {output} (thick {options.thick_spacing} mm, "
                       f"thin {options.thin_spacing} mm, {workers} worker(s))")
+        if found.skipped:
+            note(f"skipped {found.skipped} file(s) beside the DICOM series that are not images (DICOMDIR, index "
+                 "files, OS litter, DICOM objects without pixels)")
         try:
             results = _run_cases(sources, options, parts, known, workers)
         except PartNotWritten as error:
@@ -189,6 +214,9 @@ def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions,
             _write_cache(output, parts, [], damaged)  # Ctrl-C, a dead worker: keep the finished cases
             raise
         _write_cache(output, parts, results, damaged)
+    for result in results:
+        for line in result.notes:
+            note(f"{result.case_id}: {line}")
     _print_summary(results)
     _raise_for_environment(results)
     return results

@@ -17,7 +17,7 @@ from ctslice.data.checks import check_ct_volume
 from ctslice.errors import CtsliceError, InputError, first_line
 from ctslice.evaluation.baselines import METHODS, interpolate
 from ctslice.hardware import configure, is_out_of_memory, memory_line, reset_peak_memory, resolve_device
-from ctslice.io import WRITABLE_SUFFIXES, read_volume, write_volume
+from ctslice.io import WRITABLE_SUFFIXES, ReadOptions, read_scan, write_volume
 from ctslice.io.intensity import cast_rounded
 from ctslice.io.volume import Volume
 
@@ -27,7 +27,7 @@ DEFAULT_THIN_SPACING = 1.0
 def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, method: str | None = None,
               mode: str = "mean", samples: int = 1, std_out: Path | None = None, thin_spacing: float | None = None,
               steps: int | None = None, seed: int = 0, device_name: str | None = None,
-              vae_checkpoint: Path | None = None) -> Volume:
+              vae_checkpoint: Path | None = None, read_options: ReadOptions | None = None) -> Volume:
     """Write the thin volume for ``input`` to ``output`` (and the std map to ``std_out``); returns it."""
     for path in (output, std_out):
         if path is not None and not str(path).lower().endswith(WRITABLE_SUFFIXES):
@@ -45,7 +45,13 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
     if std_out and samples < 2:
         raise InputError("--std-out needs --samples 2 or more (the spread between samples)")
     started = time.time()
-    thick = read_volume(input)
+    scan = read_scan(input, read_options)
+    thick = scan.volume
+    if scan.skipped:
+        note(f"skipped {scan.skipped} file(s) that are not images (DICOMDIR, index files, OS litter, DICOM "
+             "objects without pixels)")
+    for line in scan.report.lines():
+        note(line)
     try:
         check_ct_volume(thick, "input")
     except InputError as error:  # the checks judge an array; the user needs to know which file

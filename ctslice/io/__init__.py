@@ -1,8 +1,8 @@
 """Reading and writing CT volumes with SimpleITK: files, DICOM series, zips, and their geometry."""
 
 from ctslice.io.archive import extracted
-from ctslice.io.dicom import DicomSeries, find_series
-from ctslice.io.reader import SUPPORTED_SUFFIXES, is_volume_file, read_volume
+from ctslice.io.dicom import DicomSeries, ReadOptions, SeriesReport, find_series, scan_series
+from ctslice.io.reader import SUPPORTED_SUFFIXES, Scan, is_volume_file, read_scan, read_volume
 from ctslice.io.volume import Grid, Volume
 from ctslice.io.writer import WRITABLE_SUFFIXES, write_volume
 
@@ -11,10 +11,15 @@ __all__ = [
     "WRITABLE_SUFFIXES",
     "DicomSeries",
     "Grid",
+    "ReadOptions",
+    "Scan",
+    "SeriesReport",
     "Volume",
     "extracted",
     "find_series",
     "is_volume_file",
+    "read_scan",
     "read_volume",
+    "scan_series",
     "write_volume",
 ]

@@ -1,22 +1,25 @@
 """DICOM series: finding them under a folder, checking that one is a usable CT volume, reading it.
 
 Real exports are messy: file names in random order, several series per folder (scouts, other
-reconstructions, other modalities), a slice missing or exported twice, tilted-gantry acquisitions,
-truncated copies. SimpleITK reads whatever file list it is given and at most prints a warning, so
-every such problem is caught here from the headers, before pixel data is read, and reported as one
-``InputError`` that names the series folder and says what to do.
+reconstructions, other modalities), index files and OS litter beside the slices (see
+``ctslice.io.dicom_files``), a DICOMDIR that lists the series of a whole CD, a slice missing or
+exported twice, tilted-gantry acquisitions, uneven spacing, truncated copies. SimpleITK reads whatever
+file list it is given and at most prints a warning, so every such problem is caught here from the
+headers, before pixel data is read, and reported as one ``InputError`` that names the series folder
+(and the files concerned) and says what to do. Tilt and uneven spacing within ``MAX_GAP_RATIO`` are
+exact geometry, not defects: the series is resampled onto a uniform, untilted grid
+(``ctslice.io.slices``) and the correction is reported back (``SeriesReport``).
 
 Slices are ordered by their position along the slice normal (ImagePositionPatient projected on the
 cross product of the ImageOrientationPatient row and column vectors), never by file name or
 InstanceNumber, so the volume's third direction column is that normal and its spacing is positive.
 
-Identifiers never leave this module: StudyInstanceUID, SeriesInstanceUID and PatientID are kept only
-as pseudonyms (``pseudonym``), and patient names are never read.
+Identifiers never leave ``dicom_files``: StudyInstanceUID, SeriesInstanceUID and PatientID are kept only
+as pseudonyms, and patient names are never read.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -26,48 +29,72 @@ import numpy as np
 import SimpleITK as sitk
 
 from ctslice.errors import InputError
+from ctslice.io.dicom_files import NOT_AN_IMAGE, UNREADABLE, SliceHeader, dicomdir_series, pseudonym, read_slice
 from ctslice.io.failures import sitk_reason
 from ctslice.io.intensity import cast_rounded
+from ctslice.io.slices import MAX_GAP_RATIO, SliceLayout, frame_axes, regularise
 from ctslice.io.volume import Volume
 
-_MODALITY = "0008|0060"
-_IMAGE_TYPE = "0008|0008"
-_PATIENT_ID = "0010|0020"
-_TILT = "0018|1120"
-_STUDY_UID = "0020|000d"
-_SERIES_UID = "0020|000e"
-_POSITION = "0020|0032"
-_ORIENTATION = "0020|0037"
-_FRAMES = "0028|0008"
-
-MAX_TILT_DEGREES = 0.1
-"""Largest shear accepted between the slice normal and the line through the slice positions: over a
-300 mm scan it moves the last slice by 0.5 mm, under one voxel."""
-
-SPACING_TOLERANCE = 0.1
-"""Largest distance of any slice from the uniform grid through the first and last, as a fraction of
-the spacing: a missing or duplicate slice is off by about half a spacing or more."""
+__all__ = ["DicomSeries", "ReadOptions", "SeriesReport", "SeriesScan", "check_z_spacing", "find_series", "pseudonym",
+           "scan_series"]
 
 
-def pseudonym(value: str | None) -> str | None:
-    """A short, stable stand-in for an identifier (12 hex digits of sha256 of ``"ctslice:" + value``).
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a series that is not a uniform orthogonal grid is read.
 
-    Equal identifiers give equal pseudonyms, so series of one study or patient can still be grouped
-    (and kept in one split) without the identifier itself being stored anywhere.
+    ``tilt_correction`` False refuses a tilted series (``--no-tilt-correction``); ``z_spacing`` is the
+    slice spacing (mm) a resampled series gets (``--z-spacing``; default: its smallest step).
     """
-    if not value:
-        return None
-    return hashlib.sha256(f"ctslice:{value}".encode()).hexdigest()[:12]
+
+    tilt_correction: bool = True
+    z_spacing: float | None = None
+
+    def __post_init__(self) -> None:
+        check_z_spacing(self.z_spacing)
+
+
+Z_SPACING_RANGE = (0.05, 20.0)
+"""Accepted ``--z-spacing`` (mm): finer than any CT reconstruction would multiply the slices past use."""
+
+
+def check_z_spacing(value: float | None) -> None:
+    """``InputError`` unless ``value`` is None or a finite spacing within ``Z_SPACING_RANGE``."""
+    if value is not None and not (math.isfinite(value) and Z_SPACING_RANGE[0] <= value <= Z_SPACING_RANGE[1]):
+        raise InputError(f"--z-spacing {value}: give a slice spacing between {Z_SPACING_RANGE[0]:g} and "
+                         f"{Z_SPACING_RANGE[1]:g} mm")
+
+
+@dataclass(frozen=True)
+class SeriesReport:
+    """What reading a series corrected, for the command layer to tell the user."""
+
+    tilt_degrees: float = 0.0  # gantry tilt resampled away (0: none)
+    spacing_range: tuple[float, float] | None = None  # (smallest, largest) step of an uneven series
+    z_spacing: float | None = None  # spacing of the resampled volume (None: read as is)
+
+    def lines(self) -> list[str]:
+        """One line per correction, without identifiers."""
+        lines = []
+        if self.tilt_degrees:
+            lines.append(f"gantry tilt of {self.tilt_degrees:.1f} degrees corrected: resampled onto an untilted "
+                         f"grid at {self.z_spacing:.3g} mm")
+        if self.spacing_range:
+            lines.append(f"uneven slice spacing ({self.spacing_range[0]:.2f} to {self.spacing_range[1]:.2f} mm) "
+                         f"resampled to a uniform {self.z_spacing:.3g} mm")
+        return lines
 
 
 @dataclass(frozen=True)
 class DicomSeries:
-    """One DICOM series in one folder, described from its headers; ``read()`` loads the pixels.
+    """One DICOM series, described from its headers; ``read()`` loads the pixels.
 
-    ``files`` are in physical order along the slice normal. ``positions`` (mm, x/y/z per file, same
-    order) and ``orientation`` (the six ImageOrientationPatient cosines) are None where a header
-    lacks them; ``unreadable`` lists DICOM files in the same folder that no header could be read
-    from. ``label`` is how messages name the series (the folder, or ``scan.zip/folder`` for a zip).
+    ``files`` are in physical order along the slice normal when every slice can be placed (else in
+    the order found). ``positions`` (mm, x/y/z per file, same order) and ``orientation`` (the six
+    ImageOrientationPatient cosines shared by every slice) are None where that is not so;
+    ``orientations`` and ``sizes`` are per file (None where absent), ``unplaced`` the first file without a
+    position. ``unreadable`` lists damaged image files of the series or its folder. ``label`` is how
+    messages name the series (the folder, or ``scan.zip/folder`` for a zip).
     """
 
     directory: Path
@@ -80,10 +107,13 @@ class DicomSeries:
     label: str
     positions: tuple[tuple[float, float, float], ...] | None = field(default=None, repr=False)
     orientation: tuple[float, ...] | None = field(default=None, repr=False)
+    orientations: tuple[tuple[float, ...] | None, ...] = field(default=(), repr=False)
+    sizes: tuple[tuple[int, int] | None, ...] = field(default=(), repr=False)
     gantry_tilt: float = field(default=0.0, repr=False)
     frames: int = field(default=1, repr=False)
     localizer: bool = field(default=False, repr=False)
     unreadable: tuple[Path, ...] = field(default=(), repr=False)
+    unplaced: Path | None = field(default=None, repr=False)  # the first file without ImagePositionPatient
 
     @property
     def n_slices(self) -> int:
@@ -93,8 +123,9 @@ class DicomSeries:
         """A summary without identifiers, for listing several series to a user."""
         return f"{self.modality or 'unknown modality'}, {self.n_slices} slices at {self.slice_spacing:.2f} mm"
 
-    def check(self) -> None:
-        """Raise ``InputError`` if this series is not a complete, untilted 3D CT volume (headers only)."""
+    def check(self, options: ReadOptions | None = None) -> None:
+        """Raise ``InputError`` if this series cannot be read as a 3D CT volume (headers only)."""
+        options = options or ReadOptions()
         if self.unreadable:
             raise InputError(f"{self.label}: {self.unreadable[0].name} is an unreadable DICOM file (truncated or "
                              "corrupt); re-export the series, or move that file away if it is not part of it")
@@ -107,172 +138,221 @@ class DicomSeries:
                              "not read; convert the series to NIfTI (for example with dcm2niix) and pass that")
         if self.n_slices < 2:
             raise InputError(f"{self.label} holds a single 2D slice, not a 3D volume; pass a series of slices")
-        self._check_headers()
-        self._check_spacing()
-        self._check_tilt()
+        self._check_sizes()
+        self._check_orientation()
+        if self.positions is None:
+            raise InputError(f"{self.label}: {self.unplaced.name} lacks ImagePositionPatient, so it cannot be "
+                             "placed in space; re-export the series with full geometry")
+        layout = self.layout
+        self._check_spacing(layout)
+        if not options.tilt_correction:
+            self._check_tilt(layout)
 
-    def read(self) -> Volume:
+    @property
+    def layout(self) -> SliceLayout:
+        return SliceLayout.from_positions(self.positions, self.orientation)
+
+    def read(self, options: ReadOptions | None = None) -> Volume:
         """The series as int16 HU (rescale slope/intercept applied) with its geometry; checks first."""
-        self.check()
+        return self.load(options)[0]
+
+    def load(self, options: ReadOptions | None = None) -> tuple[Volume, SeriesReport]:
+        """``read()``, and what was corrected on the way (tilt, uneven spacing)."""
+        options = options or ReadOptions()
+        self.check(options)
+        image = self._read_pixels()
+        layout = self.layout
+        if not (layout.tilted or layout.uneven):
+            volume = Volume.from_image(image)
+            return volume.with_array(cast_rounded(volume.array, np.int16)), SeriesReport()
+        volume = regularise(sitk.GetArrayFromImage(image), image.GetSpacing()[:2], self.positions[0],
+                            self.orientation, layout, options.z_spacing)
+        steps = layout.steps
+        report = SeriesReport(tilt_degrees=layout.tilt_degrees if layout.tilted else 0.0,
+                              spacing_range=(float(steps.min()), float(steps.max())) if layout.uneven else None,
+                              z_spacing=volume.spacing[2])
+        return volume.with_array(cast_rounded(volume.array, np.int16)), report
+
+    def _read_pixels(self) -> sitk.Image:
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames([str(f) for f in self.files])
         reader.SetOutputPixelType(sitk.sitkFloat32)  # slices may rescale differently; round once at the end
+        warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warns on stderr about tilt and uneven spacing
         try:
-            image = reader.Execute()
+            return reader.Execute()
         except RuntimeError as error:
             culprit = _first_unreadable(self.files)
             where = f"{culprit.name} is unreadable" if culprit else f"cannot be read ({sitk_reason(error)})"
             raise InputError(f"{self.label}: {where}; re-export the series") from None
-        volume = Volume.from_image(image)
-        return volume.with_array(cast_rounded(volume.array, np.int16))
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
 
-    def _check_headers(self) -> None:
-        if self.positions is None or self.orientation is None:
-            raise InputError(f"{self.label}: some slices lack ImagePositionPatient or ImageOrientationPatient, so "
-                             "they cannot be placed in space; re-export the series with full geometry")
+    def _check_sizes(self) -> None:
+        sizes = [s for s in self.sizes if s is not None]
+        if len(set(sizes)) <= 1:
+            return
+        common = max(set(sizes), key=sizes.count)
+        odd = next(i for i, s in enumerate(self.sizes) if s != common)
+        rows, columns = self.sizes[odd]
+        others = sizes.count(common)
+        raise InputError(f"{self.label}: {self.files[odd].name} is {columns} x {rows} pixels where {others} other "
+                         f"slice(s) are {common[1]} x {common[0]}; remove it if it is not part of the series, or "
+                         "re-export the series")
 
-    def _check_spacing(self) -> None:
-        z = np.asarray(self.positions) @ _normal(self.orientation)
-        steps = np.diff(z)
-        typical = float(np.median(steps))
+    def _check_orientation(self) -> None:
+        for file, cosines in zip(self.files, self.orientations, strict=True):
+            if cosines is None:
+                raise InputError(f"{self.label}: {file.name} lacks ImageOrientationPatient, so it cannot be placed "
+                                 "in space; re-export the series with full geometry")
+            if not _valid_orientation(cosines):
+                raise InputError(f"{self.label}: {file.name} has a degenerate orientation (ImageOrientationPatient "
+                                 "row and column directions are zero, parallel or not perpendicular); re-export "
+                                 "the series")
+        if self.orientation is None:
+            first = self.orientations[0]
+            odd = next(i for i, c in enumerate(self.orientations) if not np.allclose(c, first, atol=1e-4))
+            count = sum(not np.allclose(c, first, atol=1e-4) for c in self.orientations)
+            raise InputError(f"{self.label}: the slices differ in ImageOrientationPatient ({self.files[0].name} and "
+                             f"{self.files[odd].name}, {count} of {self.n_slices} slices unlike the first): they are "
+                             "not one stack of parallel slices; pass one series or re-export it")
+
+    def _check_spacing(self, layout: SliceLayout) -> None:
+        z = np.asarray(self.positions) @ frame_axes(self.orientation)[:, 2]
+        steps = layout.steps
+        typical = layout.typical_step
         duplicate = np.flatnonzero(steps <= max(1e-3, 0.01 * typical))
         if duplicate.size:
             i = int(duplicate[0])
             raise InputError(f"{self.label} has a duplicate slice: {self.files[i].name} and {self.files[i + 1].name} "
                              f"are both at z = {z[i]:.2f} mm; remove one of them")
-        uniform = z[0] + (z[-1] - z[0]) / (len(z) - 1) * np.arange(len(z))
-        if np.max(np.abs(z - uniform)) <= SPACING_TOLERANCE * typical:
-            return
         gap = int(np.argmax(steps))
-        if steps[gap] > 1.5 * typical:
+        if steps[gap] > MAX_GAP_RATIO * typical:
             missing = round(steps[gap] / typical) - 1
             raise InputError(f"{self.label} is missing {missing} slice(s): a {steps[gap]:.2f} mm gap between "
                              f"{self.files[gap].name} (z = {z[gap]:.2f} mm) and {self.files[gap + 1].name} "
-                             f"(z = {z[gap + 1]:.2f} mm) where the spacing is {typical:.2f} mm; "
-                             "re-export the complete series")
-        raise InputError(f"{self.label} has non-uniform slice spacing ({steps.min():.2f} to {steps.max():.2f} mm); "
-                         "resample it to uniform spacing and pass the result as a NIfTI file")
+                             f"(z = {z[gap + 1]:.2f} mm) where the spacing is {typical:.2f} mm, more than "
+                             f"{MAX_GAP_RATIO:g} steps to interpolate across; re-export the complete series")
 
-    def _check_tilt(self) -> None:
-        span = np.subtract(self.positions[-1], self.positions[0])
-        along = float(np.dot(span, _normal(self.orientation)))
-        across = float(np.linalg.norm(span - along * _normal(self.orientation)))
-        angle = math.degrees(math.atan2(across, abs(along)))
-        if angle > MAX_TILT_DEGREES:
-            raise InputError(f"{self.label} is tilted: the slices are sheared by {angle:.1f} degrees (gantry tilt); "
-                             "correct the tilt (for example with dcm2niix) and pass the result as NIfTI")
+    def _check_tilt(self, layout: SliceLayout) -> None:
+        if layout.tilted:
+            raise InputError(f"{self.label} is tilted: the slices are sheared by {layout.tilt_degrees:.1f} degrees "
+                             "(gantry tilt); drop --no-tilt-correction to resample it, or correct the tilt (for "
+                             "example with dcm2niix) and pass the result as NIfTI")
         if abs(self.gantry_tilt) > 1e-3:
             raise InputError(f"{self.label} was acquired with a gantry tilt of {self.gantry_tilt:g} degrees "
-                             "(GantryDetectorTilt); correct the tilt (for example with dcm2niix) and pass the result "
-                             "as NIfTI")
+                             "(GantryDetectorTilt); drop --no-tilt-correction to read it as its slice positions "
+                             "place it, or correct the tilt (for example with dcm2niix) and pass the result as NIfTI")
+
+
+@dataclass(frozen=True)
+class SeriesScan:
+    """The series found under a folder, and the files skipped as not images (index files, litter...)."""
+
+    series: list[DicomSeries]
+    skipped: tuple[Path, ...]
 
 
 def find_series(folder: Path, *, shown_as: Path | str | None = None) -> list[DicomSeries]:
-    """Every DICOM series under ``folder`` (recursively, one per folder and SeriesInstanceUID).
+    """Every DICOM series under ``folder`` (see ``scan_series``)."""
+    return scan_series(folder, shown_as=shown_as).series
 
-    Non-DICOM files are ignored. Nothing is validated here, so one bad series does not hide the good
-    ones: call ``check()`` or ``read()`` on the series you want. ``shown_as`` replaces ``folder`` in
-    messages (pass the zip a temporary folder was extracted from).
+
+def scan_series(folder: Path, *, shown_as: Path | str | None = None) -> SeriesScan:
+    """Every DICOM series under ``folder`` (recursively), and the non-image files skipped on the way.
+
+    A DICOMDIR names the series of the folders below it (a series may span several folders there);
+    files it does not list, and folders without one, are grouped one series per folder and
+    SeriesInstanceUID. Nothing is validated here, so one bad series does not hide the good ones: call
+    ``check()`` or ``read()`` on the series you want. ``shown_as`` replaces ``folder`` in messages
+    (pass the zip a temporary folder was extracted from).
     """
     folder = Path(folder)
+
+    def label(directory: Path) -> str:
+        return str(Path(shown_as) / directory.relative_to(folder)) if shown_as is not None else str(directory)
+
     found: list[DicomSeries] = []
+    skipped: list[Path] = []
+    covered: set[Path] = set()
     for directory, subdirs, names in os.walk(folder):
         subdirs.sort()
-        if not names:
-            continue
         directory = Path(directory)
-        label = str(Path(shown_as) / directory.relative_to(folder)) if shown_as is not None else str(directory)
-        found.extend(_scan_directory(directory, label))
-    return found
+        files = [directory / name for name in sorted(names)]
+        dicomdir = next((f for f in files if f.name.upper() == "DICOMDIR"), None)
+        listed = dicomdir_series(dicomdir) if dicomdir is not None else None
+        for paths in (listed or {}).values():
+            fresh = [p for p in paths if p not in covered]
+            covered.update(fresh)
+            headers, unreadable, not_images = _read_headers(fresh)
+            skipped.extend(not_images)
+            if headers:
+                where = Path(os.path.commonpath([str(h.file.parent) for h in headers]))
+                found.append(_describe(where, headers, label(where), tuple(unreadable)))
+        headers, unreadable, not_images = _read_headers([f for f in files if f not in covered and f.is_file()])
+        skipped.extend(not_images)
+        groups: dict[str | None, list[SliceHeader]] = {}
+        for header in headers:
+            groups.setdefault(header.series_key, []).append(header)
+        for key in sorted(groups, key=str):
+            found.append(_describe(directory, groups[key], label(directory), tuple(unreadable)))
+    return SeriesScan(found, tuple(skipped))
 
 
-def _scan_directory(directory: Path, label: str) -> list[DicomSeries]:
-    # ITK warns on stderr for every folder without DICOM files (a folder of NIfTI files, say): silence it
-    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        series_ids = sorted(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)))
-    except RuntimeError:
-        return []
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
-    listed = {uid: tuple(Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), uid))
-              for uid in series_ids}
-    in_series = {f.name for files in listed.values() for f in files}
-    # GDCM silently leaves out files whose header it cannot parse; a truncated slice would then look
-    # like a missing one. Files that carry the DICOM signature but no readable header are reported.
-    stray = tuple(sorted(p for p in directory.iterdir()
-                         if p.is_file() and p.name not in in_series and _has_dicom_signature(p)))
-    return [_describe(directory, files, label, stray) for files in listed.values() if files]
-
-
-def _describe(directory: Path, files: tuple[Path, ...], label: str, stray: tuple[Path, ...]) -> DicomSeries:
-    """Read every header of one series and sort its files along the slice normal."""
-    headers, unreadable = [], list(stray)
+def _read_headers(files: list[Path]) -> tuple[list[SliceHeader], list[Path], list[Path]]:
+    """(image headers, unreadable files, files that are not images) of ``files``."""
+    headers, unreadable, not_images = [], [], []
     for file in files:
-        header = _read_header(file)
-        if header is None:
+        result = read_slice(file)
+        if result == NOT_AN_IMAGE:
+            not_images.append(file)
+        elif result == UNREADABLE:
             unreadable.append(file)
         else:
-            headers.append((file, header))
-    first = headers[0][1] if headers else {}
-    positions = [_floats(h.get(_POSITION), 3) for _, h in headers]
-    orientations = {_orientation(h.get(_ORIENTATION)) for _, h in headers}
-    orientation = next(iter(orientations)) if len(orientations) == 1 else None
-    if orientation is not None and all(p is not None for p in positions):
-        order = np.argsort(np.asarray(positions) @ _normal(orientation), kind="stable")
+            headers.append(result)
+    return headers, unreadable, not_images
+
+
+def _describe(directory: Path, headers: list[SliceHeader], label: str, unreadable: tuple[Path, ...]) -> DicomSeries:
+    """One series from the headers of its files, sorted along the slice normal when they can be placed."""
+    first = headers[0]
+    orientations = [h.orientation for h in headers]
+    shared = orientations[0] if all(o is not None and _valid_orientation(o) for o in orientations) and all(
+        np.allclose(o, orientations[0], atol=1e-4) for o in orientations) else None
+    spacing, positions = 0.0, None
+    if shared is not None and all(h.position is not None for h in headers):
+        normal = frame_axes(shared)[:, 2]
+        order = np.argsort(np.asarray([h.position for h in headers]) @ normal, kind="stable")
         headers = [headers[i] for i in order]
-        positions = [positions[i] for i in order]
-        z = np.asarray(positions) @ _normal(orientation)
+        positions = tuple(h.position for h in headers)
+        z = np.asarray(positions) @ normal
         spacing = float(np.median(np.diff(z))) if len(z) > 1 else 0.0
-    else:
-        positions, spacing = None, 0.0
-    image_type = first.get(_IMAGE_TYPE, "").upper()
     return DicomSeries(
         directory=directory,
-        files=tuple(file for file, _ in headers),
-        modality=first.get(_MODALITY, ""),
+        files=tuple(h.file for h in headers),
+        modality=first.modality,
         slice_spacing=spacing,
-        study_key=pseudonym(first.get(_STUDY_UID)),
-        patient_key=pseudonym(first.get(_PATIENT_ID)),
-        series_key=pseudonym(first.get(_SERIES_UID)),
+        study_key=first.study_key,
+        patient_key=first.patient_key,
+        series_key=first.series_key,
         label=label,
-        positions=tuple(positions) if positions is not None else None,
-        orientation=orientation,
-        gantry_tilt=_float(first.get(_TILT)),
-        frames=int(_float(first.get(_FRAMES), default=1.0)),
-        localizer="LOCALIZER" in image_type,
-        unreadable=tuple(unreadable),
+        positions=positions,
+        orientation=shared,
+        orientations=tuple(h.orientation for h in headers),
+        sizes=tuple(h.size for h in headers),
+        gantry_tilt=first.tilt,
+        frames=first.frames,
+        localizer=first.localizer,
+        unreadable=unreadable,
+        unplaced=next((h.file for h in headers if h.position is None), None),
     )
 
 
-def _read_header(file: Path) -> dict[str, str] | None:
-    """The tags this module needs, or None for a file GDCM cannot parse."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(file))
-    reader.LoadPrivateTagsOff()
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None
-    header = {}
-    for key in (_MODALITY, _IMAGE_TYPE, _PATIENT_ID, _TILT, _STUDY_UID, _SERIES_UID, _POSITION, _ORIENTATION,
-                _FRAMES):
-        if reader.HasMetaDataKey(key):
-            try:
-                header[key] = reader.GetMetaData(key).strip(" \x00")
-            except UnicodeDecodeError:  # a value in a character set SimpleITK cannot decode: treat as absent
-                continue
-    return header
-
-
-def _has_dicom_signature(path: Path) -> bool:
-    """Whether a file starts like a DICOM Part 10 file (128-byte preamble, then ``DICM``)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
+def _valid_orientation(cosines: tuple[float, ...]) -> bool:
+    """Row and column directions of unit length (within 1%) and perpendicular (within about 0.6 degrees)."""
+    row, column = np.asarray(cosines[:3]), np.asarray(cosines[3:])
+    return bool(abs(np.linalg.norm(row) - 1) < 0.01 and abs(np.linalg.norm(column) - 1) < 0.01
+                and abs(np.dot(row, column)) < 0.01)
 
 
 def _first_unreadable(files: tuple[Path, ...]) -> Path | None:
@@ -282,35 +362,6 @@ def _first_unreadable(files: tuple[Path, ...]) -> Path | None:
         except RuntimeError:
             return file
     return None
-
-
-def _normal(orientation: tuple[float, ...]) -> np.ndarray:
-    """The slice normal: row direction x column direction, normalised."""
-    normal = np.cross(orientation[:3], orientation[3:])
-    return normal / np.linalg.norm(normal)
-
-
-def _orientation(value: str | None) -> tuple[float, ...] | None:
-    """The six direction cosines, or None when absent or degenerate (parallel rows and columns)."""
-    cosines = _floats(value, 6)
-    if cosines is None or np.linalg.norm(np.cross(cosines[:3], cosines[3:])) < 1e-6:
-        return None
-    return cosines
-
-
-def _floats(value: str | None, count: int) -> tuple[float, ...] | None:
-    try:
-        numbers = tuple(float(v) for v in (value or "").split("\\"))
-    except ValueError:
-        return None
-    return numbers if len(numbers) == count and all(math.isfinite(v) for v in numbers) else None
-
-
-def _float(value: str | None, default: float = 0.0) -> float:
-    try:
-        return float(value) if value else default
-    except ValueError:
-        return default
 
 
 def _with_article(word: str) -> str:

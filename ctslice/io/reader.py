@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import math
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import SimpleITK as sitk
 
 from ctslice.errors import InputError
 from ctslice.io.archive import extracted
-from ctslice.io.dicom import DicomSeries, find_series
+from ctslice.io.dicom import DicomSeries, ReadOptions, SeriesReport, scan_series
 from ctslice.io.failures import sitk_reason
 from ctslice.io.intensity import cast_rounded
 from ctslice.io.volume import Volume
@@ -37,15 +38,29 @@ def is_volume_file(path: Path) -> bool:
     return Path(path).name.lower().endswith(SUPPORTED_SUFFIXES)
 
 
-def read_volume(path: Path) -> Volume:
+@dataclass(frozen=True)
+class Scan:
+    """A scan as read, with what reading it skipped (non-image files) and corrected (tilt, spacing)."""
+
+    volume: Volume
+    report: SeriesReport = SeriesReport()
+    skipped: int = 0  # files beside a DICOM series that are not images (DICOMDIR, index files, litter...)
+
+
+def read_volume(path: Path, options: ReadOptions | None = None) -> Volume:
     """The scan at ``path`` (file, DICOM folder or zip) as an int16 HU ``Volume``; ``InputError`` if unusable."""
+    return read_scan(path, options).volume
+
+
+def read_scan(path: Path, options: ReadOptions | None = None) -> Scan:
+    """``read_volume`` with its ``Scan`` report; ``options`` shape how a DICOM series is read."""
     path = Path(path)
     if path.is_dir() or (path.is_file() and path.name.lower().endswith(".zip")):
-        return _read_dicom(path)
+        return _read_dicom(path, options)
     if not path.exists():
         raise InputError(f"{path} does not exist")
     if is_volume_file(path):
-        return _read_file(path)
+        return Scan(_read_file(path))
     if path.suffix.lower() in (".dcm", ".ima"):
         raise InputError(f"{path} is a single DICOM slice; pass the folder (or a zip of the folder) that holds "
                          "the whole series")
@@ -53,10 +68,11 @@ def read_volume(path: Path) -> Volume:
                      "a DICOM series folder or a zip of one")
 
 
-def _read_dicom(path: Path) -> Volume:
+def _read_dicom(path: Path, options: ReadOptions | None) -> Scan:
     with extracted(path) as folder:
-        series = find_series(folder, shown_as=path if folder != path else None)
-        return _select_ct(series, path).read()
+        scan = scan_series(folder, shown_as=path if folder != path else None)
+        volume, report = _select_ct(scan.series, path).load(options)
+        return Scan(volume, report, len(scan.skipped))
 
 
 def _select_ct(series: list[DicomSeries], source: Path) -> DicomSeries:
