@@ -107,7 +107,8 @@ def test_help_has_an_example_and_no_type_noise(cli, name):
     ("validate", "--split", ["val", "test"], ["--checkpoint", "c.pt", "--cache", "c.h5", "--splits", "s.json"]),
     ("preprocess", "--profile", ["slab", "gaussian"], ["x.nii.gz", "-o", "c.h5"]),
 ])
-def test_options_with_fixed_values_list_them_and_refuse_others(cli, command, option, choices, needed):
+def test_options_with_fixed_values_list_them_and_refuse_others(cli, monkeypatch, command, option, choices, needed):
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough that Rich does not wrap the choices list
     help_text = cli(command, "--help").stdout
     assert f"<{'|'.join(choices)}>" in help_text, help_text
     result = cli(command, *needed, option, "bogus")
