@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ctslice.cli.app import command
+from ctslice.cli.app import command, stopped_cleanly
 
 
 @command("validate")
@@ -48,5 +48,7 @@ def infer(
     """Turn a thick-slice scan into a thin-slice scan that overlays it exactly (int16 HU)."""
     from ctslice.inference.run import run_infer
 
-    run_infer(input, output, checkpoint=checkpoint, method=method, mode=mode, samples=samples, std_out=std_out,
-              thin_spacing=thin_spacing, steps=steps, seed=seed, device_name=device, vae_checkpoint=vae_checkpoint)
+    with stopped_cleanly("unfinished output files were removed"):
+        run_infer(input, output, checkpoint=checkpoint, method=method, mode=mode, samples=samples, std_out=std_out,
+                  thin_spacing=thin_spacing, steps=steps, seed=seed, device_name=device,
+                  vae_checkpoint=vae_checkpoint)

@@ -1,13 +1,22 @@
 """SimpleITK's exception text cut down to the reason a user can act on.
 
 SimpleITK raises ``RuntimeError`` whose message starts with C++ source paths and object addresses
-(``ITK ERROR: NrrdImageIO(0x5611...): ...``); users should see one line, not that.
+(``ITK ERROR: NrrdImageIO(0x5611...): ...``); users should see one line, not that. The C++ libraries
+also print on stderr themselves; ``captured_stderr`` keeps that out of the output and ``first_error``
+finds the reason in it.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+_CAPTURE_LIMIT = 64 * 1024  # a failing reader can print a line per slice; the first lines say why
+_ERROR = re.compile(r"^\W*(ITK ERROR|sitk::ERROR|ERROR)\b:?\s*(\w+\(0x[0-9a-f]+\):)?\s*", re.IGNORECASE)
 _NOISE = re.compile(r"^(sitk::ERROR:|ITK ERROR:)\s*(\w+\(0x[0-9a-f]+\):)?\s*", re.IGNORECASE)
 
 
@@ -19,3 +28,34 @@ def sitk_reason(error: Exception) -> str:
              if not line.startswith(("Exception thrown in SimpleITK", "Reason:"))]
     reason = lines[-1] if lines else "unknown error"
     return reason.rstrip(".")
+
+
+@contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Keep what C++ code (ITK, the NIfTI and NRRD libraries) prints on stderr out of the output.
+
+    They write to file descriptor 2 directly, past Python's ``sys.stderr``: warnings a user cannot act on,
+    and sometimes the only account of a failure (the NIfTI writer's "wrote only N of M bytes" on a full
+    disk, which it does not raise). The yielded list receives the captured lines when the block ends, so
+    that a caller can turn the first error among them into its reason (``first_error``).
+    """
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(sink.read(_CAPTURE_LIMIT).decode("utf-8", "replace").splitlines())
+
+
+def first_error(lines: list[str]) -> str | None:
+    """The first line of captured stderr that reports an error, without its prefix (None if there is none)."""
+    for line in lines:
+        if (found := _ERROR.match(line)) and (reason := line[found.end():].strip().rstrip(".")):
+            return reason
+    return None
