@@ -34,6 +34,7 @@ import numpy as np
 from ctslice import __version__
 from ctslice.data.pairs import Pair
 from ctslice.errors import InputError
+from ctslice.io.paths import shown
 from ctslice.io.volume import Grid, Volume
 
 FORMAT_VERSION = 1
@@ -77,7 +78,7 @@ def write_part(folder: Path, case_id: str, pair: Pair, *, source: str, content_h
     temporary = folder / f".{case_id}.h5.tmp"
     with h5py.File(temporary, "w") as file:
         group = file.create_group(f"cases/{case_id}")
-        group.attrs.update({"source": source, "content_hash": content_hash, "pair_kind": pair.kind,
+        group.attrs.update({"source": shown(source), "content_hash": content_hash, "pair_kind": pair.kind,
                             "patient": patient, "ratio": pair.ratio, "options": json.dumps(options)})
         _write_volume(group, "thin", pair.thin)
         _write_volume(group, "thick", pair.thick)
@@ -127,7 +128,8 @@ def consolidate(cache_path: Path, sources: Iterable[Path], failures: Iterable[Fa
         kept.update(new_failures)
         failed = out.create_group("failures")
         for case_id, failure in sorted(kept.items()):
-            failed.create_group(case_id).attrs.update({"source": failure.source, "reason": failure.reason})
+            record = {"source": shown(failure.source), "reason": shown(failure.reason)}  # names may not be UTF-8
+            failed.create_group(case_id).attrs.update(record)
     _fsync(temporary)
     os.replace(temporary, cache_path)
 

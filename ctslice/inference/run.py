@@ -18,10 +18,10 @@ from ctslice.errors import CtsliceError, InputError, first_line
 from ctslice.evaluation.baselines import METHODS, interpolate
 from ctslice.hardware import configure, is_out_of_memory, memory_line, reset_peak_memory, resolve_device
 from ctslice.io import WRITABLE_SUFFIXES, read_volume, write_volume
-from ctslice.io.writer import output_bytes
 from ctslice.io.intensity import cast_rounded
 from ctslice.io.paths import check_output, ensure_space
 from ctslice.io.volume import Volume
+from ctslice.io.writer import output_bytes
 
 DEFAULT_THIN_SPACING = 1.0
 
@@ -78,8 +78,9 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
 
 def _check_space(thick: Volume, spacing: float, outputs: list[Path]) -> None:
     """Refuse before the work when an output cannot fit on its disk (int16 on the thin grid)."""
+    voxels = thick.array[0].size * (int(thick.depth * thick.spacing[2] / spacing) + 1)
     for path in outputs:
-        ensure_space(path, output_bytes(path, thick.array[0].size * (int(thick.depth * thick.spacing[2] / spacing) + 1)))
+        ensure_space(path, output_bytes(path, voxels))
 
 
 def _run_model(thick: Volume, checkpoint, mode, samples, thin_spacing, steps, seed, device_name, vae_checkpoint,
