@@ -348,12 +348,23 @@ def test_a_header_declaring_more_voxels_than_the_file_holds_is_refused_before_re
 
 
 def test_itk_chatter_stays_out_of_the_output_and_its_first_error_is_the_reason(tmp_path):
-    broken = _bytes(tmp_path / "broken.nrrd", b"NRRD0004\ntype: nonsense\ndimension: 3\nsizes: 4 4 4\n"
-                                              b"encoding: raw\n\n" + bytes(128))
-    result = run_cli("infer", broken, "-o", tmp_path / "out.nii.gz", "--method", "cubic")
+    # MetaImage prints "Uncompress failed" for damaged zlib data and returns an image anyway (was: exit 0)
+    header = MHA_HEADER.replace("2048 1024 1024", "4 4 4") + "CompressedData = True\nCompressedDataSize = 100\n"
+    damaged = _bytes(tmp_path / "damaged.mha", (header + "ElementDataFile = LOCAL\n").encode() + bytes(range(100)))
+    result = run_cli("infer", damaged, "-o", tmp_path / "out.nii.gz", "--method", "cubic")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [error_line(result.stderr)]  # nothing but the one line
-    assert error_line(result.stderr).startswith(f"error: {broken} cannot be read")
+    assert error_line(result.stderr) == (f"error: {damaged} cannot be read: it is truncated, corrupt or not a .mha "
+                                         "file (Uncompress failed)")
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_a_missing_data_file_is_named(tmp_path, cli):
+    header = _bytes(tmp_path / "scan.mhd", (MHA_HEADER + "ElementDataFile = scan.raw\n").encode())
+    result = cli("infer", header, "-o", tmp_path / "out.nii.gz", "--method", "cubic")
+    assert result.exit_code == 2
+    assert error_line(result.output) == (f"error: {header}: its data file scan.raw is missing (or not a file); copy "
+                                         "it beside the header")
 
 
 @pytest.mark.parametrize("failure", [MemoryError(), RuntimeError("ITK ERROR: Failed to allocate memory for image.")],

@@ -110,6 +110,8 @@ def _read_file(path: Path) -> Volume:
         if "alloc" in str(error).lower():  # "Failed to allocate memory for image", std::bad_alloc
             raise _too_large(path, reader) from None
         raise _unreadable(path, error, chatter) from None
+    if first_error(chatter):  # read "successfully" after a failure it only printed (corrupt MetaImage data)
+        raise _unreadable(path, RuntimeError(), chatter)
     array = volume.array
     if array.dtype.kind == "f":
         missing = ~np.isfinite(array)
@@ -147,7 +149,7 @@ def _check_data_size(path: Path, reader: sitk.ImageFileReader) -> None:
         return
     data, offset, encoding = layout
     if not data.is_file():
-        return  # ITK names the missing data file
+        raise InputError(f"{path}: its data file {data.name} is missing (or not a file); copy it beside the header")
     available = data.stat().st_size - offset
     declared = _voxel_bytes(reader)
     if encoding in ("raw", "false") and available < declared:
