@@ -10,7 +10,9 @@ the input untouched, no staging leftovers and any previous output unchanged.
 
 from __future__ import annotations
 
+import gzip
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -396,6 +398,35 @@ def test_a_zip_whose_member_names_clash_is_exit_2_naming_the_member(members, nam
     assert result.exit_code == 2
     assert f"member {named!r}" in error_line(result.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.zip"]
+
+
+def _huge_gzip_nifti(path: Path, size=(1024, 1024, 512)) -> Path:
+    """A valid gzip NIfTI of 1 GiB of zero voxels (about 5 MB on disk), streamed without holding it."""
+    sitk.WriteImage(sitk.Image([4, 4, 4], sitk.sitkInt16), str(path.with_name("tiny.nii")))
+    header = bytearray(path.with_name("tiny.nii").read_bytes()[:352])
+    header[42:48] = b"".join(n.to_bytes(2, "little") for n in size)  # dim[1..3]
+    with gzip.open(path, "wb", compresslevel=1) as stream:
+        stream.write(bytes(header))
+        zeros = bytes(1 << 24)
+        for _ in range(2 * size[0] * size[1] * size[2] // len(zeros)):
+            stream.write(zeros)
+    return path
+
+
+def test_a_valid_gzip_nifti_larger_than_memory_is_too_large_not_corrupt(tmp_path):
+    huge = _huge_gzip_nifti(tmp_path / "huge.nii.gz")
+    limit = 1500 * 1024**2  # address space: the imports fit, the two 1 GiB buffers ITK needs do not
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    result = subprocess.run([sys.executable, "-c", "import sys\nfrom ctslice.errors import CtsliceError\n"
+                             "from ctslice.io import read_volume\ntry:\n    read_volume(sys.argv[1])\n"
+                             "except CtsliceError as error:\n    print(type(error).__name__, error)", huge],
+                            capture_output=True, text=True, preexec_fn=cap, timeout=300)
+    assert result.stdout.strip() == (f"CtsliceError {huge} is too large for the memory of this machine (1.0 GB of "
+                                     "voxels, 1024 x 1024 x 512 16-bit signed integer); read it on a machine with "
+                                     "more memory"), result.stdout + result.stderr
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------------

@@ -101,17 +101,23 @@ def _read_file(path: Path) -> Volume:
     else:
         _check_data_size(path, reader)
     try:
+        return _load(path, reader, nifti)
+    except MemoryError:  # a valid scan, larger than this machine: not "truncated or corrupt"
+        raise _too_large(path, reader) from None
+
+
+def _load(path: Path, reader: sitk.ImageFileReader, nifti: bool) -> Volume:
+    """The voxels of a file whose header passed the checks, as int16 HU (NaN and infinity become air)."""
+    try:
         with captured_stderr() as chatter:
             image = reader.Execute()
-        volume = Volume.from_image(image)
-    except MemoryError:
-        raise _too_large(path, reader) from None
     except RuntimeError as error:
-        if "alloc" in str(error).lower():  # "Failed to allocate memory for image", std::bad_alloc
-            raise _too_large(path, reader) from None
+        if "alloc" in str(error).lower() or not _fits_in_memory(reader):  # the NIfTI library just says "failed"
+            raise MemoryError from None
         raise _unreadable(path, error, chatter) from None
     if first_error(chatter):  # read "successfully" after a failure it only printed (corrupt MetaImage data)
         raise _unreadable(path, RuntimeError(), chatter)
+    volume = Volume.from_image(image)
     array = volume.array
     if array.dtype.kind == "f":
         missing = ~np.isfinite(array)
@@ -200,6 +206,19 @@ def _voxel_bytes(reader: sitk.ImageFileReader) -> int:
 
 def _described(reader: sitk.ImageFileReader) -> str:
     return f"{' x '.join(map(str, reader.GetSize()))} {sitk.GetPixelIDValueAsString(reader.GetPixelID())}"
+
+
+def _fits_in_memory(reader: sitk.ImageFileReader) -> bool:
+    """Whether the buffers ITK needs for the file (the image and the reader's own copy) can be allocated.
+
+    Tried, not touched: the allocation is lazy, so it costs nothing when it succeeds and fails at once
+    where the address space or the kernel's overcommit limit says it would.
+    """
+    try:
+        np.empty(2 * _voxel_bytes(reader), np.uint8)
+    except (MemoryError, ValueError):
+        return False
+    return True
 
 
 def _too_large(path: Path, reader: sitk.ImageFileReader) -> CtsliceError:
