@@ -7,6 +7,7 @@ half-written volume.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -78,7 +79,10 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
 
 def _check_space(thick: Volume, spacing: float, outputs: list[Path]) -> None:
     """Refuse before the work when an output cannot fit on its disk (int16 on the thin grid)."""
-    voxels = thick.array[0].size * (int(thick.depth * thick.spacing[2] / spacing) + 1)
+    slices = thick.depth * thick.spacing[2] / spacing
+    if not math.isfinite(slices):
+        return  # not a spacing: the option checks refuse it
+    voxels = thick.array[0].size * (int(slices) + 1)
     for path in outputs:
         ensure_space(path, output_bytes(path, voxels))
 

@@ -181,7 +181,7 @@ def _data_layout(path: Path) -> tuple[Path, int, str] | None:
         line = raw_line.decode("latin-1").strip()
         if nrrd and not line:
             break
-        key, separator, value = line.partition(":" if nrrd else "=")
+        key, _, value = line.partition(":" if nrrd else "=")
         fields[key.strip().lower().replace(" ", "")] = value.lstrip("=").strip()
         if not nrrd and key.strip().lower() == "elementdatafile":
             break
