@@ -23,6 +23,7 @@ from ctslice.errors import CtsliceError
 from ctslice.evaluation.validate import run_validate
 from ctslice.inference.run import run_infer
 from ctslice.io import write_volume
+from ctslice.io.paths import check_output
 
 PHANTOMS = 6
 PHANTOM_SHAPE = (100, 128, 128)  # z, y, x voxels at 1 mm along z and 3 mm in-plane
@@ -46,6 +47,7 @@ def tiny_config_path() -> Path:
 
 def run_demo(out: Path, inputs: list[Path] | None = None, minutes: float = 4.0, device: str = "cpu") -> DemoResult:
     started = time.time()
+    check_output(out, inputs=inputs or (), folder=True)
     out.mkdir(parents=True, exist_ok=True)
     raw = list(inputs) if inputs else [_synthesise(out / "raw")]
 

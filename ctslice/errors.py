@@ -2,7 +2,7 @@
 
 An ``InputError`` is the user's to fix (a bad file, a bad option, a bad config): exit code 2.
 Any other ``CtsliceError`` is a failure of a run that was set up correctly: exit code 1.
-``Preempted`` is a run stopped by SIGTERM with its work kept: exit code 143.
+``Preempted`` is a run stopped by SIGTERM: exit code 143; ``Interrupted`` one stopped by Ctrl-C: 130.
 Both carry a message meant to be printed as is, without a traceback.
 """
 
@@ -33,3 +33,9 @@ class Preempted(CtsliceError):
     """SIGTERM arrived and the work so far is kept. Exit 143 so that a Kubernetes Job reschedules."""
 
     exit_code = 143
+
+
+class Interrupted(CtsliceError):
+    """Ctrl-C (SIGINT) stopped the run after it cleaned up. Exit 130, as a shell reports SIGINT."""
+
+    exit_code = 130

@@ -221,7 +221,9 @@ def test_resume_with_a_changed_model_config_is_one_line(dataset, reference, tmp_
     shutil.copytree(reference, run)
     result = cli(*train_args(dataset, run, "model.channels=[8, 8]"), "--resume", "latest")
     assert result.exit_code == 2
-    assert "weights do not fit" in error_line(result.output)
+    line = error_line(result.output)
+    assert re.search(r"weights do not fit the model in its config \(was model\.\* changed since the run started\?\): "
+                     r"parameter \S+ is \d+x\S+ in the checkpoint, \d+x\S+ in the model$", line), line
 
 
 # --- faults --------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Literal
 
 import typer
 
-from ctslice.cli.app import command
+from ctslice.cli.app import command, stopped_cleanly
 
 
 @command("validate", example="ctslice validate --checkpoint runs/tiny/checkpoints/best.pt --cache cache.h5 "
@@ -58,6 +58,8 @@ def infer(
     from ctslice.inference.run import run_infer
     from ctslice.io import ReadOptions
 
-    run_infer(input, output, checkpoint=checkpoint, method=method, mode=mode, samples=samples, std_out=std_out,
-              thin_spacing=thin_spacing, steps=steps, seed=seed, device_name=device, vae_checkpoint=vae_checkpoint,
-              read_options=ReadOptions(tilt_correction=not no_tilt_correction, z_spacing=z_spacing))
+    with stopped_cleanly("unfinished output files were removed"):
+        run_infer(input, output, checkpoint=checkpoint, method=method, mode=mode, samples=samples, std_out=std_out,
+                  thin_spacing=thin_spacing, steps=steps, seed=seed, device_name=device,
+                  vae_checkpoint=vae_checkpoint,
+                  read_options=ReadOptions(tilt_correction=not no_tilt_correction, z_spacing=z_spacing))

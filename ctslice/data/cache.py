@@ -40,6 +40,7 @@ import numpy as np
 from ctslice import __version__
 from ctslice.data.pairs import Pair
 from ctslice.errors import CtsliceError, InputError, first_line
+from ctslice.io.paths import shown
 from ctslice.io.volume import Grid, Volume
 
 FORMAT_VERSION = 1
@@ -88,7 +89,7 @@ def write_part(folder: Path, case_id: str, pair: Pair, *, source: str, content_h
     image = io.BytesIO()
     with h5py.File(image, "w") as file:
         group = file.create_group(f"cases/{case_id}")
-        group.attrs.update({"source": source, "content_hash": content_hash, "pair_kind": pair.kind,
+        group.attrs.update({"source": shown(source), "content_hash": content_hash, "pair_kind": pair.kind,
                             "patient": patient, "ratio": pair.ratio, "options": json.dumps(options)})
         _write_volume(group, "thin", pair.thin)
         _write_volume(group, "thick", pair.thick)
@@ -171,7 +172,8 @@ def _consolidate(temporary: Path, sources: list[Path], failures: Iterable[Failur
         kept.update(new_failures)
         failed = out.create_group("failures")
         for case_id, failure in sorted(kept.items()):
-            failed.create_group(case_id).attrs.update({"source": failure.source, "reason": failure.reason})
+            record = {"source": shown(failure.source), "reason": shown(failure.reason)}  # names may not be UTF-8
+            failed.create_group(case_id).attrs.update(record)
 
 
 def remove_parts(cache_path: Path) -> None:

@@ -38,7 +38,7 @@ class CaseSource:
         """sha256 of the case's file contents and of the options that shape its cache entry."""
         digest = hashlib.sha256(repr(sorted(options.items())).encode())
         for file in self.files:
-            digest.update(file.name.encode())
+            digest.update(os.fsencode(file.name))  # the bytes of the name, UTF-8 or not
             with open(file, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)

@@ -32,6 +32,7 @@ from ctslice.data.pairs import Pair, real_pair, resample_inplane, simulate_pair
 from ctslice.errors import CtsliceError, InputError, first_line
 from ctslice.io import ReadOptions, extracted, find_series, read_volume
 from ctslice.io.dicom import check_z_spacing
+from ctslice.io.paths import check_output
 from ctslice.io.volume import Volume
 
 
@@ -186,6 +187,7 @@ def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions,
     options.check()
     if output.suffix.lower() not in (".h5", ".hdf5"):
         raise InputError(f"{output}: the cache must be an .h5 file")
+    check_output(output, inputs=[p for p in inputs if not p.is_dir()])  # a cache beside the scans is no harm
     output.parent.mkdir(parents=True, exist_ok=True)
     with writer_lock(output, on_takeover=note):
         damaged = _check_existing(output)

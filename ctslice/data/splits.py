@@ -24,6 +24,7 @@ from pathlib import Path
 from ctslice.console import console, stdout, warn
 from ctslice.data.cache import Cache
 from ctslice.errors import InputError
+from ctslice.io.paths import check_output
 
 SPLITS = ("train", "val", "test")
 
@@ -93,6 +94,7 @@ def run_split(cache_path: Path, output: Path, val: float, test: float, seed: int
     """Write (or update) ``output`` with a split of the cache's cases and print the counts."""
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise InputError(f"--val {val} and --test {test} must be fractions that leave some training data")
+    check_output(output, inputs=(cache_path,))
     with Cache(cache_path) as cache:
         patients = {case_id: cache.info(case_id).patient for case_id in cache.case_ids()}
     if not patients:

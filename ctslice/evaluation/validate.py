@@ -20,6 +20,7 @@ from ctslice.evaluation.baselines import METHODS, interpolate
 from ctslice.evaluation.figures import comparison_figure
 from ctslice.evaluation.report import mean_scores, table, to_json, write_json
 from ctslice.hardware import configure, resolve_device
+from ctslice.io.paths import check_output
 
 PLANES = ("axial", "coronal", "sagittal")
 PROTOCOL = ("HU clipped to [-1024, 2048] mapped to [0, 1]; PSNR with peak 1; SSIM = mean of 2D SSIMs per plane; "
@@ -43,7 +44,8 @@ def run_validate(checkpoint: Path | None, cache_path: Path, splits_path: Path, s
     config = loaded.interpolator.config
     mode = mode or config.validation.mode
     steps = steps or config.validation.val_steps
-    out = out or _default_out(loaded.path, split)
+    out = check_output(out or _default_out(loaded.path, split), inputs=(checkpoint, cache_path, splits_path),
+                       folder=True)
     methods = ["model", *METHODS]
     cases = []
     with Cache(cache_path) as cache, progress() as bar:

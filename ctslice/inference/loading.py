@@ -18,7 +18,7 @@ from ctslice.config import config_from_dict
 from ctslice.errors import CtsliceError
 from ctslice.inference.pipeline import SliceInterpolator
 from ctslice.models import build_model
-from ctslice.training.checkpoint import CheckpointError, read_checkpoint
+from ctslice.training.checkpoint import CheckpointError, load_weights, read_checkpoint
 
 DEFAULT_MODEL = "default.pt"
 
@@ -57,10 +57,7 @@ def load_model(checkpoint: Path | None, device: torch.device | str, vae_checkpoi
         raise CheckpointError(f"{path}: trained with {state['codec']['latent_channels']} latent channels, "
                               f"the {codec.name} codec has {codec.latent_channels}")
     model = build_model(config, codec.latent_channels, device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit the model in its config ({str(error)[:200]})") from None
+    load_weights(model, state["model"], path)
     data = state["data"]
     interpolator = SliceInterpolator(model, codec, config, device, int(data.get("inplane_size", 0)))
     thin = data.get("thin_spacing")

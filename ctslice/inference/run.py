@@ -7,6 +7,7 @@ half-written volume.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from ctslice.evaluation.baselines import METHODS, interpolate
 from ctslice.hardware import configure, is_out_of_memory, memory_line, reset_peak_memory, resolve_device
 from ctslice.io import WRITABLE_SUFFIXES, ReadOptions, read_scan, write_volume
 from ctslice.io.intensity import cast_rounded
+from ctslice.io.paths import check_output, ensure_space
 from ctslice.io.volume import Volume
+from ctslice.io.writer import output_bytes
 
 DEFAULT_THIN_SPACING = 1.0
 
@@ -44,6 +47,7 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
         mode = "sample"
     if std_out and samples < 2:
         raise InputError("--std-out needs --samples 2 or more (the spread between samples)")
+    outputs = [check_output(p, inputs=(input, checkpoint, vae_checkpoint)) for p in (output, std_out) if p]
     started = time.time()
     scan = read_scan(input, read_options)
     thick = scan.volume
@@ -58,13 +62,14 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
         raise InputError(f"{input}: {error}") from None
     if method:
         spacing = thin_spacing or DEFAULT_THIN_SPACING
+        _check_space(thick, spacing, outputs)
         console.print(f"{method} interpolation to {spacing:g} mm")
         result, std = interpolate(thick, spacing, method), None
         device = resolve_device("cpu")
     else:
         try:
             result, std, spacing, device = _run_model(thick, checkpoint, mode, samples, thin_spacing, steps, seed,
-                                                      device_name, vae_checkpoint)
+                                                      device_name, vae_checkpoint, outputs)
         except (RuntimeError, MemoryError) as error:
             if not is_out_of_memory(error):
                 raise
@@ -78,7 +83,18 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
     return result
 
 
-def _run_model(thick: Volume, checkpoint, mode, samples, thin_spacing, steps, seed, device_name, vae_checkpoint):
+def _check_space(thick: Volume, spacing: float, outputs: list[Path]) -> None:
+    """Refuse before the work when an output cannot fit on its disk (int16 on the thin grid)."""
+    slices = thick.depth * thick.spacing[2] / spacing
+    if not math.isfinite(slices):
+        return  # not a spacing: the option checks refuse it
+    voxels = thick.array[0].size * (int(slices) + 1)
+    for path in outputs:
+        ensure_space(path, output_bytes(path, voxels))
+
+
+def _run_model(thick: Volume, checkpoint, mode, samples, thin_spacing, steps, seed, device_name, vae_checkpoint,
+               outputs):
     from ctslice.inference.loading import load_model
 
     device = resolve_device(device_name)
@@ -88,6 +104,7 @@ def _run_model(thick: Volume, checkpoint, mode, samples, thin_spacing, steps, se
     source = f"checkpoint {loaded.path}" if checkpoint else f"the bundled default model ({loaded.path.name})"
     spacing = thin_spacing or loaded.default_thin_spacing(thick.spacing[2])
     steps = steps or loaded.interpolator.config.inference.steps
+    _check_space(thick, spacing, outputs)
     what = "mean estimate" if mode == "mean" else f"{samples} DDIM sample(s) of {steps} steps"
     console.print(f"Using {source}: {what}, {thick.spacing[2]:g} mm -> {spacing:g} mm on {device}")
     if abs(thick.spacing[2] / spacing - loaded.ratio) > 0.5:

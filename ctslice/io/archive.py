@@ -9,6 +9,7 @@ extraction lives in a temporary folder that is removed however the caller exits.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -28,6 +29,9 @@ DEFAULT_MAX_BYTES = 16 * 1024**3
 512 x 512 series is about 0.5 GB), far below what would fill a disk."""
 
 _CHUNK = 1024 * 1024
+_NAME_ERRORS = (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG)
+"""Errors that a member's name causes (a file and a folder of one name, a name too long to create),
+not the extraction folder: the zip's fault, reported as such."""
 
 
 @contextmanager
@@ -67,6 +71,7 @@ def _extract(archive: Path, target: Path, limit: int) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
             members = [m for m in zf.infolist() if _should_extract(zf, archive, m)]
+            _check_unique(archive, members)
             declared = sum(m.file_size for m in members)
             if declared > limit:
                 raise _too_large(archive, declared, limit)
@@ -122,14 +127,31 @@ def _write_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, ar
     if not destination.resolve().is_relative_to(target.resolve()):  # belt and braces over _escapes
         raise InputError(f"{archive} is unsafe: member {member.filename!r} would be written outside the "
                          "extraction folder")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with zf.open(member) as source, open(destination, "wb") as sink:
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        sink = open(destination, "wb")  # closed by the with below
+    except OSError as error:
+        if error.errno not in _NAME_ERRORS:
+            raise
+        raise InputError(f"{archive}: member {member.filename!r} cannot be extracted ({error.strerror}: its name "
+                         "clashes with another member's or is too long); re-create the zip") from None
+    with zf.open(member) as source, sink:
         while chunk := source.read(_CHUNK):
             written += len(chunk)
             if written > limit:
                 raise _too_large(archive, written, limit)
             sink.write(chunk)
     return written
+
+
+def _check_unique(archive: Path, members: list[zipfile.ZipInfo]) -> None:
+    """Refuse two members with one name: the second would silently replace the first."""
+    seen: set[str] = set()
+    for member in members:
+        name = PurePosixPath(member.filename.replace("\\", "/")).as_posix()
+        if name in seen:
+            raise InputError(f"{archive}: member {member.filename!r} appears twice; re-create the zip")
+        seen.add(name)
 
 
 def _too_large(archive: Path, size: int, limit: int) -> InputError:

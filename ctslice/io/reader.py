@@ -3,7 +3,10 @@
 Accepted: a volume file (NIfTI, NRRD, MetaImage), a folder holding a DICOM series (possibly among
 other series and files), or a zip of such a folder. Whatever the stored type (int32, float, scaled),
 the result is int16 HU rounded to nearest, because that is what the cache and every output store.
-Anything unusable raises ``InputError`` naming the file, never a SimpleITK traceback.
+Anything unusable raises ``InputError`` naming the file, never a SimpleITK traceback, and is refused
+before ITK allocates memory for it where the file says enough (a name that is not UTF-8, a header that
+declares more voxels than the file holds). What ITK prints on stderr is kept out of the output; its first
+error line, if any, is the reason given.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ctslice.errors import InputError
+from ctslice.errors import CtsliceError, InputError
 from ctslice.io.archive import extracted
 from ctslice.io.dicom import DicomSeries, ReadOptions, SeriesReport, scan_series
-from ctslice.io.failures import sitk_reason
+from ctslice.io.failures import captured_stderr, first_error, sitk_reason
 from ctslice.io.intensity import cast_rounded
+from ctslice.io.paths import check_name
 from ctslice.io.volume import Volume
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -31,6 +35,8 @@ AIR_HU = -1024
 field of view of a resampled scan."""
 
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64 voxels
+_DEFLATE_RATIO = 1032  # the most deflate (gzip, zlib) can expand: a bound on what compressed data can hold
+_HEADER_LIMIT = 64 * 1024  # NRRD and MetaImage text headers are a few hundred bytes
 
 
 def is_volume_file(path: Path) -> bool:
@@ -54,9 +60,10 @@ def read_volume(path: Path, options: ReadOptions | None = None) -> Volume:
 
 def read_scan(path: Path, options: ReadOptions | None = None) -> Scan:
     """``read_volume`` with its ``Scan`` report; ``options`` shape how a DICOM series is read."""
-    path = Path(path)
+    path = check_name(Path(path))
     if path.is_dir() or (path.is_file() and path.name.lower().endswith(".zip")):
-        return _read_dicom(path, options)
+        with captured_stderr():  # GDCM's warnings; the series checks give the reasons
+            return _read_dicom(path, options)
     if not path.exists():
         raise InputError(f"{path} does not exist")
     if is_volume_file(path):
@@ -99,17 +106,33 @@ def _read_file(path: Path) -> Volume:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with captured_stderr() as chatter:
+            reader.ReadImageInformation()
     except RuntimeError as error:
-        raise _unreadable(path, error) from None
+        raise _unreadable(path, error, chatter) from None
     _check_shape(path, reader)
     nifti = path.name.lower().endswith((".nii", ".nii.gz"))
     if nifti:
         _check_nifti_complete(path, reader)
+    else:
+        _check_data_size(path, reader)
     try:
-        image = reader.Execute()
+        return _load(path, reader, nifti)
+    except MemoryError:  # a valid scan, larger than this machine: not "truncated or corrupt"
+        raise _too_large(path, reader) from None
+
+
+def _load(path: Path, reader: sitk.ImageFileReader, nifti: bool) -> Volume:
+    """The voxels of a file whose header passed the checks, as int16 HU (NaN and infinity become air)."""
+    try:
+        with captured_stderr() as chatter:
+            image = reader.Execute()
     except RuntimeError as error:
-        raise _unreadable(path, error) from None
+        if "alloc" in str(error).lower() or not _fits_in_memory(reader):  # the NIfTI library just says "failed"
+            raise MemoryError from None
+        raise _unreadable(path, error, chatter) from None
+    if first_error(chatter):  # read "successfully" after a failure it only printed (corrupt MetaImage data)
+        raise _unreadable(path, RuntimeError(), chatter)
     volume = Volume.from_image(image)
     array = volume.array
     if array.dtype.kind == "f":
@@ -134,6 +157,89 @@ def _check_shape(path: Path, reader: sitk.ImageFileReader) -> None:
     if reader.GetDimension() != 3:
         raise InputError(f"{path} is a {reader.GetDimension()}D image ({' x '.join(map(str, size))}); "
                          "pass a single 3D volume")
+
+
+def _check_data_size(path: Path, reader: sitk.ImageFileReader) -> None:
+    """Refuse a NRRD or MetaImage whose header declares more voxel bytes than its data can hold.
+
+    ITK allocates the declared size before it reads a byte, so a 1 kB header declaring 4 GiB would cost
+    4 GiB of memory before the short read is noticed. Raw data must hold every byte; deflated data
+    (gzip, zlib) at least 1/1032 of them. Other encodings (bzip2, text) and unusual layouts are left to ITK.
+    """
+    layout = _data_layout(path)
+    if layout is None:
+        return
+    data, offset, encoding = layout
+    if not data.is_file():
+        raise InputError(f"{path}: its data file {data.name} is missing (or not a file); copy it beside the header")
+    available = data.stat().st_size - offset
+    declared = _voxel_bytes(reader)
+    if encoding in ("raw", "false") and available < declared:
+        raise InputError(f"{path} declares {declared} bytes of voxels ({_described(reader)}) but its data holds "
+                         f"{max(available, 0)}; it is truncated or its header is wrong")
+    if encoding in ("gzip", "gz", "true") and available * _DEFLATE_RATIO < declared:
+        raise InputError(f"{path} declares {declared} bytes of voxels ({_described(reader)}), more than its "
+                         f"{max(available, 0)} bytes of compressed data can hold; its header is wrong")
+
+
+def _data_layout(path: Path) -> tuple[Path, int, str] | None:
+    """Where a NRRD's or MetaImage's voxels are (file, byte offset) and how they are encoded, from its text header.
+
+    The encoding is NRRD's ``encoding`` field, or MetaImage's ``CompressedData`` value (``true``/``false``).
+    None when the header cannot be parsed here (too long, a list of data files), which leaves it to ITK.
+    """
+    with open(path, "rb") as stream:
+        head = stream.read(_HEADER_LIMIT)
+    fields, offset = {}, 0
+    nrrd = head.startswith(b"NRRD")
+    for raw_line in head.splitlines(keepends=True):
+        offset += len(raw_line)
+        line = raw_line.decode("latin-1").strip()
+        if nrrd and not line:
+            break
+        key, _, value = line.partition(":" if nrrd else "=")
+        fields[key.strip().lower().replace(" ", "")] = value.lstrip("=").strip()
+        if not nrrd and key.strip().lower() == "elementdatafile":
+            break
+    else:
+        return None  # the header did not end within the limit
+    name = fields.get("datafile" if nrrd else "elementdatafile", "LOCAL")
+    if (nrrd and "datafile" not in fields) or (not nrrd and name.upper() == "LOCAL"):
+        data = path
+    elif " " in name or "%" in name or name.upper() == "LIST":
+        return None  # a list or pattern of data files
+    else:
+        data, offset = path.parent / name, 0
+    encoding = fields.get("encoding", "raw") if nrrd else fields.get("compresseddata", "false").lower()
+    return data, offset, encoding
+
+
+def _voxel_bytes(reader: sitk.ImageFileReader) -> int:
+    """Bytes of voxel data the header of ``reader``'s file declares."""
+    component = sitk.Image([1, 1], reader.GetPixelID()).GetSizeOfPixelComponent()
+    return math.prod(reader.GetSize()) * reader.GetNumberOfComponents() * component
+
+
+def _described(reader: sitk.ImageFileReader) -> str:
+    return f"{' x '.join(map(str, reader.GetSize()))} {sitk.GetPixelIDValueAsString(reader.GetPixelID())}"
+
+
+def _fits_in_memory(reader: sitk.ImageFileReader) -> bool:
+    """Whether the buffers ITK needs for the file (the image and the reader's own copy) can be allocated.
+
+    Tried, not touched: the allocation is lazy, so it costs nothing when it succeeds and fails at once
+    where the address space or the kernel's overcommit limit says it would.
+    """
+    try:
+        np.empty(2 * _voxel_bytes(reader), np.uint8)
+    except (MemoryError, ValueError):
+        return False
+    return True
+
+
+def _too_large(path: Path, reader: sitk.ImageFileReader) -> CtsliceError:
+    return CtsliceError(f"{path} is too large for the memory of this machine ({_voxel_bytes(reader) / 1024**3:.1f} GB "
+                        f"of voxels, {_described(reader)}); read it on a machine with more memory")
 
 
 def _check_nifti_complete(path: Path, reader: sitk.ImageFileReader) -> None:
@@ -196,7 +302,7 @@ def _nifti_non_finite(path: Path, reader: sitk.ImageFileReader, shape: tuple[int
     return missing
 
 
-def _unreadable(path: Path, error: RuntimeError) -> InputError:
+def _unreadable(path: Path, error: RuntimeError, chatter: list[str]) -> InputError:
     if path.stat().st_size == 0:
         return InputError(f"{path} is empty (0 bytes); copy or export it again")
     if path.name.lower().endswith(".gz"):
@@ -205,6 +311,6 @@ def _unreadable(path: Path, error: RuntimeError) -> InputError:
         except InputError as damaged:
             return damaged
     kind = next(s for s in SUPPORTED_SUFFIXES if path.name.lower().endswith(s))
-    reason = sitk_reason(error)
+    reason = first_error(chatter) or sitk_reason(error)
     detail = "" if path.name in reason or "Unable to determine ImageIO" in reason else f" ({reason})"
     return InputError(f"{path} cannot be read: it is truncated, corrupt or not a {kind} file{detail}")

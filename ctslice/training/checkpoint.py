@@ -143,3 +143,31 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path, dict[str, Any]] | 
     if candidates:
         raise CtsliceError(f"{checkpoint_dir(run_dir)}: no readable checkpoint to resume from")
     return None
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, Any], path: Path, hint: str = "") -> None:
+    """Load ``weights`` into ``model``, or one ``CheckpointError`` line naming the first parameter that differs.
+
+    torch's own message lists every mismatch over many lines; the first one, with both shapes, says
+    enough to see which part of the config changed.
+    """
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: its model entry is not a set of weights; was it written by `ctslice train`?")
+    expected = model.state_dict()
+    problem = next((f"parameter {name} is {_shape(weights[name])} in the checkpoint, {_shape(tensor)} in the model"
+                    for name, tensor in expected.items()
+                    if name in weights and _shape(weights[name]) != _shape(tensor)), None)
+    missing, extra = [n for n in expected if n not in weights], [n for n in weights if n not in expected]
+    problem = (problem or (f"parameter {missing[0]} is missing from the checkpoint" if missing else None)
+               or (f"the checkpoint has parameter {extra[0]}, which the model lacks" if extra else None))
+    if problem is None:
+        try:
+            model.load_state_dict(weights)
+            return
+        except (RuntimeError, ValueError) as error:
+            problem = first_line(error, 200)
+    raise CheckpointError(f"{path}: weights do not fit the model in its config{hint}: {problem}")
+
+
+def _shape(tensor: Any) -> str:
+    return "x".join(map(str, getattr(tensor, "shape", ()))) or "a scalar"

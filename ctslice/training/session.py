@@ -24,6 +24,7 @@ from ctslice.data.patches import PatchDataset, PixelSource
 from ctslice.data.splits import read_splits
 from ctslice.errors import InputError, Preempted, first_line
 from ctslice.hardware import configure, resolve_device
+from ctslice.io.paths import check_output
 from ctslice.models import LatentStats, build_model
 from ctslice.training import checkpoint as ckpt
 from ctslice.training.distributed import Distributed
@@ -111,6 +112,7 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
         note(f"training cases have different thick/thin ratios {ratios}; "
                       f"the checkpoint records the largest")
     thin_spacing = thin_spacings[0] if len(thin_spacings) == 1 else None  # None: mixed, infer uses T / ratio
+    check_output(run_dir, inputs=(Path(config.data.cache), Path(config.data.splits)), folder=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.is_main:
         save_config(config, run_dir / "config.yaml")
@@ -156,8 +158,8 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
     resumed = ckpt.resolve_resume(resume, run_dir) if resume else None
     if resumed:
         path, state = resumed
+        ckpt.load_weights(model, state["model"], path, " (was model.* changed since the run started?)")
         try:
-            model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["lr_scheduler"])
         except (RuntimeError, ValueError, KeyError) as error:

@@ -1,0 +1,89 @@
+"""Every path a command reads or writes, checked once, before any work: names, outputs, free space.
+
+Commands that write (``infer -o``, ``validate --out``, ``train --out``, ``split -o``, ``demo --out``,
+``preprocess -o``) call ``check_output`` before they start, so that a mistyped or unusable output is one
+line and exit 2 instead of a traceback after an hour of work, and an output that is the input (or lies
+inside an input folder) never replaces the scan it is computed from. ``check_name`` refuses names that
+are not valid UTF-8: Linux allows any bytes in a name, but SimpleITK converts paths to UTF-8 and aborts
+the whole process (SIGABRT) on one that is not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from ctslice.errors import InputError
+
+MHD_COMPANIONS = (".raw", ".zraw")  # a MetaImage .mhd header writes its voxels beside it under these names
+
+
+def shown(path: Path | str) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 appear as ``\\xff`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def check_name(path: Path | str) -> Path:
+    """``path`` if its name is valid UTF-8 (what SimpleITK and HDF5 need), else ``InputError``."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{shown(path)}: the name is not valid UTF-8 (bytes shown as \\x..); rename it with "
+                         "UTF-8 characters") from None
+    return Path(path)
+
+
+def check_output(path: Path, *, inputs: Iterable[Path | None] = (), folder: bool = False,
+                 needed_bytes: int = 0) -> Path:
+    """Check that ``path`` can be written as a file (or, with ``folder``, a folder) before any work; return it.
+
+    Refused with one ``InputError`` line: a name that is not UTF-8; the path of one of ``inputs`` (or a
+    path inside an input folder, or an input folder inside an output folder); an existing folder where a
+    file goes, or the reverse; a parent that is a file or a folder this user cannot write to; less free
+    space than ``needed_bytes``. Missing parent folders are fine (they are created on write).
+    """
+    path = check_name(path)
+    target = path.resolve()
+    written = [target]
+    if not folder and target.name.lower().endswith(".mhd"):
+        written += [target.with_suffix(suffix) for suffix in MHD_COMPANIONS]
+    for source in (Path(p) for p in inputs if p is not None):
+        source = source.resolve()
+        if source in written or (source.is_dir() and target.is_relative_to(source)) or (
+                folder and source.is_dir() and source.is_relative_to(target)):
+            raise InputError(f"{shown(path)}: the output would overwrite the input {shown(source)}; choose another "
+                             "output path")
+    if folder and target.exists() and not target.is_dir():
+        raise InputError(f"{shown(path)} is a file, not a folder; choose a folder for the output")
+    if not folder and target.is_dir():
+        raise InputError(f"{shown(path)} is a folder; give the output a file name")
+    existing = _nearest_existing(target if folder else target.parent)
+    if not existing.is_dir():
+        raise InputError(f"{shown(path)}: cannot write there, {shown(existing)} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{shown(path)}: cannot write there, the folder {shown(existing)} is read-only for this user")
+    ensure_space(path, needed_bytes)
+    return path
+
+
+def ensure_space(path: Path, needed_bytes: int) -> None:
+    """``InputError`` if the file system that will hold ``path`` has less than ``needed_bytes`` free."""
+    if needed_bytes <= 0:
+        return
+    free = shutil.disk_usage(_nearest_existing(Path(path).resolve())).free
+    if free < needed_bytes:
+        raise InputError(f"{shown(path)}: not enough free space ({_size(free)} free, the output needs about "
+                         f"{_size(needed_bytes)}); free some space or write elsewhere")
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (the folder a write would create its parents in)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024**3:.1f} GB" if n >= 1024**3 else f"{n / 1024**2:.1f} MB"
