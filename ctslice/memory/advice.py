@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ctslice.config import Config
+from ctslice.config import DOMAINS, Config
 from ctslice.errors import InputError
 from ctslice.memory.estimate import GIB, MemoryEstimate, changes_parts, estimate_memory, with_overrides
 from ctslice.memory.workload import codec_class
@@ -154,7 +154,7 @@ def savings(config: Config, device_type: str) -> list[tuple[str, dict[str, objec
         smaller = max(4, codec.encode_chunk // 8 * 4)
         candidates.append((f"smaller encode chunk ({codec.encode_chunk} -> {smaller} slices)",
                            {"codec.encode_chunk": smaller}))
-    if config.inference.window_size // 2 >= smallest_side:
+    if config.inference.window_size // 2 >= max(smallest_side, DOMAINS["inference.window_size"].low):
         candidates.append((f"smaller inference window ({config.inference.window_size} -> "
                            f"{config.inference.window_size // 2} pixels)",
                            {"inference.window_size": config.inference.window_size // 2}))
