@@ -35,6 +35,7 @@ from ctslice import __version__
 from ctslice.data.pairs import Pair
 from ctslice.errors import InputError
 from ctslice.io.volume import Grid, Volume
+from ctslice.parsing import load_json
 
 FORMAT_VERSION = 1
 CHUNK_SLICES = 8
@@ -175,7 +176,7 @@ class Cache:
 
     def options(self, case_id: str) -> dict:
         """The preprocessing options the case was built with (thick/thin spacing, size, profile)."""
-        return json.loads(self._group(case_id).attrs["options"])
+        return load_json(self._group(case_id).attrs["options"], f"{self.path}: case {case_id!r} options")
 
     def failures(self) -> list[Failure]:
         return [Failure(k, str(g.attrs["source"]), str(g.attrs["reason"])) for k, g in self.file["failures"].items()]
