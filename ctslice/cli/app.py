@@ -7,15 +7,47 @@ Expected failures (``CtsliceError``) become one red line on stderr and the error
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 
 import typer
+from typer.core import TyperGroup
 
 from ctslice import __version__
 from ctslice.errors import CtsliceError
 
+
+class OneLineErrors(TyperGroup):
+    """A wrong command line (a bad option value, a missing argument) is one line and exit code 2, as every
+    other bad input, rather than Typer's usage text and error box (a script's log keeps only the reason)."""
+
+    def make_context(self, *args, **kwargs):
+        with _one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _one_line():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line():
+    try:
+        yield
+    except typer.TyperException as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # `ctslice` alone prints the help
+            raise
+        from ctslice.console import error as print_error
+
+        context = getattr(error, "ctx", None)
+        hint = f" (see {context.command_path} --help)" if context is not None else ""
+        print_error(" ".join(error.format_message().split()) + hint)
+        raise typer.Exit(getattr(error, "exit_code", 2)) from None
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="ctslice",
     help="Thick-slice to thin-slice CT with a latent diffusion model.",
     no_args_is_help=True,

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ctslice.cli.app import command
+from ctslice.cli.domains import SEED, SPACING, number
 
 
 @command("validate")
@@ -15,7 +16,8 @@ def validate(
     cache: Path = typer.Option(..., "--cache", help="HDF5 cache."),
     splits: Path = typer.Option(..., "--splits", help="splits.json."),
     split: str = typer.Option("test", "--split", help="val or test."),
-    steps: int = typer.Option(None, "--steps", help="DDIM steps (default: the checkpoint's)."),
+    steps: int = number(None, "--steps", help="DDIM steps (default: the checkpoint's).", low=1, high=10_000,
+                        integer=True),
     out: Path = typer.Option(None, "--out", help="Folder for the report and figures."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as one JSON document."),
     mode: str = typer.Option(None, "--mode", help="mean or sample (default: the checkpoint's validation.mode)."),
@@ -36,12 +38,14 @@ def infer(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Model checkpoint (default: the bundled model)."),
     method: str = typer.Option(None, "--method", help="A classical baseline instead: linear, cubic or lanczos."),
     mode: str = typer.Option("mean", "--mode", help="mean: deterministic best-PSNR estimate; sample: diffusion."),
-    samples: int = typer.Option(1, "--samples", help="Diffusion samples to draw (their mean is written)."),
+    samples: int = number(1, "--samples", help="Diffusion samples to draw (their mean is written).", low=1, high=100,
+                          integer=True),
     std_out: Path = typer.Option(None, "--std-out", help="Also write the per-voxel std between samples here."),
-    thin_spacing: float = typer.Option(None, "--thin-spacing", help="Output slice spacing in mm "
-                                       "(default: the model's, or 1.0 for --method)."),
-    steps: int = typer.Option(None, "--steps", help="DDIM steps for sampling (default: the model's config)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the noise (sample i uses seed + i)."),
+    thin_spacing: float = number(None, "--thin-spacing", help="Output slice spacing in mm (default: the model's, "
+                                 "or 1.0 for --method).", **SPACING),
+    steps: int = number(None, "--steps", help="DDIM steps for sampling (default: the model's config).", low=1,
+                        high=10_000, integer=True),
+    seed: int = number(0, "--seed", help="Seed of the noise (sample i uses seed + i).", **SEED),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA if available)."),
     vae_checkpoint: Path = typer.Option(None, "--vae-checkpoint", help="MAISI VAE weights for a maisi model."),
 ) -> None:

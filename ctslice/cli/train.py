@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ctslice.cli.app import command
+from ctslice.cli.domains import number
 
 SET_HELP = "Override a config key, e.g. --set training.max_steps=100 (repeatable)."
 
@@ -42,7 +43,8 @@ def inspect_memory(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
     device: str = typer.Option(None, "--device", help="cpu or cuda: what to predict for (and measure on); "
                                                       "default: the config's, predicting for CUDA unless it is cpu."),
-    ratio: float = typer.Option(None, "--ratio", help="Thick/thin spacing ratio (default: from data.cache, else 5)."),
+    ratio: float = number(None, "--ratio", help="Thick/thin spacing ratio (default: from data.cache, else 5).",
+                          low=1, high=100),
     volume: str = typer.Option(None, "--volume", help="Largest thin volume DxHxW, e.g. 300x512x512 "
                                                       "(default: from data.cache, else 300x512x512)."),
 ) -> None:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from rich.table import Table
 
 from ctslice.config import Config
-from ctslice.errors import InputError
+from ctslice.errors import InputError, shown
 from ctslice.memory.advice import (
     DeviceMemory,
     Suggestion,
@@ -135,10 +135,14 @@ def _ratio(measurement: Measurement, estimate: MemoryEstimate) -> float | None:
     return round(measurement.bytes / max(1, _predicted(estimate, measurement.part)), 3)
 
 
+MAX_VOLUME_SIDE = 65_536
+
+
 def _parse_volume(text: str) -> tuple[int, int, int]:
     sizes = re.split(r"\s*[x,]\s*", text.strip().lower())
-    if len(sizes) != 3 or not all(s.isdigit() and int(s) > 0 for s in sizes):
-        raise InputError(f"--volume {text!r}: expected thin-slice depth x height x width, e.g. 300x512x512")
+    if len(sizes) != 3 or not all(re.fullmatch(r"\d{1,6}", s) and 0 < int(s) <= MAX_VOLUME_SIDE for s in sizes):
+        raise InputError(f"--volume {shown(text)}: expected thin-slice depth x height x width from 1 to "
+                         f"{MAX_VOLUME_SIDE:,} each, e.g. 300x512x512")
     return tuple(int(s) for s in sizes)
 
 
