@@ -19,7 +19,7 @@ from ctslice.data import cache as cache_files
 from ctslice.data.checks import check_ct_volume
 from ctslice.data.discover import CaseSource, discover
 from ctslice.data.pairs import Pair, real_pair, resample_inplane, simulate_pair
-from ctslice.errors import CtsliceError, InputError
+from ctslice.errors import CtsliceError, InputError, shown
 from ctslice.io import extracted, find_series, read_volume
 from ctslice.io.volume import Volume
 
@@ -41,7 +41,7 @@ class PreprocessOptions:
         if self.size < 0 or self.size in (1, 2, 3):
             raise InputError(f"--size {self.size}: give 0 (keep the matrix) or a matrix size such as 512")
         if self.profile not in ("slab", "gaussian"):
-            raise InputError(f"--profile {self.profile!r}: use slab or gaussian")
+            raise InputError(f"--profile {shown(self.profile)}: use slab or gaussian")
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,9 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise InputError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+        raise InputError(f"--shard {shown(text)}: expected I/N, e.g. 0/4") from None
     if not 0 <= index < count:
-        raise InputError(f"--shard {text!r}: need 0 <= I < N")
+        raise InputError(f"--shard {shown(text)}: need 0 <= I < N")
     return index, count
 
 

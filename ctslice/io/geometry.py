@@ -60,7 +60,7 @@ def checked_depth(extent: float, thin_spacing: float, inplane: tuple[int, int]) 
     size = depth * inplane[0] * inplane[1] * 2
     if not depth <= MAX_THIN_SLICES or not size <= MAX_THIN_BYTES:
         raise InputError(f"a thin spacing of {thin_spacing:g} mm over this scan's {extent:g} mm makes {depth:,.0f} "
-                         f"slices of {inplane[0]} x {inplane[1]} ({size / 2**30:,.3g} GiB as int16); at most "
+                         f"slices of {inplane[0]} x {inplane[1]} ({size / 2**30:,.2f} GiB as int16); at most "
                          f"{MAX_THIN_SLICES:,} slices and {MAX_THIN_BYTES / 2**30:g} GiB are allowed")
     return depth
 

@@ -50,7 +50,7 @@ def inspect(config: Config, *, device: str | None = None, device_memory: str | N
 
     name = (device or config.hardware.device).strip().lower()
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise InputError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+        raise InputError(f"--device {shown(name)}: expected cpu, cuda or cuda:N")
     measure_device = resolve_device(name) if measure else None
     device_type = measure_device.type if measure_device else ("cpu" if name == "cpu" else "cuda")
     if ratio is not None and ratio <= 0:
