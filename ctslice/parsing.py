@@ -81,15 +81,19 @@ def read_text(path: Path, what: str, max_bytes: int = MAX_BYTES) -> str:
 
     Raises ``FileNotFoundError`` for a missing file, so that callers can say how to create it.
     """
-    size = Path(path).stat().st_size
-    if size > max_bytes:
-        raise InputError(f"{path}: {size:,} bytes is too large for {what} (at most {max_bytes:,})")
     try:
+        size = Path(path).stat().st_size
+        if size > max_bytes:
+            raise InputError(f"{path}: {size:,} bytes is too large for {what} (at most {max_bytes:,})")
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise InputError(f"{path}: {what} is not UTF-8 text (byte {error.start})") from None
+    except FileNotFoundError:
+        raise
     except IsADirectoryError:
         raise InputError(f"{path}: a folder, not {what}") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read {what} ({error.strerror or first_line(error)})") from None
 
 
 def _yaml_reason(error: yaml.YAMLError) -> str:

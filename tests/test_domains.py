@@ -326,8 +326,9 @@ def test_every_config_key_refuses_hostile_values_on_the_command_line(key, places
     ["inspect-memory", "--config", "{config}", "--volume", "100000x512x512"],
     ["inspect-memory", "--config", "{config}", "--device-memory", "9" * 400 + "GB"],
     ["inspect-memory", "--config", "{config}", "--device", "x" * 10_000],
+    ["demo", "--out", "{out}/demo", "--device", "gpu"],
 ], ids=["profile", "shard", "method", "mode", "thin grid", "volume digits", "volume side", "device memory",
-        "device"])
+        "device", "demo device"])
 def test_text_options_refuse_hostile_values(args, places, cli):
     names = {"scan": places["scan"], "scan_dir": places["scan"].parent, "out": places["out"],
              "config": places["config"]}

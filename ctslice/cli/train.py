@@ -23,9 +23,10 @@ def train(
 ) -> None:
     """Train the denoising U-Net on the cache (BF16 on CUDA; DDP when launched with torchrun)."""
     from ctslice.config import load_config
+
+    settings = load_config(config, with_vae(overrides, vae_checkpoint))  # before torch is even imported
     from ctslice.training.trainer import train as run_training
 
-    settings = load_config(config, with_vae(overrides, vae_checkpoint))
     run_training(settings, out or Path("runs") / config.stem, resume=resume, device_name=device)
 
 
@@ -50,10 +51,11 @@ def inspect_memory(
 ) -> None:
     """Predict (and optionally measure) the memory a config needs, per component."""
     from ctslice.config import load_config
+
+    settings = load_config(config, overrides)  # before torch is even imported
     from ctslice.console import stdout
     from ctslice.memory import inspect, render, to_json
 
-    settings = load_config(config, overrides)
     inspection = inspect(settings, device=device, device_memory=device_memory, measure=measure, ratio=ratio,
                          volume=volume)
     if json_output:
