@@ -219,7 +219,7 @@ DOMAINS: dict[str, Domain] = {
     "training.checkpoint_interval": STEPS,
     "training.time_limit_minutes": floats(0, 1e6, above=True),
     "training.max_bad_steps": ints(1, 10**6),
-    "validation.val_samples": ints(1, 10**6),
+    "validation.val_samples": ints(0, 10**6),  # 0: no validation
     "validation.val_steps": ints(1, 10_000),
     "inference.steps": ints(1, 10_000),
     "inference.window_slices": ints(4, 8192),

@@ -53,7 +53,7 @@ class _BoundedLoader(yaml.SafeLoader):
 def load_yaml(text: str, where: str) -> Any:
     """The data in YAML ``text``; errors name ``where`` (a file or a ``--set`` override)."""
     try:
-        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader: safe_load semantics
     except _Refused as error:
         raise InputError(f"{where}: not usable YAML ({error})") from None
     except yaml.YAMLError as error:
