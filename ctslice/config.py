@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from ctslice.errors import ConfigError, first_line
+from ctslice.errors import ConfigError, InputError, shown
+from ctslice.parsing import NotValid, load_yaml, read_text
 
 # Names people reach for that mean one of our keys (checked before spelling similarity).
 SYNONYMS = {
@@ -134,7 +137,7 @@ CHOICES = {
     "codec.name": ("identity", "maisi"),
     "diffusion.schedule": ("cosine", "linear_beta", "scaled_linear_beta", "sigmoid_beta"),
     "diffusion.prediction_type": ("sample", "epsilon", "v_prediction"),
-    "training.precision": ("bf16", "fp32"),
+    "training.precision": ("auto", "bf16", "fp32"),
     "validation.mode": ("mean", "sample"),
 }
 
@@ -162,71 +165,192 @@ def resolve_config(path: Path) -> Path:
     return shipped[0] if shipped else path
 
 
+@dataclass(frozen=True)
+class Domain:
+    """The values a key accepts beyond its type. A value outside makes training wrong or fails late."""
+
+    text: str  # what the message says the key must be
+    low: float | None = None
+    high: float | None = None
+    above: bool = False  # ``low`` itself is excluded
+    length: tuple[int, int] | None = None  # strings and lists
+    pattern: str | None = None  # strings: the whole value must match
+    items: Domain | None = None  # lists: every element
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, (str, list)):
+            if self.length and not self.length[0] <= len(value) <= self.length[1]:
+                return False
+            if isinstance(value, list):
+                return self.items is None or all(self.items.accepts(v) for v in value)
+            return self.pattern is None or re.fullmatch(self.pattern, value) is not None
+        if isinstance(value, bool):
+            return True
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return ((self.low is None or (value > self.low if self.above else value >= self.low))
+                and (self.high is None or value <= self.high))
+
+
+def ints(low: int, high: int) -> Domain:
+    return Domain(f"an integer from {low:,} to {high:,}", low, high)
+
+
+def floats(low: float, high: float, above: bool = False) -> Domain:
+    return Domain(f"a finite number {'above' if above else 'from'} {low:g} {'and at most' if above else 'to'} "
+                  f"{high:g}", low, high, above)
+
+
+def lists(items: Domain | None, longest: int, what: str) -> Domain:
+    return Domain(f"a list of 1 to {longest} {what}", length=(1, longest), items=items)
+
+
+PATH = Domain("a non-empty path of at most 4096 characters", length=(1, 4096))
+STEPS = ints(1, 10**9)
+
+# Every key that is not a bool or in CHOICES, with the values it accepts (None, where the type allows
+# it, means "not set" and is not checked). tests/test_domains.py fails for a key missing here.
+DOMAINS: dict[str, Domain] = {
+    "data.cache": PATH,
+    "data.splits": PATH,
+    "data.patch_thick_slices": ints(1, 1024),
+    "data.patch_size": ints(0, 4096),
+    "data.num_workers": ints(0, 256),
+    "codec.checkpoint": PATH,
+    "codec.encode_chunk": ints(1, 4096),
+    "codec.decode_chunk": ints(1, 4096),
+    "codec.overlap": ints(0, 1024),
+    "model.channels": lists(ints(1, 4096), 8, "channel counts from 1 to 4,096"),
+    "model.attention_levels": lists(None, 8, "true/false values"),
+    "model.attention_heads": ints(1, 1024),
+    "model.num_res_blocks": ints(1, 16),
+    "model.norm_num_groups": ints(1, 4096),
+    "diffusion.num_train_timesteps": ints(1, 100_000),
+    "diffusion.mean_fraction": floats(0, 1),
+    "training.seed": ints(0, 2**32 - 1),
+    "training.max_steps": STEPS,
+    "training.epochs": floats(0, 1e6, above=True),
+    "training.batch_size": ints(1, 4096),
+    "training.grad_accumulation": ints(1, 4096),
+    "training.lr": floats(0, 1, above=True),
+    "training.weight_decay": floats(0, 10),
+    "training.warmup_steps": ints(0, 10**9),
+    "training.warmup_epochs": floats(0, 1e6),
+    "training.grad_clip": floats(0, 1e6, above=True),  # 0 would zero every gradient, below 0 flip them
+    "training.log_interval": STEPS,
+    "training.val_interval": STEPS,
+    "training.checkpoint_interval": STEPS,
+    "training.time_limit_minutes": floats(0, 1e6, above=True),
+    "training.max_bad_steps": ints(1, 10**6),
+    "validation.val_samples": ints(0, 10**6),  # 0: no validation
+    "validation.val_steps": ints(1, 10_000),
+    "inference.steps": ints(1, 10_000),
+    "inference.window_slices": ints(4, 8192),
+    "inference.window_size": ints(16, 8192),  # 0 made thousands of tiny windows
+    "inference.overlap": floats(0, 0.9),  # 0.99 would run 100x more windows per axis
+    "inference.window_batch": ints(1, 1024),
+    "hardware.device": Domain("auto, cpu, cuda or cuda:N", pattern=r"auto|cpu|cuda(:\d{1,3})?", length=(1, 16)),
+}
+
+
 def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:
     """The config in ``path`` (a file, or the name of a shipped config; defaults if None) with
-    ``--set key=value`` overrides, validated."""
+    ``--set key=value`` overrides, validated.
+
+    An error names the ``--set`` override that set the key (or a section above it), else the file.
+    """
     data: dict[str, Any] = {}
-    where = str(path) if path else "config"
+    origins = _Origins(str(path) if path else "config")
     if path is not None:
         try:
-            data = yaml.safe_load(resolve_config(path).read_text()) or {}
+            data = load_yaml(read_text(resolve_config(path), "a config file", MAX_CONFIG_BYTES), str(path)) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file (shipped configs, usable by name: "
                               f"{', '.join(shipped_configs())})") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({first_line(error)})") from None
+        except InputError as error:
+            raise ConfigError(str(error)) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected sections (data, codec, model, ...) at the top level")
     for override in overrides or []:
-        _apply_override(data, override)
-    config = _build(Config, data, where, "")
-    _check(config, where)
+        origins.keys[_apply_override(data, override)] = f"--set {_abbreviated(override)}"
+    config = _build(Config, data, origins, "")
+    _check(config, origins)
     return config
 
 
 def config_from_dict(data: dict[str, Any], where: str = "checkpoint config") -> Config:
     """Rebuild a config saved with ``Config.to_dict`` (for example inside a checkpoint)."""
-    config = _build(Config, data, where, "")
-    _check(config, where)
+    config = _build(Config, data, _Origins(where), "")
+    _check(config, _Origins(where))
     return config
+
+
+MAX_CONFIG_BYTES = 2**20
+
+
+class _Origins:
+    """Where a key's value came from, for messages: the ``--set`` override that set it, else the file."""
+
+    def __init__(self, default: str) -> None:
+        self.default = default
+        self.keys: dict[str, str] = {}
+
+    def __call__(self, *keys: str) -> str:
+        for key in keys:
+            while key:
+                if key in self.keys:
+                    return self.keys[key]
+                key = key.rpartition(".")[0]
+        return self.default
+
+
+def _abbreviated(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def save_config(config: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def _apply_override(data: dict[str, Any], override: str) -> None:
+def _apply_override(data: dict[str, Any], override: str) -> str:
+    """Put one ``section.key=value`` into ``data``; returns the key. The value is YAML (a string if not)."""
     key, sep, text = override.partition("=")
+    label = f"--set {_abbreviated(override)}"
     if not sep or not key.strip():
-        raise ConfigError(f"--set {override!r}: expected section.key=value")
+        raise ConfigError(f"{label}: expected section.key=value")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml(text, label)
+    except NotValid:
         value = text
+    except InputError as error:
+        raise ConfigError(str(error)) from None
     node = data
     parts = key.strip().split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {override!r}: {part} is not a section")
+            raise ConfigError(f"{label}: {part} is not a section")
     node[parts[-1]] = value
+    return key.strip()
 
 
-def _build(cls: type, data: Any, where: str, prefix: str):
+def _build(cls: type, data: Any, where: _Origins, prefix: str):
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'top level'} must be a mapping of keys")
+        section = prefix.rstrip(".")
+        raise ConfigError(f"{where(section)}: {section or 'top level'} must be a mapping of keys, got {shown(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in data:
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key '{prefix}{key}'{_suggestion(key, prefix)}")
+            name = f"{prefix}{key}"
+            raise ConfigError(f"{where(name)}: unknown key {shown(name)}{_suggestion(str(key), prefix)}")
     values = {}
     for name, value in data.items():
         kind = hints[name]
         if dataclasses.is_dataclass(kind):
             values[name] = _build(kind, value, where, f"{prefix}{name}.")
         else:
-            values[name] = _coerce(value, kind, f"{prefix}{name}", where)
+            values[name] = _coerce(value, kind, f"{prefix}{name}", where(f"{prefix}{name}"))
     return cls(**values)
 
 
@@ -260,7 +384,7 @@ def _coerce(value: Any, kind: Any, key: str, where: str) -> Any:
     if origin is list:
         (item,) = typing.get_args(kind)
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: {key} must be a list of {item.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: {key} must be a list of {item.__name__}, got {shown(value)}")
         return [_coerce(v, item, key, where) for v in value]
     if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:  # PyYAML reads 3e-4 (no dot) as a string
@@ -270,41 +394,40 @@ def _coerce(value: Any, kind: Any, key: str, where: str) -> Any:
     if kind is str and value is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: {key} must be {kind.__name__}, got {shown(value)}")
     return value
 
 
-def _check(config: Config, where: str) -> None:
-    """Value checks beyond types: choices, positive sizes, lengths that must agree."""
+def _check(config: Config, where: _Origins) -> None:
+    """Value checks beyond types: ``CHOICES``, ``DOMAINS``, then the rules between keys."""
     for key, choices in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value = _value(config, key)
         if value not in choices:
-            raise ConfigError(f"{where}: {key} is {value!r}; choose one of {', '.join(choices)}")
+            raise ConfigError(f"{where(key)}: {key} is {shown(value)}; choose one of {', '.join(choices)}")
+    for key, domain in DOMAINS.items():
+        value = _value(config, key)
+        if value is not None and not domain.accepts(value):
+            raise ConfigError(f"{where(key)}: {key} must be {domain.text}, got {shown(value)}")
     model = config.model
     if len(model.attention_levels) != len(model.channels):
-        raise ConfigError(f"{where}: model.attention_levels needs one entry per level of model.channels "
-                          f"({len(model.channels)})")
+        raise ConfigError(f"{where('model.attention_levels', 'model.channels')}: model.attention_levels needs one "
+                          f"entry per level of model.channels ({len(model.channels)})")
     for channels in model.channels:
         if channels % model.norm_num_groups or channels % model.attention_heads:
-            raise ConfigError(f"{where}: model.channels {channels} must be divisible by model.norm_num_groups "
+            raise ConfigError(f"{where('model.channels', 'model.norm_num_groups', 'model.attention_heads')}: "
+                              f"model.channels {channels} must be divisible by model.norm_num_groups "
                               f"({model.norm_num_groups}) and model.attention_heads ({model.attention_heads})")
     training = config.training
     if training.max_steps is None and training.epochs is None:
-        raise ConfigError(f"{where}: set training.max_steps or training.epochs")
-    positive = {"training.batch_size": training.batch_size, "training.grad_accumulation": training.grad_accumulation,
-                "training.log_interval": training.log_interval, "training.val_interval": training.val_interval,
-                "training.checkpoint_interval": training.checkpoint_interval, "data.patch_thick_slices":
-                config.data.patch_thick_slices, "validation.val_steps": config.validation.val_steps,
-                "inference.steps": config.inference.steps, "inference.window_batch": config.inference.window_batch,
-                "codec.encode_chunk": config.codec.encode_chunk,
-                "codec.decode_chunk": config.codec.decode_chunk}
-    if config.codec.overlap < 0:
-        raise ConfigError(f"{where}: codec.overlap must be 0 or more, got {config.codec.overlap}")
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{where}: {key} must be at least 1, got {value}")
-    if not 0 <= config.inference.overlap < 1:
-        raise ConfigError(f"{where}: inference.overlap must be in [0, 1)")
-    if not 0 <= config.diffusion.mean_fraction <= 1:
-        raise ConfigError(f"{where}: diffusion.mean_fraction must be in [0, 1]")
+        raise ConfigError(f"{where('training.max_steps', 'training.epochs')}: set training.max_steps or "
+                          "training.epochs")
+    timesteps = config.diffusion.num_train_timesteps
+    for key in ("inference.steps", "validation.val_steps"):
+        if _value(config, key) > timesteps:
+            raise ConfigError(f"{where(key, 'diffusion.num_train_timesteps')}: {key} ({_value(config, key)}) "
+                              f"must be at most diffusion.num_train_timesteps ({timesteps})")
+
+
+def _value(config: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)

@@ -48,14 +48,16 @@ def tiny_config_path() -> Path:
 def run_demo(out: Path, inputs: list[Path] | None = None, minutes: float = 4.0, device: str = "cpu") -> DemoResult:
     started = time.time()
     check_output(out, inputs=inputs or (), folder=True)
-    out.mkdir(parents=True, exist_ok=True)
+    cache, splits = out / "cache.h5", out / "splits.json"
+    config = load_config(tiny_config_path(), [f"data.cache={cache}", f"data.splits={splits}",
+                                              "training.max_steps=100000", f"training.time_limit_minutes={minutes}",
+                                              "training.val_interval=100000", f"hardware.device={device}"])
+    out.mkdir(parents=True, exist_ok=True)  # the config (--device, --minutes) is checked before any work
     raw = list(inputs) if inputs else [_synthesise(out / "raw")]
 
     console.rule("1/5 preprocess")
-    cache = out / "cache.h5"
     run_preprocess(raw, cache, PreprocessOptions(thick_spacing=5.0, thin_spacing=1.0))
     console.rule("2/5 split")
-    splits = out / "splits.json"
     with Cache(cache) as opened:
         cases = len(opened.case_ids())
     if cases < 3:
@@ -63,9 +65,6 @@ def run_demo(out: Path, inputs: list[Path] | None = None, minutes: float = 4.0, 
     split = run_split(cache, splits, val=1 / cases, test=1 / cases, seed=0)
 
     console.rule(f"3/5 train (tiny CPU config, at most {minutes:g} min)")
-    config = load_config(tiny_config_path(), [f"data.cache={cache}", f"data.splits={splits}",
-                                              "training.max_steps=100000", f"training.time_limit_minutes={minutes}",
-                                              "training.val_interval=100000", f"hardware.device={device}"])
     run_dir = out / "run"
     from ctslice.training.trainer import train
 

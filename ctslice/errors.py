@@ -6,6 +6,18 @@ Any other ``CtsliceError`` is a failure of a run that was set up correctly: exit
 Both carry a message meant to be printed as is, without a traceback.
 """
 
+import reprlib
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 6
+_SHORT.maxlevel = 3
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` abbreviated (``reprlib``), so that a huge value in a message stays one short line."""
+    return _SHORT.repr(value)
+
 
 def first_line(error: BaseException, limit: int | None = None) -> str:
     """The first line of an exception's message (its type's name when it has none), for a one-line error."""

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from ctslice.errors import InputError
+from ctslice.errors import InputError, shown
 
 
 def resolve_device(requested: str | None) -> torch.device:
@@ -24,14 +24,14 @@ def resolve_device(requested: str | None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise InputError(f"--device {requested!r}: expected cpu, cuda or cuda:N") from None
+        raise InputError(f"--device {shown(requested)}: expected cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"--device {requested}: CUDA is not available on this machine (use --device cpu)")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise InputError(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif device.type != "cpu":
-        raise InputError(f"--device {requested!r}: expected cpu, cuda or cuda:N")
+        raise InputError(f"--device {shown(requested)}: expected cpu, cuda or cuda:N")
     return device
 
 

@@ -35,7 +35,8 @@ def test_misspelled_key_names_the_closest_valid_key(tmp_path):
     ("training.lr=[1]", "training.lr must be float"),
     ("model.channels=[16, 32]", "attention_levels needs one entry per level"),
     ("codec.name=vqgan", "codec.name is 'vqgan'; choose one of identity, maisi"),
-    ("training.batch_size=0", "training.batch_size must be at least 1"),
+    ("training.batch_size=0",
+     r"^--set training.batch_size=0: training.batch_size must be an integer from 1 to 4,096, got 0$"),
     ("training", "expected section.key=value"),
 ])
 def test_wrong_values_fail_before_any_work(override, message):

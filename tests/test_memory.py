@@ -213,7 +213,7 @@ def test_device_memory_text():
 @pytest.mark.parametrize("args, message", [
     (["--device-memory", "lots"], "--device-memory 'lots'"),
     (["--volume", "300x512"], "--volume '300x512'"),
-    (["--ratio", "0"], "--ratio 0"),
+    (["--ratio", "0"], "Invalid value for '--ratio': must be a finite number from 1 to 100, got '0'"),
     (["--device", "gpu"], "--device 'gpu'"),
     (["--set", "model.chanels=[8]"], "did you mean 'model.channels'"),
 ])

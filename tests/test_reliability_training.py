@@ -309,7 +309,7 @@ def test_out_of_memory_is_one_line_with_what_to_change(error, step, lost, datase
 def test_memory_savings_follow_the_config():
     frugal = load_config(None, [*TINY, "training.precision=bf16", "model.gradient_checkpointing=true",
                                 "training.batch_size=1", "data.patch_thick_slices=1", "data.patch_size=2",
-                                "inference.window_size=2"])
+                                "inference.window_size=16"])  # the smallest window accepted
     assert set_options(frugal, "cpu") == []
     maisi = set_options(load_config(None, ["codec.name=maisi", "data.patch_size=16"]), "cuda")
     assert "data.patch_size=8" not in maisi  # 16 is the U-Net's smallest side: 2 x 2 levels x 4 (VAE)
@@ -332,8 +332,8 @@ def test_out_of_memory_during_infer_is_one_line_and_writes_nothing(reference, tm
 
 
 @pytest.mark.parametrize("config, extra, message", [
-    ("training:\n  max_steps: ten\n", [], "training.max_steps must be int, got 'ten'"),
-    ("{}\n", ["--set", "training.checkpoint_every=5"],
+    ("training:\n  max_steps: ten\n", [], "{path}: training.max_steps must be int, got 'ten'"),
+    ("{}\n", ["--set", "training.checkpoint_every=5"], "--set training.checkpoint_every=5: "
      "unknown key 'training.checkpoint_every' (did you mean 'training.checkpoint_interval'?)"),
 ], ids=["wrong type in the file", "unknown key in --set"])
 def test_bad_config_fails_before_any_work(config, extra, message, dataset, tmp_path, cli):
@@ -341,5 +341,5 @@ def test_bad_config_fails_before_any_work(config, extra, message, dataset, tmp_p
     path.write_text(config)
     result = cli("train", "--config", path, *extra, "--out", tmp_path / "run")
     assert result.exit_code == 2
-    assert error_line(result.output) == f"error: {path}: {message}"
+    assert error_line(result.output) == "error: " + message.format(path=path)
     assert not (tmp_path / "run").exists()

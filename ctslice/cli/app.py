@@ -7,6 +7,7 @@ Expected failures (``CtsliceError``) become one red line on stderr and the error
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 from collections.abc import Callable, Iterator
@@ -43,8 +44,35 @@ class Command(TyperCommand):
 
 
 class Group(TyperGroup):
+    """The root command. A wrong command line (a bad option value, a missing argument) is one line and exit
+    code 2, as every other bad input, rather than Typer's usage text and error box (a script's log keeps
+    only the reason)."""
+
     def get_params(self, ctx) -> list:
         return _without_flag_types(super().get_params(ctx))
+
+    def make_context(self, *args, **kwargs):
+        with _one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _one_line():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line():
+    try:
+        yield
+    except typer.TyperException as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # `ctslice` alone prints the help
+            raise
+        from ctslice.console import error as print_error
+
+        context = getattr(error, "ctx", None)
+        hint = f" (see {context.command_path} --help)" if context is not None else ""
+        print_error(" ".join(error.format_message().split()) + hint)
+        raise typer.Exit(getattr(error, "exit_code", 2)) from None
 
 
 app = typer.Typer(

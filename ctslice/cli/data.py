@@ -8,6 +8,7 @@ from typing import Literal
 import typer
 
 from ctslice.cli.app import command
+from ctslice.cli.domains import SEED, SPACING, number
 
 
 @command("preprocess", example="ctslice preprocess scans/ study.zip -o cache.h5 --thick-spacing 5 --thin-spacing 1 "
@@ -17,20 +18,25 @@ def preprocess(
                                         "study folders/zips with a thick and a thin series, or folders of "
                                         "these. With --merge: shard caches to merge."),
     output: Path = typer.Option(..., "-o", "--output", help="The HDF5 cache to create or update."),
-    thick_spacing: float = typer.Option(5.0, help="Thick slice spacing (mm) simulated from thin-only scans."),
-    thin_spacing: float = typer.Option(1.0, help="Thin slice spacing (mm) the thin volumes are resampled to."),
-    size: int = typer.Option(0, help="Resample in-plane to SIZE x SIZE (0: keep the scan's matrix)."),
+    thick_spacing: float = number(5.0, "--thick-spacing", help="Thick slice spacing (mm) simulated from thin-only "
+                                  "scans.", **SPACING),
+    thin_spacing: float = number(1.0, "--thin-spacing", help="Thin slice spacing (mm) the thin volumes are resampled "
+                                 "to.", **SPACING),
+    size: int = number(0, "--size", help="Resample in-plane to SIZE x SIZE (0: keep the scan's matrix).", low=0,
+                       high=4096, integer=True),
     profile: Literal["slab", "gaussian"] = typer.Option("slab", help="Simulated slice profile: slab (box average) "
                                                         "or gaussian."),
-    min_slices: int = typer.Option(8, help="Reject thick volumes with fewer slices than this."),
-    workers: int = typer.Option(1, help="Parallel worker processes (one writer)."),
+    min_slices: int = number(8, "--min-slices", help="Reject thick volumes with fewer slices than this.", low=1,
+                             high=10_000, integer=True),
+    workers: int = number(1, "--workers", help="Parallel worker processes (one writer).", low=1, high=256,
+                          integer=True),
     shard: str = typer.Option(None, help="Process only shard I of N (I/N, 0-based), as in a Kubernetes "
                               "Indexed Job; merge the shard caches with --merge."),
     merge: bool = typer.Option(False, "--merge", help="Merge the shard caches given as INPUTS into -o."),
     no_tilt_correction: bool = typer.Option(False, "--no-tilt-correction", help="Refuse tilted-gantry DICOM "
                                             "series instead of resampling them onto an untilted grid."),
-    z_spacing: float = typer.Option(None, "--z-spacing", help="Slice spacing (mm) for tilted or unevenly "
-                                    "spaced DICOM series (default: each one's smallest step)."),
+    z_spacing: float = number(None, "--z-spacing", help="Slice spacing (mm) for tilted or unevenly spaced DICOM "
+                              "series (default: their smallest step).", low=0.05, high=20.0),
 ) -> None:
     """Turn raw CT scans into (thick, thin) pairs in one HDF5 cache (int16 HU, with geometry)."""
     from ctslice.data.preprocess import PreprocessOptions, parse_shard, run_merge, run_preprocess
@@ -54,9 +60,9 @@ def split(
     cache: Path = typer.Argument(..., help="The HDF5 cache written by `ctslice preprocess`."),
     output: Path = typer.Option(..., "-o", "--output", help="splits.json to write (or update: existing "
                                 "assignments are kept)."),
-    val: float = typer.Option(0.15, help="Fraction of patients for validation."),
-    test: float = typer.Option(0.10, help="Fraction of patients for testing."),
-    seed: int = typer.Option(42, help="Seed of the assignment."),
+    val: float = number(0.15, "--val", help="Fraction of patients for validation.", low=0, high=0.99),
+    test: float = number(0.10, "--test", help="Fraction of patients for testing.", low=0, high=0.99),
+    seed: int = number(42, "--seed", help="Seed of the assignment.", **SEED),
 ) -> None:
     """Patient-level train/val/test split of the cases that preprocessed successfully."""
     from ctslice.data.splits import run_split

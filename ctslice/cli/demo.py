@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ctslice.cli.app import command
+from ctslice.cli.domains import number
 
 
 @command("demo", example="ctslice demo --out ctslice-demo --minutes 4")
@@ -14,7 +15,7 @@ def demo(
     out: Path = typer.Option(Path("ctslice-demo"), "--out", help="Folder for everything the demo writes."),
     inputs: list[Path] = typer.Option(None, "--input", help="Use these scans instead of phantoms (repeatable; "
                                       "thin scans, e.g. ../shared/data/ct/*.nii.gz)."),
-    minutes: float = typer.Option(4.0, "--minutes", help="Training time budget."),
+    minutes: float = number(4.0, "--minutes", help="Training time budget.", low=0, high=7 * 24 * 60, above=True),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
 ) -> None:
     """Synthesise scans, preprocess, split, train briefly, validate and infer, in minutes on a CPU."""

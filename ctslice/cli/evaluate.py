@@ -8,6 +8,7 @@ from typing import Literal
 import typer
 
 from ctslice.cli.app import command, stopped_cleanly
+from ctslice.cli.domains import SEED, SPACING, number
 
 
 @command("validate", example="ctslice validate --checkpoint runs/tiny/checkpoints/best.pt --cache cache.h5 "
@@ -17,7 +18,8 @@ def validate(
     cache: Path = typer.Option(..., "--cache", help="HDF5 cache."),
     splits: Path = typer.Option(..., "--splits", help="splits.json."),
     split: Literal["val", "test"] = typer.Option("test", "--split", help="The split to evaluate."),
-    steps: int = typer.Option(None, "--steps", help="DDIM steps (default: the checkpoint's)."),
+    steps: int = number(None, "--steps", help="DDIM steps (default: the checkpoint's).", low=1, high=10_000,
+                        integer=True),
     out: Path = typer.Option(None, "--out", help="Folder for the report and figures."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as one JSON document."),
     mode: Literal["mean", "sample"] | None = typer.Option(None, "--mode", help="Deterministic mean or diffusion "
@@ -41,18 +43,20 @@ def infer(
                                                                         "baseline instead of the model."),
     mode: Literal["mean", "sample"] = typer.Option("mean", "--mode", help="mean: deterministic best-PSNR estimate; "
                                                    "sample: diffusion."),
-    samples: int = typer.Option(1, "--samples", help="Diffusion samples to draw (their mean is written)."),
+    samples: int = number(1, "--samples", help="Diffusion samples to draw (their mean is written).", low=1, high=100,
+                          integer=True),
     std_out: Path = typer.Option(None, "--std-out", help="Also write the per-voxel std between samples here."),
-    thin_spacing: float = typer.Option(None, "--thin-spacing", help="Output slice spacing in mm "
-                                       "(default: the model's, or 1.0 for --method)."),
-    steps: int = typer.Option(None, "--steps", help="DDIM steps for sampling (default: the model's config)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the noise (sample i uses seed + i)."),
+    thin_spacing: float = number(None, "--thin-spacing", help="Output slice spacing in mm (default: the model's, "
+                                 "or 1.0 for --method).", **SPACING),
+    steps: int = number(None, "--steps", help="DDIM steps for sampling (default: the model's config).", low=1,
+                        high=10_000, integer=True),
+    seed: int = number(0, "--seed", help="Seed of the noise (sample i uses seed + i).", **SEED),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA if available)."),
     vae_checkpoint: Path = typer.Option(None, "--vae-checkpoint", help="MAISI VAE weights for a maisi model."),
     no_tilt_correction: bool = typer.Option(False, "--no-tilt-correction", help="Refuse a tilted-gantry DICOM "
                                             "series instead of resampling it onto an untilted grid."),
-    z_spacing: float = typer.Option(None, "--z-spacing", help="Slice spacing (mm) for a tilted or unevenly "
-                                    "spaced DICOM series (default: its smallest step)."),
+    z_spacing: float = number(None, "--z-spacing", help="Slice spacing (mm) for a tilted or unevenly spaced DICOM "
+                              "series (default: its smallest step).", low=0.05, high=20.0),
 ) -> None:
     """Turn a thick-slice scan into a thin-slice scan that overlays it exactly (int16 HU)."""
     from ctslice.inference.run import run_infer

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ctslice.cli.app import command
+from ctslice.cli.domains import number
 
 SET_HELP = "Override a config key, e.g. --set training.max_steps=100 (repeatable)."
 CONFIG_HELP = "YAML config: a file, or the name of a shipped one (`ctslice configs` lists them)."
@@ -24,9 +25,10 @@ def train(
 ) -> None:
     """Train the denoising U-Net on the cache (BF16 on CUDA; DDP when launched with torchrun)."""
     from ctslice.config import load_config
+
+    settings = load_config(config, with_vae(overrides, vae_checkpoint))  # before torch is even imported
     from ctslice.training.trainer import train as run_training
 
-    settings = load_config(config, with_vae(overrides, vae_checkpoint))
     run_training(settings, out or Path("runs") / config.stem, resume=resume, device_name=device)
 
 
@@ -45,16 +47,18 @@ def inspect_memory(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
     device: str = typer.Option(None, "--device", help="cpu or cuda: what to predict for (and measure on); "
                                                       "default: the config's, predicting for CUDA unless it is cpu."),
-    ratio: float = typer.Option(None, "--ratio", help="Thick/thin spacing ratio (default: from data.cache, else 5)."),
+    ratio: float = number(None, "--ratio", help="Thick/thin spacing ratio (default: from data.cache, else 5).",
+                          low=1, high=100),
     volume: str = typer.Option(None, "--volume", help="Largest thin volume DxHxW, e.g. 300x512x512 "
                                                       "(default: from data.cache, else 300x512x512)."),
 ) -> None:
     """Predict (and optionally measure) the memory a config needs, per component."""
     from ctslice.config import load_config
+
+    settings = load_config(config, overrides)  # before torch is even imported
     from ctslice.console import stdout
     from ctslice.memory import inspect, render, to_json
 
-    settings = load_config(config, overrides)
     inspection = inspect(settings, device=device, device_memory=device_memory, measure=measure, ratio=ratio,
                          volume=volume)
     if json_output:

@@ -42,6 +42,7 @@ from ctslice.data.pairs import Pair
 from ctslice.errors import CtsliceError, InputError, first_line
 from ctslice.io.paths import shown
 from ctslice.io.volume import Grid, Volume
+from ctslice.parsing import load_json
 
 FORMAT_VERSION = 1
 CHUNK_SLICES = 8
@@ -221,7 +222,7 @@ class Cache:
 
     def options(self, case_id: str) -> dict:
         """The preprocessing options the case was built with (thick/thin spacing, size, profile)."""
-        return json.loads(self._group(case_id).attrs["options"])
+        return load_json(self._group(case_id).attrs["options"], f"{self.path}: case {case_id!r} options")
 
     def failures(self) -> list[Failure]:
         return [Failure(k, str(g.attrs["source"]), str(g.attrs["reason"])) for k, g in self.file["failures"].items()]

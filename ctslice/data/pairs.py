@@ -20,7 +20,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from ctslice.errors import InputError
-from ctslice.io.geometry import resample, slice_ratio, thin_grid
+from ctslice.io.geometry import checked_depth, resample, slice_ratio, thin_grid
 from ctslice.io.intensity import cast_rounded
 from ctslice.io.volume import Grid, Volume
 
@@ -45,7 +45,7 @@ def resample_slices(volume: Volume, spacing: float) -> Volume:
     """``volume`` resampled along z to ``spacing`` over the same extent (linear; in-plane untouched)."""
     if abs(volume.spacing[2] - spacing) < 1e-3:
         return volume
-    depth = int(math.floor((volume.depth - 1) * volume.spacing[2] / spacing + 1e-6)) + 1
+    depth = int(math.floor(checked_depth((volume.depth - 1) * volume.spacing[2], spacing, volume.grid.size[:2]))) + 1
     grid = Grid((volume.grid.size[0], volume.grid.size[1], depth),
                 (volume.spacing[0], volume.spacing[1], spacing), volume.origin, volume.direction)
     out = resample(volume, grid, "linear")

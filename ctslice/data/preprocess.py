@@ -29,7 +29,7 @@ from ctslice.data.checks import check_ct_volume
 from ctslice.data.discover import CaseSource, find_cases
 from ctslice.data.lock import writer_lock
 from ctslice.data.pairs import Pair, real_pair, resample_inplane, simulate_pair
-from ctslice.errors import CtsliceError, InputError, first_line
+from ctslice.errors import CtsliceError, InputError, first_line, shown
 from ctslice.io import ReadOptions, extracted, find_series, read_volume
 from ctslice.io.dicom import check_z_spacing
 from ctslice.io.paths import check_output
@@ -68,7 +68,7 @@ class PreprocessOptions:
         if self.size < 0 or self.size in (1, 2, 3):
             raise InputError(f"--size {self.size}: give 0 (keep the matrix) or a matrix size such as 512")
         if self.profile not in ("slab", "gaussian"):
-            raise InputError(f"--profile {self.profile!r}: use slab or gaussian")
+            raise InputError(f"--profile {shown(self.profile)}: use slab or gaussian")
         check_z_spacing(self.z_spacing)
 
 
@@ -94,9 +94,9 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise InputError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+        raise InputError(f"--shard {shown(text)}: expected I/N, e.g. 0/4") from None
     if not 0 <= index < count:
-        raise InputError(f"--shard {text!r}: need 0 <= I < N")
+        raise InputError(f"--shard {shown(text)}: need 0 <= I < N")
     return index, count
 
 

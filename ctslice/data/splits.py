@@ -25,6 +25,7 @@ from ctslice.console import console, stdout, warn
 from ctslice.data.cache import Cache
 from ctslice.errors import InputError
 from ctslice.io.paths import check_output
+from ctslice.parsing import load_json, read_text
 
 SPLITS = ("train", "val", "test")
 
@@ -63,11 +64,9 @@ def _targets(count: int, val: float, test: float) -> dict[str, int]:
 def read_splits(path: Path, case_ids: list[str] | None = None) -> dict[str, list[str]]:
     """Load and check a splits file: lists of strings, no case in two splits, ids known to the cache."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = load_json(read_text(path, "a splits file"), str(path))
     except FileNotFoundError:
         raise InputError(f"{path}: no such splits file (create it with `ctslice split`)") from None
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
     if not isinstance(data, dict) or not any(name in data for name in SPLITS):
         raise InputError(f"{path}: expected an object with train/val/test lists")
     splits = {}

@@ -14,7 +14,7 @@ import numpy as np
 from ctslice.console import console, progress, stdout
 from ctslice.data.cache import Cache
 from ctslice.data.splits import read_splits
-from ctslice.errors import InputError
+from ctslice.errors import InputError, shown
 from ctslice.evaluation import metrics
 from ctslice.evaluation.baselines import METHODS, interpolate
 from ctslice.evaluation.figures import comparison_figure
@@ -33,7 +33,7 @@ def run_validate(checkpoint: Path | None, cache_path: Path, splits_path: Path, s
     from ctslice.inference.loading import load_model
 
     if split not in ("train", "val", "test"):
-        raise InputError(f"--split {split!r}: choose val or test (or train)")
+        raise InputError(f"--split {shown(split)}: choose val or test (or train)")
     with Cache(cache_path) as cache:
         case_ids = read_splits(splits_path, cache.case_ids())[split]
     if not case_ids:

@@ -19,6 +19,7 @@ from ctslice.errors import CtsliceError, InputError, first_line
 from ctslice.evaluation.baselines import METHODS, interpolate
 from ctslice.hardware import configure, is_out_of_memory, memory_line, reset_peak_memory, resolve_device
 from ctslice.io import WRITABLE_SUFFIXES, ReadOptions, read_scan, write_volume
+from ctslice.io.geometry import thin_grid
 from ctslice.io.intensity import cast_rounded
 from ctslice.io.paths import check_output, ensure_space
 from ctslice.io.volume import Volume
@@ -60,6 +61,8 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
         check_ct_volume(thick, "input")
     except InputError as error:  # the checks judge an array; the user needs to know which file
         raise InputError(f"{input}: {error}") from None
+    if thin_spacing is not None:
+        thin_grid(thick.grid, thin_spacing)  # refuses an output grid beyond the limits before any work
     if method:
         spacing = thin_spacing or DEFAULT_THIN_SPACING
         _check_space(thick, spacing, outputs)

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.interpolate import make_interp_spline
 
+from ctslice.errors import InputError
 from ctslice.io.volume import Grid, Volume
 
 INTERPOLATORS = {
@@ -27,10 +28,20 @@ INTERPOLATORS = {
 }
 
 
+# The largest thin grid any caller may ask for, checked from the input's extent before anything is
+# allocated: a spacing of 1e-5 mm would otherwise ask for millions of slices and end in a MemoryError.
+# A whole-body CT at 0.5 mm has 4,000 slices; 512 x 512 x 20,000 int16 is 10 GiB.
+MAX_THIN_SLICES = 20_000
+MAX_THIN_BYTES = 8 * 2**30  # of int16 output
+
+
 def thin_grid(thick: Grid, thin_spacing: float) -> Grid:
-    """The thin grid that covers the thick slabs of ``thick`` (see the module docstring)."""
+    """The thin grid that covers the thick slabs of ``thick`` (see the module docstring).
+
+    Raises ``InputError`` for a grid beyond the limits of ``checked_depth``.
+    """
     thick_spacing = thick.spacing[2]
-    depth = int(math.floor(thick.size[2] * thick_spacing / thin_spacing + 1e-6))
+    depth = int(math.floor(checked_depth(thick.size[2] * thick_spacing, thin_spacing, thick.size[:2])))
     origin = thick.shifted_along_slices(-(thick_spacing - thin_spacing) / 2.0)
     return Grid(
         size=(thick.size[0], thick.size[1], depth),
@@ -38,6 +49,20 @@ def thin_grid(thick: Grid, thin_spacing: float) -> Grid:
         origin=origin,
         direction=thick.direction,
     )
+
+
+def checked_depth(extent: float, thin_spacing: float, inplane: tuple[int, int]) -> float:
+    """``extent`` mm / ``thin_spacing`` slices, refused (``InputError``) for a spacing that is not a
+    positive number or a grid of ``inplane`` slices beyond ``MAX_THIN_SLICES`` or ``MAX_THIN_BYTES``."""
+    if not (math.isfinite(thin_spacing) and thin_spacing > 0):
+        raise InputError(f"thin spacing {thin_spacing}: must be a positive number of mm")
+    depth = extent / thin_spacing + 1e-6
+    size = depth * inplane[0] * inplane[1] * 2
+    if not depth <= MAX_THIN_SLICES or not size <= MAX_THIN_BYTES:
+        raise InputError(f"a thin spacing of {thin_spacing:g} mm over this scan's {extent:g} mm makes {depth:,.0f} "
+                         f"slices of {inplane[0]} x {inplane[1]} ({size / 2**30:,.2f} GiB as int16); at most "
+                         f"{MAX_THIN_SLICES:,} slices and {MAX_THIN_BYTES / 2**30:g} GiB are allowed")
+    return depth
 
 
 def slice_ratio(thick_spacing: float, thin_spacing: float) -> int | None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ctslice.config import Config
-from ctslice.errors import InputError
+from ctslice.config import DOMAINS, Config
+from ctslice.errors import InputError, shown
 from ctslice.memory.estimate import GIB, MemoryEstimate, changes_parts, estimate_memory, with_overrides
 from ctslice.memory.workload import codec_class
 
@@ -61,15 +61,19 @@ class Suggestion:
         return " ".join(f"--set {setting}" for setting in self.settings)
 
 
+MAX_DEVICE_MEMORY = 1024 * 2**40  # bytes: a petabyte is no device
+
+
 def parse_device_memory(text: str, device_type: str = "cuda") -> list[DeviceMemory]:
     """'80GB', '80', '40GiB', '24,40,80' -> device memories (GB here means 2^30 bytes, as nvidia-smi's)."""
     memories = []
     for part in text.split(","):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", part)
+        match = re.fullmatch(r"\s*(\d{1,9}(?:\.\d{1,9})?)\s*([a-zA-Z]*)\s*", part)
         unit = match and match.group(2).lower()
-        if not match or unit not in _UNITS or float(match.group(1)) <= 0:
-            raise InputError(f"--device-memory {text!r}: expected a size such as 80GB, or several such as 24,40,80")
-        size = float(match.group(1)) * _UNITS[unit]
+        size = float(match.group(1)) * _UNITS[unit] if match and unit in _UNITS else 0
+        if not 0 < size <= MAX_DEVICE_MEMORY:
+            raise InputError(f"--device-memory {shown(text)}: expected a size such as 80GB (up to "
+                             f"{MAX_DEVICE_MEMORY // 2**40} TB), or several such as 24,40,80")
         memories.append(DeviceMemory(int(size), f"{size / GIB:g} GB", device_type))
     return memories
 
@@ -154,7 +158,7 @@ def savings(config: Config, device_type: str) -> list[tuple[str, dict[str, objec
         smaller = max(4, codec.encode_chunk // 8 * 4)
         candidates.append((f"smaller encode chunk ({codec.encode_chunk} -> {smaller} slices)",
                            {"codec.encode_chunk": smaller}))
-    if config.inference.window_size // 2 >= smallest_side:
+    if config.inference.window_size // 2 >= max(smallest_side, DOMAINS["inference.window_size"].low):
         candidates.append((f"smaller inference window ({config.inference.window_size} -> "
                            f"{config.inference.window_size // 2} pixels)",
                            {"inference.window_size": config.inference.window_size // 2}))

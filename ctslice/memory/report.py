@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.table import Table
 
 from ctslice.config import Config
-from ctslice.errors import InputError
+from ctslice.errors import InputError, shown
 from ctslice.memory.advice import (
     DeviceMemory,
     Suggestion,
@@ -51,7 +51,7 @@ def inspect(config: Config, *, device: str | None = None, device_memory: str | N
 
     name = (device or config.hardware.device).strip().lower()
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise InputError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+        raise InputError(f"--device {shown(name)}: expected cpu, cuda or cuda:N")
     measure_device = resolve_device(name) if measure else None
     device_type = measure_device.type if measure_device else ("cpu" if name == "cpu" else "cuda")
     if ratio is not None and ratio <= 0:
@@ -150,10 +150,14 @@ def _ratio(measurement: Measurement, estimate: MemoryEstimate) -> float | None:
     return round(measurement.bytes / max(1, _predicted(estimate, measurement.part)), 3)
 
 
+MAX_VOLUME_SIDE = 65_536
+
+
 def _parse_volume(text: str) -> tuple[int, int, int]:
     sizes = re.split(r"\s*[x,]\s*", text.strip().lower())
-    if len(sizes) != 3 or not all(s.isdigit() and int(s) > 0 for s in sizes):
-        raise InputError(f"--volume {text!r}: expected thin-slice depth x height x width, e.g. 300x512x512")
+    if len(sizes) != 3 or not all(re.fullmatch(r"\d{1,6}", s) and 0 < int(s) <= MAX_VOLUME_SIDE for s in sizes):
+        raise InputError(f"--volume {shown(text)}: expected thin-slice depth x height x width from 1 to "
+                         f"{MAX_VOLUME_SIDE:,} each, e.g. 300x512x512")
     return tuple(int(s) for s in sizes)
 
 

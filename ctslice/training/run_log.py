@@ -3,11 +3,11 @@ TensorBoard events, both written by rank 0 only."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from ctslice.jsonsafe import dumps
+from ctslice.parsing import load_json, read_text
 
 
 class RunLog:
@@ -39,4 +39,7 @@ class RunLog:
 
 def read_log(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not path.exists():
+        return []
+    lines = enumerate(read_text(path, "a run log").splitlines(), start=1)
+    return [load_json(line, f"{path}, line {number}") for number, line in lines if line.strip()]
