@@ -125,7 +125,7 @@ def test_samples_write_mean_and_std(trained, tmp_path, cli):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "bicubic"], "choose one of linear, cubic, lanczos"),
+    (["--method", "bicubic"], "'bicubic' is not one of 'linear', 'cubic', 'lanczos'"),
     (["--method", "cubic", "--checkpoint", "x.pt"], "not both"),
     (["--std-out", "std.nii.gz"], "needs --samples 2"),
     (["--checkpoint", "missing.pt"], "no such checkpoint"),
@@ -135,6 +135,7 @@ def test_infer_rejects_bad_options_in_one_line(args, message, tmp_path, cli):
     result = cli("infer", source, "-o", tmp_path / "out.nii.gz", *args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "out.nii.gz").exists()
 
 
