@@ -83,7 +83,7 @@ class TrainingConfig:
     warmup_steps: int = 0
     warmup_epochs: float | None = None  # overrides warmup_steps when set
     grad_clip: float = 1.0
-    precision: str = "bf16"  # bf16 or fp32
+    precision: str = "auto"  # auto (bf16 where the device runs it fast, else fp32), bf16 or fp32
     log_interval: int = 10
     val_interval: int = 500
     checkpoint_interval: int = 2000
@@ -134,7 +134,7 @@ CHOICES = {
     "codec.name": ("identity", "maisi"),
     "diffusion.schedule": ("cosine", "linear_beta", "scaled_linear_beta", "sigmoid_beta"),
     "diffusion.prediction_type": ("sample", "epsilon", "v_prediction"),
-    "training.precision": ("bf16", "fp32"),
+    "training.precision": ("auto", "bf16", "fp32"),
     "validation.mode": ("mean", "sample"),
 }
 
@@ -164,6 +164,11 @@ def config_from_dict(data: dict[str, Any], where: str = "checkpoint config") -> 
     config = _build(Config, data, where, "")
     _check(config, where)
     return config
+
+
+def with_precision(config: Config, precision: str) -> Config:
+    """``config`` with ``training.precision`` set (a resolved one: what autocast actually uses)."""
+    return dataclasses.replace(config, training=dataclasses.replace(config.training, precision=precision))
 
 
 def save_config(config: Config, path: Path) -> None:

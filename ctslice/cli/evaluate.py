@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ctslice.cli.app import command
+from ctslice.cli.app import PrecisionChoice, command, precision_option, threads_option
 
 
 @command("validate")
@@ -21,12 +21,14 @@ def validate(
     mode: str = typer.Option(None, "--mode", help="mean or sample (default: the checkpoint's validation.mode)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA if available)."),
     vae_checkpoint: Path = typer.Option(None, "--vae-checkpoint", help="MAISI VAE weights for a maisi model."),
+    precision: PrecisionChoice = precision_option(),
+    threads: int = threads_option(),
 ) -> None:
     """PSNR/SSIM/HU MAE of the model and classical baselines on every case of a split, with figures."""
     from ctslice.evaluation.validate import run_validate
 
     run_validate(checkpoint, cache, splits, split=split, steps=steps, out=out, json_output=json_output, mode=mode,
-                 device_name=device, vae_checkpoint=vae_checkpoint)
+                 device_name=device, vae_checkpoint=vae_checkpoint, precision=precision.value, threads=threads)
 
 
 @command("infer")
@@ -44,9 +46,12 @@ def infer(
     seed: int = typer.Option(0, "--seed", help="Seed of the noise (sample i uses seed + i)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA if available)."),
     vae_checkpoint: Path = typer.Option(None, "--vae-checkpoint", help="MAISI VAE weights for a maisi model."),
+    precision: PrecisionChoice = precision_option(),
+    threads: int = threads_option(),
 ) -> None:
     """Turn a thick-slice scan into a thin-slice scan that overlays it exactly (int16 HU)."""
     from ctslice.inference.run import run_infer
 
     run_infer(input, output, checkpoint=checkpoint, method=method, mode=mode, samples=samples, std_out=std_out,
-              thin_spacing=thin_spacing, steps=steps, seed=seed, device_name=device, vae_checkpoint=vae_checkpoint)
+              thin_spacing=thin_spacing, steps=steps, seed=seed, device_name=device, vae_checkpoint=vae_checkpoint,
+              precision=precision.value, threads=threads)
