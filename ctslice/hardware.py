@@ -51,7 +51,7 @@ def resolve_device(requested: str | None, source: str = "--device") -> torch.dev
     if device.type == "cpu":
         return device
     if not torch.cuda.is_available():
-        raise InputError(f"{source} {requested}: CUDA requested but no GPU is visible; use {source} cpu")
+        raise InputError(f"{source} {requested}: CUDA requested but no GPU is visible; use --device cpu")
     if device.index is None:
         return _current_cuda()
     count = torch.cuda.device_count()

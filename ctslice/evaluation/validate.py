@@ -34,11 +34,11 @@ def run_validate(checkpoint: Path | None, cache_path: Path, splits_path: Path, s
 
     if split not in ("train", "val", "test"):
         raise InputError(f"--split {split!r}: choose val or test (or train)")
+    device = resolve_device(device_name)
     with Cache(cache_path) as cache:
         case_ids = read_splits(splits_path, cache.case_ids())[split]
     if not case_ids:
         raise InputError(f"{splits_path}: the '{split}' split is empty")
-    device = resolve_device(device_name)
     configure(device, threads=threads)
     loaded = load_model(checkpoint, device, vae_checkpoint, precision)
     console.print(loaded.precision.line)
