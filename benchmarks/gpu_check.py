@@ -40,13 +40,16 @@ class Check:
     def left(self, cap: float) -> float:
         return max(1.0, min(cap, self.deadline - time.time()))
 
-    def row(self, check: str, ok: bool | None, seconds: float | None, result: str) -> None:
+    def row(self, check: str, ok: bool | None, seconds: float | None, result: str, echo: bool = True) -> None:
         status = "ok" if ok else "skipped" if ok is None else "FAILED"
         self.rows.append((check, status, "" if seconds is None else f"{seconds:.1f}", result))
-        print(f"[{status}] {check}: {result}", flush=True)
+        if echo:
+            print(f"[{status}] {check}: {result}", flush=True)
 
-    def run(self, check: str, command: list[str], cap: float, last: int = 3) -> tuple[bool, str]:
-        """Run ``command``; a row with its wall time and its last ``last`` output lines. Returns (ok, stdout)."""
+    def run(self, check: str, command: list[str], cap: float, last: int = 3, echo: bool = True,
+            stdout_only: bool = False) -> tuple[bool, str]:
+        """Run ``command``; a row with its wall time and its last ``last`` output lines (of stdout and stderr,
+        or of stdout alone; stderr's last line if it failed). Returns (ok, stdout)."""
         if time.time() >= self.deadline:
             self.row(check, None, None, "no time left in the budget")
             return False, ""
@@ -56,9 +59,10 @@ class Check:
         except subprocess.TimeoutExpired:
             self.row(check, False, time.time() - started, f"timed out after {time.time() - started:.0f} s")
             return False, ""
-        output = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        text = done.stdout if stdout_only and done.returncode == 0 else done.stdout + done.stderr
+        output = [line.strip() for line in text.splitlines() if line.strip()]
         self.row(check, done.returncode == 0, time.time() - started,
-                 " | ".join(output[-last:]) or f"exit code {done.returncode}")
+                 " | ".join(output[-last:]) or f"exit code {done.returncode}", echo=echo or done.returncode != 0)
         return done.returncode == 0, done.stdout
 
     def table(self, title: str) -> str:
@@ -87,7 +91,7 @@ def inspect_memory(check: Check, config: Path, device: str, extra: list[str]) ->
     command = [sys.executable, "-m", "ctslice", "inspect-memory", "--config", str(config), "--measure", "--device",
                device, "--json", *extra]
     started = time.time()
-    ok, stdout = check.run("inspect-memory --measure", command, cap=180, last=1)
+    ok, stdout = check.run("inspect-memory --measure", command, cap=180, last=1, echo=False)
     if not ok:
         return
     check.rows.pop()  # replaced by one row per stage
@@ -106,7 +110,7 @@ def train_step(check: Check, device: str, smoke: bool) -> None:
     variant = "tiny" if smoke else "full A100 config, 512 x 512, BF16"
     command = [sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--device", device, "--variants", variant,
                "--steps", "5" if smoke else "7", *(["--size", "64"] if smoke else [])]
-    check.run(f"train step ({variant})", command, cap=200, last=1)
+    check.run(f"train step ({variant})", command, cap=200, last=1, stdout_only=True)
 
 
 def make_inputs(folder: Path, smoke: bool) -> tuple[Path, Path, Path | None]:

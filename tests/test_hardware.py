@@ -279,7 +279,7 @@ def test_every_command_refuses_cuda_without_a_gpu(cli, gpus, tmp_path):
     _one_line_no_gpu(cli("inspect-memory", "--config", TINY, "--measure", "--device", "cuda"))
     _one_line_no_gpu(cli("train", "--config", TINY, "--out", tmp_path / "run", "--set", "hardware.device=cuda"),
                      "hardware.device cuda")
-    assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists() and not (tmp_path / "thin.nii.gz").exists()
+    assert not any((tmp_path / name).exists() for name in ("run", "demo", "thin.nii.gz"))
 
 
 def test_a_missing_gpu_index_is_one_line_too(cli, gpus, tmp_path):
