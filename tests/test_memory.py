@@ -245,7 +245,8 @@ def test_bad_options_exit_2_with_one_line(cli, args, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_measuring_cuda_without_cuda_is_a_usage_error(cli):
     result = cli("inspect-memory", "--config", TINY, "--device", "cuda", "--measure")
-    assert result.exit_code == 2 and "--device cuda: CUDA requested but no GPU is visible; use --device cpu" in result.output
+    assert result.exit_code == 2
+    assert "--device cuda: CUDA requested but no GPU is visible; use --device cpu" in result.output
 
 
 def test_the_codec_halo_in_the_config_sets_the_predicted_codec_peaks():
