@@ -46,22 +46,21 @@ def make_checkpoint(folder: Path, config_path: Path, overrides: list[str]) -> Pa
 
 
 def worker(args: argparse.Namespace) -> None:
-    import torch
 
     from ctslice.data.pairs import simulate_pair
     from ctslice.data.phantom import make_phantom
-    from ctslice.hardware import peak_memory_bytes, reset_peak_memory
+    from ctslice.hardware import peak_memory_bytes, reset_peak_memory, resolve_device
     from ctslice.inference.run import run_infer
     from ctslice.io import write_volume
 
     size = args.size
     truth = make_phantom((args.depth * 5, size, size), (384 / size, 384 / size, 1.0), seed=0)
     scan = write_volume(simulate_pair(truth, 5.0, 1.0).thick, Path(args.folder) / f"thick_{args.depth}.nii.gz")
-    device = torch.device(args.device)
+    device = resolve_device(args.device)  # "cuda" -> cuda:N; reset_peak_memory initialises CUDA first
     reset_peak_memory(device)
     started = time.time()
     run_infer(scan, Path(args.folder) / "thin.nii.gz", checkpoint=Path(args.checkpoint), mode=args.mode,
-              steps=args.steps, device_name=args.device)
+              steps=args.steps, device_name=args.device, precision=args.precision)
     print(json.dumps({"seconds": time.time() - started, "peak_gib": peak_memory_bytes(device) / 2**30}))
 
 
@@ -73,6 +72,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sample-depths", type=int, nargs="*", default=[10],
                         help="depths that also run DDIM sampling (about --steps times the mean pass)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     for hidden in ("--worker", "--folder", "--checkpoint", "--depth", "--mode"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -95,7 +95,7 @@ def main() -> None:
                 checkpoints[name] = make_checkpoint(sub, config, overrides)
             command = [sys.executable, __file__, "--worker", "1", "--folder", folder, "--checkpoint",
                        str(checkpoints[name]), "--depth", str(depth), "--mode", mode, "--size", str(size),
-                       "--steps", str(args.steps), "--device", args.device]
+                       "--steps", str(args.steps), "--device", args.device, "--precision", args.precision]
             result = run_variant(command)
             if isinstance(result, str):
                 print(f"{name:6s} {depth:>6d} x {size} x {size} failed: {result}")

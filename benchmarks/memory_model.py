@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ctslice.config import load_config
+from ctslice.hardware import configure, resolve_device
 from ctslice.memory import Geometry, estimate_memory, measure_memory, with_overrides
 
 GIB = 2**30
@@ -73,7 +74,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = resolve_device(args.device)  # "cuda" -> cuda:N (memory statistics need the index)
+    configure(device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.node()}, {torch.get_num_threads()} threads, {gpu}, "
           f"torch {torch.__version__}", flush=True)

@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                 # CPU: tiny, a larger CPU config, a MAISI (random weights) one
     python benchmarks/train_step.py --device cuda   # adds the full 512 x 512 config on a GPU (BF16)
+    python benchmarks/train_step.py --variants tiny --precision fp32   # one variant, one precision
 
 Each variant trains for ``--steps`` steps in a fresh process (so peaks do not mix) on a phantom cache
 built once; it reports the mean step time after the first three steps and the peak memory (CUDA:
@@ -68,10 +69,9 @@ def build_data(folder: Path, size: int) -> tuple[Path, Path, Path]:
 
 def worker(args: argparse.Namespace) -> None:
     """One variant in this process: train, print a JSON line with step time and peak memory."""
-    import torch
 
     from ctslice.config import load_config
-    from ctslice.hardware import peak_memory_bytes
+    from ctslice.hardware import peak_memory_bytes, resolve_device, resolve_precision
     from ctslice.training.run_log import read_log
     from ctslice.training.trainer import train
 
@@ -79,12 +79,14 @@ def worker(args: argparse.Namespace) -> None:
     config = load_config(config_path, [*overrides, f"data.cache={args.cache}", f"data.splits={args.splits}",
                                        f"codec.checkpoint={args.vae}", f"training.max_steps={args.steps}",
                                        "training.log_interval=1", "training.val_interval=100000",
-                                       "validation.val_samples=0", f"hardware.device={args.device}"])
+                                       "validation.val_samples=0", f"hardware.device={args.device}",
+                                       *([f"training.precision={args.precision}"] if args.precision else [])])
+    device = resolve_device(args.device)
     run = Path(args.run)
-    train(config, run)
+    train(config, run, threads=args.threads)
     times = [r["step_time"] for r in read_log(run) if r["kind"] == "train"][3:]
-    print(json.dumps({"step_s": sum(times) / len(times), "peak_gib": peak_memory_bytes(torch.device(args.device))
-                      / 2**30, "precision": config.training.precision}))
+    print(json.dumps({"step_s": sum(times) / len(times), "peak_gib": peak_memory_bytes(device) / 2**30,
+                      "precision": resolve_precision(config.training.precision, device).name}))
 
 
 def main() -> None:
@@ -93,6 +95,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=13)
     parser.add_argument("--size", type=int, default=128, help="phantom in-plane matrix (use 512 on a GPU)")
     parser.add_argument("--variants", nargs="*", help="run only these variants (names as printed)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="override training.precision")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: the CPUs this process may use)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--splits", help=argparse.SUPPRESS)
@@ -110,7 +114,9 @@ def main() -> None:
         for name in variants:
             command = [sys.executable, __file__, "--worker", name, "--cache", str(cache), "--splits", str(splits),
                        "--vae", str(vae), "--run", str(Path(folder) / name.replace(" ", "_").replace(",", "")),
-                       "--steps", str(args.steps), "--device", args.device]
+                       "--steps", str(args.steps), "--device", args.device,
+                       *(["--precision", args.precision] if args.precision else []),
+                       *(["--threads", str(args.threads)] if args.threads else [])]
             result = run_variant(command)
             if isinstance(result, str):
                 print(f"{name:40s} failed: {result}")

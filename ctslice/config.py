@@ -86,7 +86,7 @@ class TrainingConfig:
     warmup_steps: int = 0
     warmup_epochs: float | None = None  # overrides warmup_steps when set
     grad_clip: float = 1.0
-    precision: str = "bf16"  # bf16 or fp32
+    precision: str = "auto"  # auto (bf16 where the device runs it fast, else fp32), bf16 or fp32
     log_interval: int = 10
     val_interval: int = 500
     checkpoint_interval: int = 2000
@@ -286,6 +286,11 @@ def config_from_dict(data: dict[str, Any], where: str = "checkpoint config") -> 
 
 
 MAX_CONFIG_BYTES = 2**20
+
+
+def with_precision(config: Config, precision: str) -> Config:
+    """``config`` with ``training.precision`` set (a resolved one: what autocast actually uses)."""
+    return dataclasses.replace(config, training=dataclasses.replace(config.training, precision=precision))
 
 
 class _Origins:

@@ -21,6 +21,7 @@ from ctslice.data.preprocess import PreprocessOptions, run_preprocess
 from ctslice.data.splits import run_split
 from ctslice.errors import CtsliceError
 from ctslice.evaluation.validate import run_validate
+from ctslice.hardware import resolve_device
 from ctslice.inference.run import run_infer
 from ctslice.io import write_volume
 from ctslice.io.paths import check_output
@@ -45,13 +46,16 @@ def tiny_config_path() -> Path:
     return Path(str(resources.files("ctslice") / "configs" / "tiny_cpu.yaml"))
 
 
-def run_demo(out: Path, inputs: list[Path] | None = None, minutes: float = 4.0, device: str = "cpu") -> DemoResult:
+def run_demo(out: Path, inputs: list[Path] | None = None, minutes: float = 4.0, device: str = "cpu",
+             precision: str = "auto", threads: int | None = None) -> DemoResult:
     started = time.time()
     check_output(out, inputs=inputs or (), folder=True)
     cache, splits = out / "cache.h5", out / "splits.json"
     config = load_config(tiny_config_path(), [f"data.cache={cache}", f"data.splits={splits}",
                                               "training.max_steps=100000", f"training.time_limit_minutes={minutes}",
-                                              "training.val_interval=100000", f"hardware.device={device}"])
+                                              "training.val_interval=100000", f"hardware.device={device}",
+                                              f"training.precision={precision}"])
+    resolve_device(device)  # a device that is not there fails before any work
     out.mkdir(parents=True, exist_ok=True)  # the config (--device, --minutes) is checked before any work
     raw = list(inputs) if inputs else [_synthesise(out / "raw")]
 
@@ -68,11 +72,12 @@ def run_demo(out: Path, inputs: list[Path] | None = None, minutes: float = 4.0, 
     run_dir = out / "run"
     from ctslice.training.trainer import train
 
-    train(config, run_dir, resume="latest")
+    train(config, run_dir, resume="latest", threads=threads)
     checkpoint = run_dir / "checkpoints" / "final.pt"
 
     console.rule("4/5 validate on the test case")
-    report = run_validate(checkpoint, cache, splits, split="test", out=run_dir / "validation_test", device_name=device)
+    report = run_validate(checkpoint, cache, splits, split="test", out=run_dir / "validation_test", device_name=device,
+                          precision=precision, threads=threads)
 
     console.rule("5/5 infer the test case's thick scan")
     test_case = split["test"][0]
@@ -80,7 +85,7 @@ def run_demo(out: Path, inputs: list[Path] | None = None, minutes: float = 4.0, 
     with Cache(cache) as opened:
         write_volume(opened.volume(test_case, "thick"), thick_path)
     thin_path = out / f"{test_case}_thin.nii.gz"
-    run_infer(thick_path, thin_path, checkpoint=checkpoint, device_name=device)
+    run_infer(thick_path, thin_path, checkpoint=checkpoint, device_name=device, precision=precision, threads=threads)
 
     result = DemoResult(cache, run_dir, report, thick_path, thin_path, Path(report["cases"][0]["figure"]),
                         time.time() - started)

@@ -27,12 +27,17 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Tiny tensors: one thread beats two (no synchronisation) and spares a shared machine."""
+    """Tiny tensors: one thread beats two (no synchronisation) and spares a shared machine. Commands
+    set the threads to the CPUs available (``hardware.configure``); here that is one."""
     import torch
+
+    from ctslice import hardware
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hardware, "available_cpus", lambda: 1)
+        yield
     torch.set_num_threads(previous)
 
 

@@ -165,6 +165,24 @@ def test_json_is_one_document_whose_totals_add_up(cli):
     assert all(d["training_fits"] for d in document["devices"])
 
 
+@pytest.mark.parametrize(("capability", "device", "expected"), [
+    ("AVX2", "cpu", "fp32"), ("AVX512", "cpu", "bf16"), ("AVX2", "cuda", "bf16")])
+def test_auto_precision_is_predicted_as_the_target_device_resolves_it(cli, monkeypatch, capability, device, expected):
+    """``auto`` is what a run on that device uses: this CPU's answer for cpu, bf16 for a GPU; shown in both outputs."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    result = cli("inspect-memory", "--config", TINY, "--volume", "20x48x48", "--device", device, "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["precision"] == expected and document["facts"]["precision"].startswith("auto: ")
+    table = cli("inspect-memory", "--config", TINY, "--volume", "20x48x48", "--device", device)
+    assert f"{expected} (auto: " in table.stdout
+    fp32 = estimate_memory(with_overrides(load_config(TINY), {"training.precision": "fp32"}), _geometry(), device)
+    same = (expected == "fp32") == (fp32.training_peak.total == estimate_memory(
+        load_config(TINY), _geometry(), device).training_peak.total)
+    assert same
+
+
 def test_a_config_that_does_not_fit_gets_suggestions_that_lower_its_peak(tiny):
     fp32 = with_overrides(tiny, {"training.precision": "fp32"})
     inspection = inspect(fp32, device_memory="0.2GB", volume="20x48x48")  # needs 0.26 GB, 0.18 GB usable
@@ -227,7 +245,8 @@ def test_bad_options_exit_2_with_one_line(cli, args, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_measuring_cuda_without_cuda_is_a_usage_error(cli):
     result = cli("inspect-memory", "--config", TINY, "--device", "cuda", "--measure")
-    assert result.exit_code == 2 and "CUDA is not available" in result.output
+    assert result.exit_code == 2
+    assert "--device cuda: CUDA requested but no GPU is visible; use --device cpu" in result.output
 
 
 def test_the_codec_halo_in_the_config_sets_the_predicted_codec_peaks():

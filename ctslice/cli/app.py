@@ -8,6 +8,7 @@ Expected failures (``CtsliceError``) become one red line on stderr and the error
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import signal
 from collections.abc import Callable, Iterator
@@ -143,6 +144,26 @@ def command(name: str, example: str | None = None, **kwargs) -> Callable:
         return function
 
     return register
+
+
+class PrecisionChoice(str, enum.Enum):
+    """``--precision``: auto resolves per device (``ctslice.hardware.resolve_precision``)."""
+
+    auto = "auto"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+def precision_option(default: PrecisionChoice | None = PrecisionChoice.auto, what: str = "auto") -> PrecisionChoice:
+    return typer.Option(default, "--precision", help=f"Autocast precision (default: {what}: bf16 on GPUs and on "
+                        "CPUs with AVX512-BF16/AMX, fp32 elsewhere).")
+
+
+def threads_option():
+    from ctslice.cli.domains import number
+
+    return number(None, "--threads", help="Intra-op CPU threads (default: the CPUs this process may use, from its "
+                  "affinity and cgroup quota).", low=1, high=4096, integer=True)
 
 
 def _version(value: bool) -> None:

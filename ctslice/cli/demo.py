@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ctslice.cli.app import command
+from ctslice.cli.app import PrecisionChoice, command, precision_option, threads_option
 from ctslice.cli.domains import number
 
 
@@ -16,9 +16,11 @@ def demo(
     inputs: list[Path] = typer.Option(None, "--input", help="Use these scans instead of phantoms (repeatable; "
                                       "thin scans, e.g. ../shared/data/ct/*.nii.gz)."),
     minutes: float = number(4.0, "--minutes", help="Training time budget.", low=0, high=7 * 24 * 60, above=True),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+    precision: PrecisionChoice = precision_option(),
+    threads: int = threads_option(),
 ) -> None:
     """Synthesise scans, preprocess, split, train briefly, validate and infer, in minutes on a CPU."""
     from ctslice.demo import run_demo
 
-    run_demo(out, inputs, minutes=minutes, device=device)
+    run_demo(out, inputs, minutes=minutes, device=device, precision=precision.value, threads=threads)

@@ -7,7 +7,7 @@ from typing import Literal
 
 import typer
 
-from ctslice.cli.app import command, stopped_cleanly
+from ctslice.cli.app import PrecisionChoice, command, precision_option, stopped_cleanly, threads_option
 from ctslice.cli.domains import SEED, SPACING, number
 
 
@@ -26,12 +26,14 @@ def validate(
                                                           "samples (default: the checkpoint's validation.mode)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA if available)."),
     vae_checkpoint: Path = typer.Option(None, "--vae-checkpoint", help="MAISI VAE weights for a maisi model."),
+    precision: PrecisionChoice = precision_option(),
+    threads: int = threads_option(),
 ) -> None:
     """PSNR/SSIM/HU MAE of the model and classical baselines on every case of a split, with figures."""
     from ctslice.evaluation.validate import run_validate
 
     run_validate(checkpoint, cache, splits, split=split, steps=steps, out=out, json_output=json_output, mode=mode,
-                 device_name=device, vae_checkpoint=vae_checkpoint)
+                 device_name=device, vae_checkpoint=vae_checkpoint, precision=precision.value, threads=threads)
 
 
 @command("infer", example="ctslice infer scan.nii.gz -o thin.nii.gz")
@@ -57,6 +59,8 @@ def infer(
                                             "series instead of resampling it onto an untilted grid."),
     z_spacing: float = number(None, "--z-spacing", help="Slice spacing (mm) for a tilted or unevenly spaced DICOM "
                               "series (default: its smallest step).", low=0.05, high=20.0),
+    precision: PrecisionChoice = precision_option(),
+    threads: int = threads_option(),
 ) -> None:
     """Turn a thick-slice scan into a thin-slice scan that overlays it exactly (int16 HU)."""
     from ctslice.inference.run import run_infer
@@ -65,5 +69,5 @@ def infer(
     with stopped_cleanly("unfinished output files were removed"):
         run_infer(input, output, checkpoint=checkpoint, method=method, mode=mode, samples=samples, std_out=std_out,
                   thin_spacing=thin_spacing, steps=steps, seed=seed, device_name=device,
-                  vae_checkpoint=vae_checkpoint,
+                  vae_checkpoint=vae_checkpoint, precision=precision.value, threads=threads,
                   read_options=ReadOptions(tilt_correction=not no_tilt_correction, z_spacing=z_spacing))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ctslice.cli.app import command
+from ctslice.cli.app import PrecisionChoice, command, precision_option, threads_option
 from ctslice.cli.domains import number
 
 SET_HELP = "Override a config key, e.g. --set training.max_steps=100 (repeatable)."
@@ -22,14 +22,17 @@ def train(
     resume: str = typer.Option(None, "--resume", help="`latest` (in --out) or a checkpoint path."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: the config's)."),
     vae_checkpoint: Path = typer.Option(None, "--vae-checkpoint", help="MAISI VAE weights (sets codec.checkpoint)."),
+    precision: PrecisionChoice = precision_option(None, "the config's training.precision, auto by default"),
+    threads: int = threads_option(),
 ) -> None:
     """Train the denoising U-Net on the cache (BF16 on CUDA; DDP when launched with torchrun)."""
     from ctslice.config import load_config
 
-    settings = load_config(config, with_vae(overrides, vae_checkpoint))  # before torch is even imported
+    chosen = [f"training.precision={precision.value}"] if precision else []
+    settings = load_config(config, [*with_vae(overrides, vae_checkpoint), *chosen])  # before torch is imported
     from ctslice.training.trainer import train as run_training
 
-    run_training(settings, out or Path("runs") / config.stem, resume=resume, device_name=device)
+    run_training(settings, out or Path("runs") / config.stem, resume=resume, device_name=device, threads=threads)
 
 
 def with_vae(overrides: list[str] | None, vae_checkpoint: Path | None) -> list[str]:

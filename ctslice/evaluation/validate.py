@@ -29,18 +29,20 @@ PROTOCOL = ("HU clipped to [-1024, 2048] mapped to [0, 1]; PSNR with peak 1; SSI
 
 def run_validate(checkpoint: Path | None, cache_path: Path, splits_path: Path, split: str = "test",
                  steps: int | None = None, out: Path | None = None, json_output: bool = False, mode: str | None = None,
-                 device_name: str | None = None, vae_checkpoint: Path | None = None) -> dict:
+                 device_name: str | None = None, vae_checkpoint: Path | None = None, precision: str | None = None,
+                 threads: int | None = None) -> dict:
     from ctslice.inference.loading import load_model
 
     if split not in ("train", "val", "test"):
         raise InputError(f"--split {shown(split)}: choose val or test (or train)")
+    device = resolve_device(device_name)
     with Cache(cache_path) as cache:
         case_ids = read_splits(splits_path, cache.case_ids())[split]
     if not case_ids:
         raise InputError(f"{splits_path}: the '{split}' split is empty")
-    device = resolve_device(device_name)
-    configure(device)
-    loaded = load_model(checkpoint, device, vae_checkpoint)
+    configure(device, threads=threads)
+    loaded = load_model(checkpoint, device, vae_checkpoint, precision)
+    console.print(loaded.precision.line)
     config = loaded.interpolator.config
     mode = mode or config.validation.mode
     steps = steps or config.validation.val_steps

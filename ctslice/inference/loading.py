@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from ctslice.codecs import codec_for
-from ctslice.config import config_from_dict
+from ctslice.config import config_from_dict, with_precision
 from ctslice.errors import CtsliceError
+from ctslice.hardware import Precision, resolve_precision
 from ctslice.inference.pipeline import SliceInterpolator
 from ctslice.models import build_model
 from ctslice.training.checkpoint import CheckpointError, load_weights, read_checkpoint
@@ -30,6 +31,7 @@ class LoadedModel:
     thin_spacing: float | None  # None when trained on mixed thin spacings
     ratio: float  # thick spacing / thin spacing it was trained for
     step: int
+    precision: Precision  # what inference autocasts to on this device (not what training used)
 
     def default_thin_spacing(self, thick_spacing: float) -> float:
         """The training thin spacing, or (for a model trained on mixed spacings) the input's / ratio."""
@@ -44,14 +46,22 @@ def default_model_path() -> Path:
     return path
 
 
-def load_model(checkpoint: Path | None, device: torch.device | str, vae_checkpoint: Path | None = None) -> LoadedModel:
+def load_model(checkpoint: Path | None, device: torch.device | str, vae_checkpoint: Path | None = None,
+               precision: str | None = None) -> LoadedModel:
+    """The model in ``checkpoint`` (default: the bundled one) on ``device``.
+
+    The precision the checkpoint was trained with is not used: a model trained in BF16 on a CPU with
+    AVX512-BF16 would run many times slower than FP32 on one without. ``precision`` (default auto) is
+    resolved for ``device`` instead.
+    """
     device = torch.device(device)
+    resolved = resolve_precision(precision, device)
     path = Path(checkpoint) if checkpoint else default_model_path()
     state = read_checkpoint(path)
     for key in ("config", "model", "codec", "data"):
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint has no '{key}' entry; was it written by `ctslice train`?")
-    config = config_from_dict(state["config"], where=f"{path} (config)")
+    config = with_precision(config_from_dict(state["config"], where=f"{path} (config)"), resolved.name)
     codec = codec_for(config.codec, device, vae_checkpoint)
     if codec.latent_channels != state["codec"]["latent_channels"]:
         raise CheckpointError(f"{path}: trained with {state['codec']['latent_channels']} latent channels, "
@@ -62,4 +72,4 @@ def load_model(checkpoint: Path | None, device: torch.device | str, vae_checkpoi
     interpolator = SliceInterpolator(model, codec, config, device, int(data.get("inplane_size", 0)))
     thin = data.get("thin_spacing")
     return LoadedModel(interpolator, path, None if thin is None else float(thin), float(data["ratio"]),
-                       int(state.get("step", 0)))
+                       int(state.get("step", 0)), resolved)

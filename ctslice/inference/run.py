@@ -31,8 +31,11 @@ DEFAULT_THIN_SPACING = 1.0
 def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, method: str | None = None,
               mode: str = "mean", samples: int = 1, std_out: Path | None = None, thin_spacing: float | None = None,
               steps: int | None = None, seed: int = 0, device_name: str | None = None,
-              vae_checkpoint: Path | None = None, read_options: ReadOptions | None = None) -> Volume:
-    """Write the thin volume for ``input`` to ``output`` (and the std map to ``std_out``); returns it."""
+              vae_checkpoint: Path | None = None, precision: str | None = None, threads: int | None = None,
+              read_options: ReadOptions | None = None) -> Volume:
+    """Write the thin volume for ``input`` to ``output`` (and the std map to ``std_out``); returns it.
+
+    ``precision``: auto (default), bf16 or fp32 for the model; ``threads``: intra-op CPU threads."""
     for path in (output, std_out):
         if path is not None and not str(path).lower().endswith(WRITABLE_SUFFIXES):
             raise InputError(f"{path}: unknown output format; use one of {', '.join(WRITABLE_SUFFIXES)}")
@@ -49,6 +52,8 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
     if std_out and samples < 2:
         raise InputError("--std-out needs --samples 2 or more (the spread between samples)")
     outputs = [check_output(p, inputs=(input, checkpoint, vae_checkpoint)) for p in (output, std_out) if p]
+    device = resolve_device("cpu" if method else device_name)
+    configure(device, threads=threads)
     started = time.time()
     scan = read_scan(input, read_options)
     thick = scan.volume
@@ -68,11 +73,10 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
         _check_space(thick, spacing, outputs)
         console.print(f"{method} interpolation to {spacing:g} mm")
         result, std = interpolate(thick, spacing, method), None
-        device = resolve_device("cpu")
     else:
         try:
-            result, std, spacing, device = _run_model(thick, checkpoint, mode, samples, thin_spacing, steps, seed,
-                                                      device_name, vae_checkpoint, outputs)
+            result, std, spacing = _run_model(thick, checkpoint, mode, samples, thin_spacing, steps, seed, device,
+                                              vae_checkpoint, precision, outputs)
         except (RuntimeError, MemoryError) as error:
             if not is_out_of_memory(error):
                 raise
@@ -96,20 +100,19 @@ def _check_space(thick: Volume, spacing: float, outputs: list[Path]) -> None:
         ensure_space(path, output_bytes(path, voxels))
 
 
-def _run_model(thick: Volume, checkpoint, mode, samples, thin_spacing, steps, seed, device_name, vae_checkpoint,
+def _run_model(thick: Volume, checkpoint, mode, samples, thin_spacing, steps, seed, device, vae_checkpoint, precision,
                outputs):
     from ctslice.inference.loading import load_model
 
-    device = resolve_device(device_name)
-    configure(device)
     reset_peak_memory(device)
-    loaded = load_model(checkpoint, device, vae_checkpoint)
+    loaded = load_model(checkpoint, device, vae_checkpoint, precision)
     source = f"checkpoint {loaded.path}" if checkpoint else f"the bundled default model ({loaded.path.name})"
     spacing = thin_spacing or loaded.default_thin_spacing(thick.spacing[2])
     steps = steps or loaded.interpolator.config.inference.steps
     _check_space(thick, spacing, outputs)
     what = "mean estimate" if mode == "mean" else f"{samples} DDIM sample(s) of {steps} steps"
     console.print(f"Using {source}: {what}, {thick.spacing[2]:g} mm -> {spacing:g} mm on {device}")
+    console.print(loaded.precision.line)
     if abs(thick.spacing[2] / spacing - loaded.ratio) > 0.5:
         note(f"the model was trained to divide slices by {loaded.ratio:g}; this scan "
              f"asks for {thick.spacing[2]:g} -> {spacing:g} mm (x{thick.spacing[2] / spacing:.2g})")
@@ -123,4 +126,4 @@ def _run_model(thick: Volume, checkpoint, mode, samples, thin_spacing, steps, se
                                                  seed=seed, on_step=on_step)
     if not np.all(np.isfinite(prediction.volume.array)):
         raise CtsliceError("the model produced non-finite values for this scan")
-    return prediction.volume, prediction.std, spacing, device
+    return prediction.volume, prediction.std, spacing

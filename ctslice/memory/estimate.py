@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 
 from ctslice.codecs import IdentityCodec, MaisiCodec
-from ctslice.config import Config, config_from_dict
+from ctslice.config import Config, config_from_dict, with_precision
 from ctslice.console import console
+from ctslice.hardware import resolve_precision
 from ctslice.memory.trace import MetaTrace
 from ctslice.memory.workload import (
     ACTIVATIONS,
@@ -113,9 +114,15 @@ def resolve_geometry(config: Config, ratio: float | None = None,
 
 
 def estimate_memory(config: Config, geometry: Geometry, device_type: str = "cuda") -> MemoryEstimate:
-    """Predicted memory of ``config`` on a ``device_type`` ("cuda" or "cpu") device, per stage and component."""
+    """Predicted memory of ``config`` on a ``device_type`` ("cuda" or "cpu") device, per stage and component.
+
+    ``training.precision`` auto is resolved for that device (for "cpu": this CPU) as a run there would:
+    the estimate's config holds the precision predicted, and ``facts["precision"]`` says why.
+    """
     if device_type not in ("cuda", "cpu"):
         raise ValueError(f"device_type must be cuda or cpu, got {device_type!r}")
+    precision = resolve_precision(config.training.precision, device_type)
+    config = with_precision(config, precision.name)
     step = Stage("train step", _traced("train step", config, geometry, device_type), ("train step",))
     if step.components.get(UPDATE):
         step.note = "peaks in the AdamW update, once backward has freed the activations"
@@ -131,7 +138,8 @@ def estimate_memory(config: Config, geometry: Geometry, device_type: str = "cuda
     if config.data.cache_latents:
         training.insert(0, Stage("latent cache", inference[0].components, ("encode",),
                                  note="encoding each training volume once"))
-    return MemoryEstimate(config, geometry, device_type, training, inference, _facts(config, geometry, device_type))
+    facts = {**_facts(config, geometry, device_type), "precision": precision.reason}
+    return MemoryEstimate(config, geometry, device_type, training, inference, facts)
 
 
 def with_overrides(config: Config, overrides: dict[str, object]) -> Config:

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from ctslice.codecs import IdentityCodec, MaisiCodec
-from ctslice.config import Config, config_from_dict
+from ctslice.config import Config, config_from_dict, with_precision
 from ctslice.console import console
 from ctslice.errors import InputError
 from ctslice.memory.workload import PARTS, Geometry, codec_class, run_part
@@ -56,7 +56,11 @@ def measure_memory(config: Config, geometry: Geometry, device: torch.device, par
                    skip_above: dict[str, int] | None = None, malloc_threshold: int | None = 65536
                    ) -> list[Measurement]:
     """Peak bytes of each part on ``device``; parts whose predicted bytes in ``skip_above`` exceed the
-    memory available on a CPU are skipped rather than run into the kernel's OOM killer."""
+    memory available on a CPU are skipped rather than run into the kernel's OOM killer.
+    ``training.precision`` auto is resolved for ``device``, as a run there would."""
+    from ctslice.hardware import resolve_precision
+
+    config = with_precision(config, resolve_precision(config.training.precision, device).name)
     results = []
     for part in parts:
         if device.type == "cuda":
@@ -73,9 +77,11 @@ def measure_memory(config: Config, geometry: Geometry, device: torch.device, par
 
 
 def _on_cuda(part: str, config: Config, geometry: Geometry, device: torch.device) -> Measurement:
+    from ctslice.hardware import reset_peak_memory
+
     gc.collect()
     torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     before = torch.cuda.memory_allocated(device)
     quiet, console.quiet = console.quiet, True
     try:

@@ -47,12 +47,15 @@ def inspect(config: Config, *, device: str | None = None, device_memory: str | N
     The prediction is for CUDA unless the device (``device``, else ``hardware.device``) is the CPU; with
     ``measure`` it is for the device the measurement runs on.
     """
-    from ctslice.hardware import resolve_device
+    from ctslice.hardware import configure, resolve_device
 
     name = (device or config.hardware.device).strip().lower()
+    source = "--device" if device else "hardware.device"
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise InputError(f"--device {shown(name)}: expected cpu, cuda or cuda:N")
-    measure_device = resolve_device(name) if measure else None
+        raise InputError(f"{source} {shown(name)}: expected auto, cpu, cuda or cuda:N")
+    measure_device = resolve_device(name, source) if measure else None
+    if measure_device is not None:
+        configure(measure_device, config.hardware.tf32)
     device_type = measure_device.type if measure_device else ("cpu" if name == "cpu" else "cuda")
     if ratio is not None and ratio <= 0:
         raise InputError(f"--ratio {ratio}: the thick/thin spacing ratio must be positive")
@@ -95,6 +98,7 @@ def to_json(inspection: Inspection, label: str) -> dict:
     estimate = inspection.estimate
     document = {
         "config": label, "device_type": estimate.device_type, "units": "GB = 2^30 bytes",
+        "precision": estimate.config.training.precision,
         "geometry": asdict(estimate.geometry), "facts": _jsonable(estimate.facts),
         "training": _stages_json(estimate.training, estimate.training_peak),
         "inference": _stages_json(estimate.inference, estimate.inference_peak),
@@ -171,7 +175,7 @@ def _header(estimate: MemoryEstimate, label: str) -> Table:
     grid.add_column(style="bold")
     grid.add_column()
     grid.add_row("Predicted", f"{label} on {'CUDA' if estimate.device_type == 'cuda' else 'the CPU'}")
-    grid.add_row("Precision", f"{c.training.precision}, gradient checkpointing "
+    grid.add_row("Precision", f"{c.training.precision} ({f['precision']}), gradient checkpointing "
                               f"{'on' if c.model.gradient_checkpointing else 'off'}, {flash}")
     grid.add_row("Data", f"thick/thin ratio {g.ratio:g}; thin volumes {_size(g.largest)} (largest), "
                          f"{_size(g.smallest)} (smallest); {g.source}")

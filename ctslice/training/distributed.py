@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ctslice.errors import InputError
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -37,8 +39,14 @@ class Distributed:
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
     def device_for(self, device: torch.device) -> torch.device:
-        """Each rank on its own GPU; CPU ranks share the CPU."""
-        return torch.device("cuda", self.local_rank) if device.type == "cuda" and self.enabled else device
+        """Each rank on its own GPU (cuda:LOCAL_RANK); CPU ranks share the CPU."""
+        if device.type != "cuda" or not self.enabled:
+            return device
+        if self.local_rank >= torch.cuda.device_count():
+            raise InputError(f"torchrun rank {self.rank}: LOCAL_RANK {self.local_rank} has no GPU "
+                             f"({torch.cuda.device_count()} visible); use --nproc_per_node "
+                             f"{torch.cuda.device_count()} or fewer")
+        return torch.device("cuda", self.local_rank)
 
     def barrier(self) -> None:
         if self.enabled:

@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 from ctslice.codecs import codec_for
-from ctslice.config import Config, save_config
+from ctslice.config import Config, save_config, with_precision
 from ctslice.console import console, note
 from ctslice.data.cache import Cache
 from ctslice.data.patches import PatchDataset, PixelSource
 from ctslice.data.splits import read_splits
 from ctslice.errors import InputError, Preempted, first_line
-from ctslice.hardware import configure, resolve_device
+from ctslice.hardware import configure, resolve_device, resolve_precision
 from ctslice.io.paths import check_output
 from ctslice.models import LatentStats, build_model
 from ctslice.training import checkpoint as ckpt
@@ -90,11 +90,14 @@ class Objective(torch.nn.Module):
 
 
 def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str | None,
-            stop_requested: Callable[[], bool] = lambda: False) -> Session:
-    device = resolve_device(device_name or config.hardware.device)
+            stop_requested: Callable[[], bool] = lambda: False, threads: int | None = None) -> Session:
+    device = resolve_device(device_name or config.hardware.device, "--device" if device_name else "hardware.device")
     world = Distributed.from_environment(device.type)
     device = world.device_for(device)
-    configure(device, config.hardware.tf32)
+    configure(device, config.hardware.tf32, threads)
+    precision = resolve_precision(config.training.precision, device)
+    console.print(precision.line)
+    requested, config = config, with_precision(config, precision.name)  # autocast gets bf16 or fp32, never auto
     seed_everything(config.training.seed)
 
     # ---- data: train/val cases from the cache and splits (checked before anything is written)
@@ -115,7 +118,7 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
     check_output(run_dir, inputs=(Path(config.data.cache), Path(config.data.splits)), folder=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.is_main:
-        save_config(config, run_dir / "config.yaml")
+        save_config(requested, run_dir / "config.yaml")  # as asked (auto stays auto for another machine)
 
     # ---- codec (frozen) and model
     codec = codec_for(config.codec, device)

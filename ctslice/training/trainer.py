@@ -48,12 +48,15 @@ class TrainResult:
     final_metrics: dict
 
 
-def train(config: Config, run_dir: Path, resume: str | None = None, device_name: str | None = None) -> TrainResult:
-    """Train ``config`` into ``run_dir``; see the module docstring."""
+def train(config: Config, run_dir: Path, resume: str | None = None, device_name: str | None = None,
+          threads: int | None = None) -> TrainResult:
+    """Train ``config`` into ``run_dir``; see the module docstring. ``threads``: intra-op CPU threads
+    (default: the CPUs this process may use)."""
     stop = _SigtermFlag()
     session = None
     try:
-        session = prepare(config, run_dir, resume, device_name, stop_requested=lambda: stop.requested)
+        session = prepare(config, run_dir, resume, device_name, stop_requested=lambda: stop.requested,
+                          threads=threads)
         return _loop(session, stop)
     except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
         if not is_out_of_memory(error):
