@@ -38,9 +38,12 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from ctslice.errors import CtsliceError, InputError
+from ctslice.io.archive import extracted
+from ctslice.io.dicom import scan_series
 from ctslice.io.failures import captured_stderr, sitk_reason
 from ctslice.io.intensity import cast_rounded
 from ctslice.io.paths import check_name, shown
+from ctslice.io.reader import _select_ct as select_ct  # the reader's choice among a folder's series
 from ctslice.io.volume import Volume
 
 MAX_DESCRIPTION = 64  # SeriesDescription is a DICOM LO: at most 64 characters
@@ -80,6 +83,20 @@ def study_tags(files: Sequence[Path]) -> StudyTags:
     except (OSError, pydicom.errors.InvalidDicomError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else "not a readable DICOM file"
         raise InputError(f"{shown(first)}: could not read its study tags ({reason})") from None
+
+
+def input_study_tags(path: Path) -> StudyTags | None:
+    """The ``StudyTags`` of the series ``read_scan`` reads from ``path`` (a DICOM folder or zip); None for a file.
+
+    The series is chosen by the reader's own rule, so the tags are those of the scan that was read, never
+    of another patient's series in the same folder.
+    """
+    path = Path(path)
+    if not (path.is_dir() or path.name.lower().endswith(".zip")):
+        return None
+    with captured_stderr(), extracted(path) as folder:
+        return study_tags(select_ct(scan_series(folder, shown_as=path if folder != path else None).series,
+                                    path).files)
 
 
 def write_dicom_series(volume: Volume, folder: Path, *, description: str, source: StudyTags | None = None,
