@@ -114,7 +114,7 @@ def test_ctrl_c_and_sigterm_stop_the_run(folder, tmp_path):
     for stop in (KeyboardInterrupt(), Preempted("stopped by SIGTERM")):
         done = []
 
-        def stopping(source, output, stop=stop):
+        def stopping(source, output, stop=stop, done=done):
             if done:
                 raise stop
             cubic_writer(source, output)
