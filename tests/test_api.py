@@ -105,3 +105,20 @@ def test_import_ctslice_imports_no_heavy_module():
     assert json.loads(out) == []
     with pytest.raises(AttributeError):
         ctslice.no_such_name  # noqa: B018
+
+
+def test_the_readme_example_runs(tmp_path, monkeypatch, one_thread):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Python API"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    write_volume(thick_volume(depth=12, side=48, direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)),
+                 tmp_path / "scan.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["thin"].GetSize() == (48, 48, 60) == namespace["cubic"].GetSize()
+    assert sitk.ReadImage("thin.nii.gz").GetSize() == (48, 48, 60)
+    assert namespace["linear"].GetSpacing()[2] == 1.0

@@ -152,3 +152,14 @@ def test_series_reads_back_through_ctslice(tmp_path):
     back = read_volume(write_dicom_series(thin, tmp_path / "dicom", description="d"))
     np.testing.assert_array_equal(back.array, thin.array)
     np.testing.assert_allclose(back.origin, thin.origin, atol=1e-4)
+
+
+def test_input_study_tags_are_those_of_the_series_that_is_read(tmp_path):
+    from ctslice.io.dicom_output import input_study_tags
+    from tests.dicom_utils import zip_folder
+
+    write_input_series(volume(), tmp_path / "study" / "ct", patient_id="CT-PATIENT")
+    write_input_series(volume(), tmp_path / "study" / "a_mr", modality="MR", patient_id="OTHER-PATIENT")
+    assert input_study_tags(tmp_path / "study").PatientID == "CT-PATIENT"
+    assert input_study_tags(zip_folder(tmp_path / "study", tmp_path / "study.zip")).PatientID == "CT-PATIENT"
+    assert input_study_tags(write_volume(volume(), tmp_path / "x.nii.gz")) is None
