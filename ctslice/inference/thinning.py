@@ -95,7 +95,6 @@ def thin_by_model(loaded, thick: Volume, choices: Choices,
 
     spacing = choices.thin_spacing or loaded.default_thin_spacing(thick.spacing[2])
     steps = choices.steps or loaded.interpolator.config.inference.steps
-    thin_grid(thick.grid, spacing)
     try:
         prediction = loaded.interpolator.predict(thick, spacing, mode=choices.mode, samples=choices.samples,
                                                  steps=steps, seed=choices.seed, on_step=on_step)
