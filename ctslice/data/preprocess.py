@@ -29,6 +29,8 @@ from ctslice.data.checks import check_ct_volume
 from ctslice.data.discover import CaseSource, find_cases
 from ctslice.data.lock import writer_lock
 from ctslice.data.pairs import Pair, real_pair, resample_inplane, simulate_pair
+from ctslice.data.shards import parse_shard as parse_shard  # re-exported: the command layer imports it here
+from ctslice.data.shards import select_shard
 from ctslice.errors import CtsliceError, InputError, first_line, shown
 from ctslice.io import ReadOptions, extracted, find_series, read_volume
 from ctslice.io.dicom import check_z_spacing
@@ -85,19 +87,6 @@ class CaseResult:
 
 class PartNotWritten(CtsliceError):
     """A finished case could not be written to the parts folder (a full disk): the run stops."""
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"I/N"`` -> (I, N) with 0 <= I < N."""
-    if not text:
-        return None
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise InputError(f"--shard {shown(text)}: expected I/N, e.g. 0/4") from None
-    if not 0 <= index < count:
-        raise InputError(f"--shard {shown(text)}: need 0 <= I < N")
-    return index, count
 
 
 def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, str, tuple[str, ...]]:
@@ -193,8 +182,7 @@ def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions,
         damaged = _check_existing(output)
         found = find_cases(inputs)
         sources = found.sources
-        if shard:
-            sources = [s for k, s in enumerate(sorted(sources, key=lambda s: s.case_id)) if k % shard[1] == shard[0]]
+        sources = select_shard(sources, shard)
         if not sources:
             raise InputError("no scans found in the inputs")
         parts = cache_files.parts_dir(output)
