@@ -17,7 +17,7 @@ from ctslice.data.splits import read_splits
 from ctslice.errors import InputError, shown
 from ctslice.evaluation import metrics
 from ctslice.evaluation.baselines import METHODS, interpolate
-from ctslice.evaluation.figures import comparison_figure
+from ctslice.evaluation.figures import case_figure, parse_window
 from ctslice.evaluation.report import mean_scores, table, to_json, write_json
 from ctslice.hardware import configure, resolve_device
 from ctslice.io.paths import check_output
@@ -30,11 +30,13 @@ PROTOCOL = ("HU clipped to [-1024, 2048] mapped to [0, 1]; PSNR with peak 1; SSI
 def run_validate(checkpoint: Path | None, cache_path: Path, splits_path: Path, split: str = "test",
                  steps: int | None = None, out: Path | None = None, json_output: bool = False, mode: str | None = None,
                  device_name: str | None = None, vae_checkpoint: Path | None = None, precision: str | None = None,
-                 threads: int | None = None) -> dict:
+                 threads: int | None = None, window: str | None = None) -> dict:
+    """``window``: the figures' HU window (``lung``, ``soft``, ``bone`` or ``W,L``; see ``parse_window``)."""
     from ctslice.inference.loading import load_model
 
     if split not in ("train", "val", "test"):
         raise InputError(f"--split {shown(split)}: choose val or test (or train)")
+    window = parse_window(window)
     device = resolve_device(device_name)
     with Cache(cache_path) as cache:
         case_ids = read_splits(splits_path, cache.case_ids())[split]
@@ -58,10 +60,11 @@ def run_validate(checkpoint: Path | None, cache_path: Path, splits_path: Path, s
             outputs.update({m: interpolate(thick, method=m, grid=truth.grid) for m in METHODS})
             reference = truth.array.astype(np.float32)
             scores = {m: metrics.evaluate(v.array, reference, planes=PLANES) for m, v in outputs.items()}
-            figure = comparison_figure(
-                {"thick input": interpolate(thick, method="nearest", grid=truth.grid).array,
-                 "cubic": outputs["cubic"].array, "model": outputs["model"].array, "truth": reference},
-                truth.spacing, out / "figures" / f"{case_id}.png", title=case_id)
+            nearest = interpolate(thick, method="nearest", grid=truth.grid).array
+            figure = case_figure(out / "figures" / f"{case_id}.png", truth.spacing, thick=nearest,
+                                 cubic=outputs["cubic"].array, model=outputs["model"].array, truth=reference,
+                                 scores={"thick": metrics.evaluate(nearest, reference, planes=PLANES), **scores},
+                                 window=window, title=case_id)
             cases.append({"case": case_id, "scores": scores, "figure": str(figure)})
             bar.advance(task)
     report = {"checkpoint": str(loaded.path), "step": loaded.step, "split": split, "mode": mode,

@@ -33,6 +33,7 @@ from ctslice.hardware import autocast, is_out_of_memory, memory_line, peak_memor
 from ctslice.training.checkpoint import periodic_checkpoints
 from ctslice.training.latents import encode_batch
 from ctslice.training.progress import TrainingProgress
+from ctslice.training.progress_figure import ProgressFigure
 from ctslice.training.session import Session, prepare
 
 
@@ -72,6 +73,7 @@ def train(config: Config, run_dir: Path, resume: str | None = None, device_name:
 def _loop(s: Session, stop: _SigtermFlag) -> TrainResult:
     training, world, device = s.config.training, s.world, s.device
     step, bad_steps, started = s.start_step, 0, time.time()
+    figure = ProgressFigure(s.run_dir, enabled=world.is_main)  # <run>/progress.png, redrawn at each validation
     with TrainingProgress(s.total_steps, s.start_step, enabled=world.is_main) as bar:
         while step < s.total_steps:
             tic = time.time()
@@ -98,6 +100,7 @@ def _loop(s: Session, stop: _SigtermFlag) -> TrainResult:
             if step % training.val_interval == 0 and not finishing:
                 metrics = s.validator.run(s.model, step, s.log) if world.is_main else {}
                 s.best_psnr = s.saver.maybe_best(step, metrics, s.best_psnr)
+                figure.redraw()
             if step % training.checkpoint_interval == 0:
                 s.saver.save(step, s.best_psnr, periodic=True)
             if world.any_true(stop.requested, device):
@@ -109,6 +112,7 @@ def _loop(s: Session, stop: _SigtermFlag) -> TrainResult:
                 break
     final_metrics = s.validator.run(s.model, step, s.log, final=True) if world.is_main else {}
     s.best_psnr = s.saver.maybe_best(step, final_metrics, s.best_psnr)
+    figure.redraw()
     s.saver.save(step, s.best_psnr, periodic=False)
     world.barrier()
     if world.is_main:

@@ -1,7 +1,9 @@
 """Validation during training: loss on fixed validation patches, and PSNR/SSIM on whole cases.
 
 The whole-case metrics run the same inference pipeline and the same metric protocol as
-``ctslice validate``, so the numbers in ``log.jsonl`` and in a validation report agree.
+``ctslice validate``, so the numbers in ``log.jsonl`` and in a validation report agree. Cubic
+interpolation is scored on the same cases (``cubic_psnr``, ``cubic_ssim``: the line a model has to
+beat, drawn in ``progress.png``); it does not change during a run, so it is computed once per case.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ctslice.console import console, note
 from ctslice.data.cache import Cache
 from ctslice.data.patches import PatchDataset, PixelSource
 from ctslice.evaluation import metrics
+from ctslice.evaluation.baselines import interpolate
 from ctslice.hardware import autocast
 from ctslice.inference.pipeline import SliceInterpolator
 from ctslice.training.latents import encode_batch
@@ -32,6 +35,7 @@ class Validator:
         self.case_ids = case_ids[: config.validation.val_samples]
         self.inplane_size = inplane_size
         self.patches = None
+        self._cubic: dict[str, dict[str, float]] = {}  # case id -> cubic's scores, computed at the first run
         if self.case_ids:
             source = PixelSource(cache_path, self.case_ids, z_multiple=codec.compression[0],
                                  inplane_multiple=codec.compression[1])
@@ -46,7 +50,7 @@ class Validator:
         model.eval()
         result = {"val_loss": self._loss(model)}
         interpolator = SliceInterpolator(model, self.codec, self.config, self.device, self.inplane_size)
-        scores = []
+        scores, cubic = [], []
         with Cache(self.cache_path) as cache:
             for case_id in self.case_ids:
                 truth = cache.volume(case_id, "thin")
@@ -54,14 +58,24 @@ class Validator:
                                                   mode=self.config.validation.mode,
                                                   steps=self.config.validation.val_steps, seed=step)
                 scores.append(metrics.evaluate(prediction.volume.array, truth.array.astype(np.float32)))
+                cubic.append(self._cubic_scores(case_id, cache))
         for key in ("psnr", "ssim", "hu_mae"):
             result[key] = float(np.mean([s[key] for s in scores]))
+        for key in ("psnr", "ssim"):
+            result[f"cubic_{key}"] = float(np.mean([s[key] for s in cubic]))
         log.write({"kind": "final_validation" if final else "validation", "step": step, **result})
         console.print(f"{'Final validation' if final else 'Validation'} at step {step}: "
                       f"loss {result['val_loss']:.4f}, PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, "
                       f"HU MAE {result['hu_mae']:.1f} ({len(scores)} case(s))")
         model.train()
         return result
+
+    def _cubic_scores(self, case_id: str, cache: Cache) -> dict[str, float]:
+        if case_id not in self._cubic:
+            truth = cache.volume(case_id, "thin")
+            cubic = interpolate(cache.volume(case_id, "thick"), method="cubic", grid=truth.grid)
+            self._cubic[case_id] = metrics.evaluate(cubic.array, truth.array.astype(np.float32))
+        return self._cubic[case_id]
 
     def _loss(self, model) -> float:
         """Mean loss on fixed patches with fixed noise, without disturbing the training RNG stream."""
