@@ -49,7 +49,8 @@ class CodecConfig:
     checkpoint: str | None = None  # MAISI VAE weights (else $CTSLICE_MAISI_VAE)
     encode_chunk: int = 32  # slices per chunk when encoding
     decode_chunk: int = 8  # latent slices per chunk when decoding
-    overlap: int = 40  # halo slices per side of a chunk (40 covers the MAISI VAE's receptive field: exact)
+    overlap: int = 40  # halo slices per side of a slab (40 covers the MAISI VAE's receptive field: exact)
+    strategy: str = "auto"  # chunked VAE: auto (block by block if it fits, else slabs), blocks or slabs
 
 
 @dataclass
@@ -276,6 +277,8 @@ def _check(config: Config, where: str) -> None:
                 "codec.decode_chunk": config.codec.decode_chunk}
     if config.codec.overlap < 0:
         raise ConfigError(f"{where}: codec.overlap must be 0 or more, got {config.codec.overlap}")
+    if config.codec.strategy not in ("auto", "blocks", "slabs"):
+        raise ConfigError(f"{where}: codec.strategy must be auto, blocks or slabs, got {config.codec.strategy!r}")
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{where}: {key} must be at least 1, got {value}")

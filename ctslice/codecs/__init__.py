@@ -1,7 +1,7 @@
 """Codecs between CT volumes and the latents the diffusion model works on.
 
 ``build_codec`` is the one entry point the rest of the project uses; the config's ``codec:`` section
-(``name``, ``checkpoint``, ``encode_chunk``, ``decode_chunk``, ``overlap``) maps onto its arguments.
+(``name``, ``checkpoint``, ``encode_chunk``, ``decode_chunk``, ``overlap``, ``strategy``) maps onto its arguments.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def build_codec(
     encode_chunk: int = 32,
     decode_chunk: int = 8,
     overlap: int = DEFAULT_OVERLAP,
+    strategy: str = "auto",
 ) -> Codec:
     """The codec called ``name``, frozen and on ``device``.
 
@@ -37,7 +38,8 @@ def build_codec(
     """
     if name == "maisi":
         return load_maisi(
-            checkpoint, device=device, encode_chunk=encode_chunk, decode_chunk=decode_chunk, overlap=overlap
+            checkpoint, device=device, encode_chunk=encode_chunk, decode_chunk=decode_chunk, overlap=overlap,
+            strategy=strategy,
         )
     if name == "identity":
         return IdentityCodec(device)
@@ -47,4 +49,5 @@ def build_codec(
 def codec_for(config: CodecConfig, device: str | torch.device = "cpu", checkpoint: str | Path | None = None) -> Codec:
     """The codec a config's ``codec:`` section describes; ``checkpoint`` (e.g. ``--vae-checkpoint``) wins."""
     return build_codec(config.name, checkpoint=checkpoint or config.checkpoint, device=device,
-                       encode_chunk=config.encode_chunk, decode_chunk=config.decode_chunk, overlap=config.overlap)
+                       encode_chunk=config.encode_chunk, decode_chunk=config.decode_chunk, overlap=config.overlap,
+                       strategy=config.strategy)

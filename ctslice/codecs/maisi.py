@@ -75,6 +75,7 @@ def load_maisi(
     encode_chunk: int = 32,
     decode_chunk: int = 8,
     overlap: int = DEFAULT_OVERLAP,
+    strategy: str = "auto",
 ) -> MaisiCodec:
     """The MAISI codec with pretrained weights from ``checkpoint``, else from ``$CTSLICE_MAISI_VAE``."""
     path = checkpoint or os.environ.get(CHECKPOINT_ENV)
@@ -88,7 +89,8 @@ def load_maisi(
     loaded = load_strict(network, state, path)
     expected = len(network.state_dict())
     console.print(f"Loaded {loaded}/{expected} parameters ({100.0 * loaded / expected:.1f}%)")
-    codec = MaisiCodec(network, encode_chunk=encode_chunk, decode_chunk=decode_chunk, overlap=overlap).to(device)
+    codec = MaisiCodec(network, encode_chunk=encode_chunk, decode_chunk=decode_chunk, overlap=overlap,
+                       strategy=strategy).to(device)
     trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
     console.print(f"VAE: {codec.parameter_count():,} ({trainable:,} trainable)")
     if codec.device.type != "cuda":

@@ -135,7 +135,8 @@ class RealRecorder:
         from ctslice.codecs.maisi import build_network
 
         return MaisiCodec(build_network(self.device), encode_chunk=config.codec.encode_chunk,
-                          decode_chunk=config.codec.decode_chunk, overlap=config.codec.overlap)
+                          decode_chunk=config.codec.decode_chunk, overlap=config.codec.overlap,
+                          strategy=config.codec.strategy)
 
     def model(self, config: Config, latent_channels: int):
         from ctslice.models import build_model
