@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from codec_memory import MIB, _status_kib, malloc_env, settle
+from codec_memory import _status_kib, malloc_env, settle
 
 DEFAULT_CASES = ["decode:64:16:8", "decode:48:16:12", "encode:48:16:12"]
 FULL_SIZE = "decode:63:128:8"

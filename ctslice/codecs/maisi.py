@@ -160,11 +160,10 @@ class MaisiCodec(Codec):
         _check_shape(x, 1, "volume")
         depth = x.shape[2]
         x = _pad_to_multiple(x.float(), self.compression)
-        head = partial(self._moments, sample)
         with self._inference():
             moments = self._chunked(
-                self.network.encoder, x, self.encode_chunk, self.overlap, lambda h: h, head,
-                f"Chunked encoding: {depth} slices",
+                self.network.encoder, x, self.encode_chunk, self.overlap, lambda h: h,
+                partial(self._moments, sample), f"Chunked encoding: {depth} slices",
             ).to(x.device)
         if not sample:
             return moments
@@ -174,9 +173,10 @@ class MaisiCodec(Codec):
     def decode(self, latents: Tensor, *, size: tuple[int, int, int] | None = None) -> Tensor:
         _check_shape(latents, self.latent_channels, "latents")
         with self._inference():
+            what = f"Chunked decoding: {latents.shape[2]} latent slices"
             out = self._chunked(
                 self.network.decoder, latents.float(), self.decode_chunk, self.overlap // 4,
-                self.network.post_quant_conv, lambda h: h.float(), f"Chunked decoding: {latents.shape[2]} latent slices",
+                self.network.post_quant_conv, lambda h: h.float(), what,
             ).to(latents.device)
         if size is not None:
             if any(s > n for s, n in zip(size, out.shape[2:], strict=True)):
