@@ -3,8 +3,9 @@
     python benchmarks/codec_memory.py                       # depths 32 64 128 256, 32 x 32 in-plane
     python benchmarks/codec_memory.py --depths 64 256 --size 16 --overlap 20
 
-The released CT config with random weights (seeded), float32 on CPU, default chunking (32 slices per
-encode chunk, 8 latent slices per decode chunk, overlap 40) unless told otherwise. Every (operation,
+The released CT config with random weights (seeded), float32 on CPU, the codec's default chunking
+(block by block where the activations fit, see ``codecs/strategy.py``; 32 slices per encode chunk, 8
+latent slices per decode chunk, overlap 40 for the slab method) unless told otherwise. Every (operation,
 mode, depth) runs in a fresh subprocess so that one peak cannot hide another. Peak memory is the
 working memory of the call: the process's peak RSS during it (VmHWM, reset just before through
 /proc/self/clear_refs) minus its RSS just before it (network and input loaded, one small warm-up
