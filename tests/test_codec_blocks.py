@@ -162,3 +162,10 @@ def test_run_blockwise_rejects_a_chunk_off_the_downsampling_stride(network):
     x = torch.rand(1, 1, 24, 4, 4)
     with pytest.raises(ValueError, match="stride"):
         run_blockwise(network.encoder.blocks, describe_all(network.encoder.blocks), x, 6, CPU, CPU)
+
+
+def test_block_wise_statistics_are_per_sample(network, whole):
+    """GroupNorm statistics are per sample: two samples with different levels, decoded in one batch."""
+    z = whole.encode(torch.cat([z_varying_volume(4 * 29, seed=5), 0.3 * z_varying_volume(4 * 29, seed=6)]))
+    chunked = MaisiCodec(network, decode_chunk=8, strategy="blocks").decode(z)
+    assert relative_difference(chunked, whole.decode(z)) <= TOLERANCE
