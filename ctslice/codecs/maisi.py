@@ -184,7 +184,7 @@ class MaisiCodec(Codec):
             out = out[..., : size[0], : size[1], : size[2]]
         return out
 
-    def plan(self, part: nn.Module, x: Tensor, chunk: int) -> Plan:
+    def execution_plan(self, part: nn.Module, x: Tensor, chunk: int) -> Plan:
         """How ``part`` (the encoder or decoder) runs on ``x`` in chunks of ``chunk`` slices (see ``strategy.py``)."""
         align = self.compression[0] if part is self.network.encoder else 1
         return plan(describe_all(part.blocks), x.shape[1], (x.shape[0], *x.shape[2:]), chunk, self._device,
@@ -197,12 +197,15 @@ class MaisiCodec(Codec):
         the memory of one slab, with no extra passes.
         """
         slabs = plan_chunks(x.shape[2], chunk, halo)
-        how = self.plan(part, x, chunk) if len(slabs) > 1 else None
+        how = self.execution_plan(part, x, chunk) if len(slabs) > 1 else None
         if how is None or not how.blockwise:
             if how is not None:
                 console.print(f"{what} -> {len(slabs)} chunks of at most {chunk}, {how.reason}")
-            whole = lambda slab: tail(part(head(slab)))  # noqa: E731
-            return run_in_chunks(whole, part, x, slabs, self._device)
+
+            def network(slab: Tensor) -> Tensor:
+                return tail(part(head(slab)))
+
+            return run_in_chunks(network, part, x, slabs, self._device)
         chunks = -(-x.shape[2] // how.chunk)
         console.print(f"{what} -> {chunks} chunks of at most {how.chunk}, block by block "
                       f"(activations on {how.storage.type})")
