@@ -51,6 +51,7 @@ class CodecConfig:
     decode_chunk: int = 8  # latent slices per chunk when decoding
     overlap: int = 40  # halo slices per side of a slab (40 covers the MAISI VAE's receptive field: exact)
     strategy: str = "auto"  # chunked VAE: auto (block by block if it fits, else slabs), blocks or slabs
+    memory_gb: float | None = None  # memory the chunked VAE may take (default: from what is free)
 
 
 @dataclass
@@ -277,6 +278,8 @@ def _check(config: Config, where: str) -> None:
                 "codec.decode_chunk": config.codec.decode_chunk}
     if config.codec.overlap < 0:
         raise ConfigError(f"{where}: codec.overlap must be 0 or more, got {config.codec.overlap}")
+    if config.codec.memory_gb is not None and config.codec.memory_gb <= 0:
+        raise ConfigError(f"{where}: codec.memory_gb must be positive, got {config.codec.memory_gb}")
     if config.codec.strategy not in ("auto", "blocks", "slabs"):
         raise ConfigError(f"{where}: codec.strategy must be auto, blocks or slabs, got {config.codec.strategy!r}")
     for key, value in positive.items():

@@ -127,7 +127,7 @@ def test_block_wise_encoding_matches_whole_volume_mean_and_sample(network, whole
 
 def test_over_budget_the_codec_falls_back_to_slabs_still_exact(network, whole, capsys):
     z = whole.encode(z_varying_volume(4 * 29, seed=1))
-    codec = MaisiCodec(network, decode_chunk=8, storage_budget=1)
+    codec = MaisiCodec(network, decode_chunk=8, memory_budget=1)
     fallback = codec.decode(z)
     err = " ".join(capsys.readouterr().err.split())
     assert "4 chunks of at most 8, whole network per slab (block-wise activations need" in err
@@ -156,6 +156,9 @@ def test_on_cuda_the_chunk_follows_free_memory_and_activations_move_to_the_host_
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (need, need))
     tight = plan(specs, 4, shape, 8, cuda, strategy="blocks")
     assert tight.blockwise and tight.storage == CPU
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * need, 10 * need))
+    capped = plan(specs, 4, shape, 8, cuda, strategy="blocks", budget=need // 2)  # a 24 GB card's share
+    assert capped.blockwise and capped.storage == CPU and capped.chunk < roomy.chunk
 
 
 def test_run_blockwise_rejects_a_chunk_off_the_downsampling_stride(network):
@@ -169,3 +172,15 @@ def test_block_wise_statistics_are_per_sample(network, whole):
     z = whole.encode(torch.cat([z_varying_volume(4 * 29, seed=5), 0.3 * z_varying_volume(4 * 29, seed=6)]))
     chunked = MaisiCodec(network, decode_chunk=8, strategy="blocks").decode(z)
     assert relative_difference(chunked, whole.decode(z)) <= TOLERANCE
+
+
+def test_the_config_sets_the_method_and_the_memory_budget():
+    from ctslice.codecs import memory_budget
+    from ctslice.config import ConfigError, load_config
+
+    codec = load_config(None, ["codec.strategy=slabs", "codec.memory_gb=20"]).codec
+    assert (codec.strategy, memory_budget(codec)) == ("slabs", 20 * 10**9)
+    assert memory_budget(load_config(None).codec) is None
+    for bad in ("codec.strategy=layers", "codec.memory_gb=0"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(None, [bad])

@@ -76,6 +76,7 @@ def load_maisi(
     decode_chunk: int = 8,
     overlap: int = DEFAULT_OVERLAP,
     strategy: str = "auto",
+    memory_budget: int | None = None,
 ) -> MaisiCodec:
     """The MAISI codec with pretrained weights from ``checkpoint``, else from ``$CTSLICE_MAISI_VAE``."""
     path = checkpoint or os.environ.get(CHECKPOINT_ENV)
@@ -90,7 +91,7 @@ def load_maisi(
     expected = len(network.state_dict())
     console.print(f"Loaded {loaded}/{expected} parameters ({100.0 * loaded / expected:.1f}%)")
     codec = MaisiCodec(network, encode_chunk=encode_chunk, decode_chunk=decode_chunk, overlap=overlap,
-                       strategy=strategy).to(device)
+                       strategy=strategy, memory_budget=memory_budget).to(device)
     trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
     console.print(f"VAE: {codec.parameter_count():,} ({trainable:,} trainable)")
     if codec.device.type != "cuda":
@@ -104,7 +105,7 @@ class MaisiCodec(Codec):
     ``encode_chunk`` (image slices) and ``overlap`` must be multiples of 4 so that chunks fall on
     whole latent slices; ``decode_chunk`` is in latent slices. ``strategy`` picks the chunked
     execution: ``auto`` runs block by block when the whole-volume block activations fit
-    ``storage_budget`` (bytes; default: what the storage device has free), else the whole network
+    ``memory_budget`` (bytes; see ``strategy.plan``; default: from the free memory), else the whole network
     per slab; ``blocks`` and ``slabs`` force one (see ``strategy.py``). ``overlap`` is the slab
     method's halo; the block-wise one derives each block's own.
     """
@@ -122,7 +123,7 @@ class MaisiCodec(Codec):
         decode_chunk: int = 8,
         overlap: int = DEFAULT_OVERLAP,
         strategy: str = "auto",
-        storage_budget: int | None = None,
+        memory_budget: int | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -137,7 +138,7 @@ class MaisiCodec(Codec):
         self.decode_chunk = decode_chunk
         self.overlap = overlap
         self.strategy = strategy
-        self.storage_budget = storage_budget
+        self.memory_budget = memory_budget
         self.to(next(network.parameters()).device)
 
     def to(self, device: str | torch.device) -> MaisiCodec:
@@ -188,7 +189,7 @@ class MaisiCodec(Codec):
         """How ``part`` (the encoder or decoder) runs on ``x`` in chunks of ``chunk`` slices (see ``strategy.py``)."""
         align = self.compression[0] if part is self.network.encoder else 1
         return plan(describe_all(part.blocks), x.shape[1], (x.shape[0], *x.shape[2:]), chunk, self._device,
-                    strategy=self.strategy, budget=self.storage_budget, align=align)
+                    strategy=self.strategy, budget=self.memory_budget, align=align)
 
     def _chunked(self, part: nn.Module, x: Tensor, chunk: int, halo: int, head, tail, what: str) -> Tensor:
         """``tail(part(head(x)))`` run in chunks along z; ``head`` and ``tail`` act per voxel (1x1x1 convolutions).

@@ -90,7 +90,9 @@ def plan(
 ) -> Plan:
     """The execution for an input of ``shape`` (B, D, H, W) with ``in_channels`` channels on ``device``.
 
-    ``budget`` (bytes) overrides the storage device's own limit; ``align`` is what the block-wise
+    ``budget`` (bytes) caps the memory the codec may take on ``device``: on a CPU, the block-wise
+    activations (default: half the available memory); on CUDA, those activations plus the slab work
+    (default: 80 % of the free memory; a budget never raises that). ``align`` is what the block-wise
     chunk must be a multiple of (the network's compression along z).
     """
     if strategy not in STRATEGIES:
@@ -101,14 +103,12 @@ def plan(
     element = 2 if device.type == "cuda" else 4  # fp16 autocast on CUDA, as the codec runs
     need = storage_bytes(specs, in_channels, shape, element)
     if device.type == "cuda":
-        free = int(torch.cuda.mem_get_info(device)[0] * DEVICE_FRACTION)
-        on_device = free - need if budget is None else budget - need
-        if on_device >= work_bytes(specs, in_channels, shape, chunk):
-            return Plan(True, device, _largest_chunk(specs, in_channels, shape, chunk, on_device, align), "")
-        free = free if budget is None else budget  # the slab's room when the activations go to the host
-        host = torch.device("cpu")
-        if strategy == "blocks" or need <= int(host_available_bytes() * HOST_FRACTION):
-            return Plan(True, host, _largest_chunk(specs, in_channels, shape, chunk, free, align), "")
+        room = int(torch.cuda.mem_get_info(device)[0] * DEVICE_FRACTION)
+        room = room if budget is None else min(room, budget)
+        if room - need >= work_bytes(specs, in_channels, shape, chunk):
+            return Plan(True, device, _largest_chunk(specs, in_channels, shape, chunk, room - need, align), "")
+        if strategy == "blocks" or need <= int(host_available_bytes() * HOST_FRACTION):  # host memory holds them
+            return Plan(True, torch.device("cpu"), _largest_chunk(specs, in_channels, shape, chunk, room, align), "")
     elif device.type == "meta" or strategy == "blocks":
         return Plan(True, device, chunk, "")
     elif need <= (budget if budget is not None else int(host_available_bytes() * HOST_FRACTION)):

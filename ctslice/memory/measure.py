@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from ctslice.codecs import IdentityCodec, MaisiCodec
+from ctslice.codecs import IdentityCodec, MaisiCodec, memory_budget
 from ctslice.config import Config, config_from_dict
 from ctslice.console import console
 from ctslice.errors import InputError
@@ -136,7 +136,8 @@ class RealRecorder:
 
         return MaisiCodec(build_network(self.device), encode_chunk=config.codec.encode_chunk,
                           decode_chunk=config.codec.decode_chunk, overlap=config.codec.overlap,
-                          strategy=config.codec.strategy)
+                          strategy=config.codec.strategy,
+                          memory_budget=memory_budget(config.codec))
 
     def model(self, config: Config, latent_channels: int):
         from ctslice.models import build_model
