@@ -3,8 +3,9 @@
     python benchmarks/codec_memory.py                       # depths 32 64 128 256, 32 x 32 in-plane
     python benchmarks/codec_memory.py --depths 64 256 --size 16 --overlap 20
 
-The released CT config with random weights (seeded), float32 on CPU, default chunking (32 slices per
-encode chunk, 8 latent slices per decode chunk, overlap 40) unless told otherwise. Every (operation,
+The released CT config with random weights (seeded), float32 on CPU, the codec's default chunking
+(block by block where the activations fit, see ``codecs/strategy.py``; 32 slices per encode chunk, 8
+latent slices per decode chunk, overlap 40 for the slab method) unless told otherwise. Every (operation,
 mode, depth) runs in a fresh subprocess so that one peak cannot hide another. Peak memory is the
 working memory of the call: the process's peak RSS during it (VmHWM, reset just before through
 /proc/self/clear_refs) minus its RSS just before it (network and input loaded, one small warm-up
@@ -33,6 +34,24 @@ def _status_kib(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
+def settle() -> int:
+    """Frees what can be freed and resets the peak RSS; returns the RSS now (KiB), the call's baseline."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap, so that "before" is what is really in use
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current RSS
+    return _status_kib("VmRSS")
+
+
+def malloc_env() -> dict[str, str]:
+    """The environment of a measuring subprocess: RSS that follows live memory.
+
+    A fixed mmap threshold turns off glibc's dynamic one, which otherwise lets freed tensors of up to
+    32 MiB fragment the heap, and one arena keeps threads from each growing their own: RSS then
+    follows live memory (run to run within 1 MiB) rather than the allocation history (+-15 MiB).
+    """
+    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MIB), "MALLOC_ARENA_MAX": "1"}
+
+
 def worker(op: str, mode: str, depth: int, size: int, overlap: int, threads: int, out: Path) -> None:
     """One measurement in this (fresh) process; prints one JSON line and saves the result to ``out``."""
     import torch
@@ -57,10 +76,7 @@ def worker(op: str, mode: str, depth: int, size: int, overlap: int, threads: int
         x = torch.randn(1, 4, depth // 4, size // 4, size // 4, generator=g)
         run = codec.decode
     run(x[:, :, :8])  # warm-up: one-off allocations (thread pools, kernel workspaces) are not the call's
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap, so that "before" is what is really in use
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current RSS
-    before = _status_kib("VmRSS")
+    before = settle()
     started = time.perf_counter()
     result = run(x)
     seconds = time.perf_counter() - started
@@ -85,11 +101,7 @@ def measure(op: str, mode: str, depth: int, args: argparse.Namespace, out: Path)
         "--threads",
         str(args.threads),
     ]
-    # A fixed mmap threshold turns off glibc's dynamic one, which otherwise lets freed tensors of up to
-    # 32 MiB fragment the heap, and one arena keeps threads from each growing their own: RSS then
-    # follows live memory (run to run within 1 MiB) rather than the allocation history (+-15 MiB).
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MIB), "MALLOC_ARENA_MAX": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=malloc_env())
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

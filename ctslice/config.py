@@ -52,7 +52,9 @@ class CodecConfig:
     checkpoint: str | None = None  # MAISI VAE weights (else $CTSLICE_MAISI_VAE)
     encode_chunk: int = 32  # slices per chunk when encoding
     decode_chunk: int = 8  # latent slices per chunk when decoding
-    overlap: int = 40  # halo slices per side of a chunk (40 covers the MAISI VAE's receptive field: exact)
+    overlap: int = 40  # halo slices per side of a slab (40 covers the MAISI VAE's receptive field: exact)
+    strategy: str = "auto"  # chunked VAE: auto (block by block if it fits, else slabs), blocks or slabs
+    memory_gb: float | None = None  # memory the chunked VAE may take (default: from what is free)
 
 
 @dataclass
@@ -135,6 +137,7 @@ class Config:
 
 CHOICES = {
     "codec.name": ("identity", "maisi"),
+    "codec.strategy": ("auto", "blocks", "slabs"),
     "diffusion.schedule": ("cosine", "linear_beta", "scaled_linear_beta", "sigmoid_beta"),
     "diffusion.prediction_type": ("sample", "epsilon", "v_prediction"),
     "training.precision": ("auto", "bf16", "fp32"),
@@ -220,6 +223,7 @@ DOMAINS: dict[str, Domain] = {
     "codec.encode_chunk": ints(1, 4096),
     "codec.decode_chunk": ints(1, 4096),
     "codec.overlap": ints(0, 1024),
+    "codec.memory_gb": floats(0, 1e6, above=True),  # None: from the free memory
     "model.channels": lists(ints(1, 4096), 8, "channel counts from 1 to 4,096"),
     "model.attention_levels": lists(None, 8, "true/false values"),
     "model.attention_heads": ints(1, 1024),

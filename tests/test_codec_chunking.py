@@ -1,4 +1,6 @@
-"""Chunked encode/decode along z matches the whole-volume result within the stated tolerance.
+"""Chunked encode/decode along z (the slab method) matches the whole-volume result within the stated tolerance.
+
+The block-wise method, the codec's default, is tested in ``test_codec_blocks.py``.
 
 Stated tolerance (``TOLERANCE``): with the default overlap (40 slices, the MAISI networks' receptive
 field along z), max |chunked - whole| <= 1e-4 * max |whole|, for encoding and decoding, on the
@@ -82,7 +84,7 @@ def test_group_norm_statistics_are_those_of_the_whole_volume(network):
 @pytest.mark.parametrize(("depth", "chunk"), [(117, 32), (150, 64)])
 def test_chunked_encoding_matches_whole_volume(network, whole, depth, chunk, capsys):
     x = z_varying_volume(depth)
-    chunked = MaisiCodec(network, encode_chunk=chunk).encode(x)
+    chunked = MaisiCodec(network, encode_chunk=chunk, strategy="slabs").encode(x)
     chunks = -(-depth // chunk)
     assert f"Chunked encoding: {depth} slices -> {chunks} chunks of at most {chunk}" in capsys.readouterr().err
     assert chunked.shape == (1, 4, -(-depth // 4), 1, 1)
@@ -93,7 +95,7 @@ def test_chunked_encoding_matches_whole_volume(network, whole, depth, chunk, cap
 def test_chunked_decoding_matches_whole_volume(network, whole, latent_depth, chunk, capsys):
     z = whole.encode(z_varying_volume(4 * latent_depth, seed=latent_depth))
     size = (4 * latent_depth - 3, 4, 4)  # crop to a depth that is not a multiple of 4
-    chunked = MaisiCodec(network, decode_chunk=chunk).decode(z, size=size)
+    chunked = MaisiCodec(network, decode_chunk=chunk, strategy="slabs").decode(z, size=size)
     chunks = -(-latent_depth // chunk)
     assert f"Chunked decoding: {latent_depth} latent slices -> {chunks} chunks of at most {chunk}" in (
         capsys.readouterr().err
@@ -105,7 +107,7 @@ def test_chunked_decoding_matches_whole_volume(network, whole, latent_depth, chu
 def test_an_overlap_short_of_the_receptive_field_breaks_the_tolerance(network, whole):
     """The tolerance is not vacuous: these volumes do expose a halo that is too small."""
     x = z_varying_volume(36)
-    short = MaisiCodec(network, encode_chunk=16, overlap=8)
+    short = MaisiCodec(network, encode_chunk=16, overlap=8, strategy="slabs")
     assert relative_difference(short.encode(x), whole.encode(x)) > 100 * TOLERANCE
 
 

@@ -4,6 +4,7 @@ seamless windows, samples with their spread, and a report whose numbers can be r
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -115,6 +116,9 @@ def test_samples_write_mean_and_std(trained, tmp_path, cli):
     result = cli("infer", source, "-o", tmp_path / "mean.nii.gz", "--checkpoint", trained[0], "--samples", "3",
                  "--steps", "2", "--std-out", tmp_path / "std.nii.gz", "--seed", "1")
     assert result.exit_code == 0, result.output
+    stages = re.search(r"^Stages: read (\S+) s, encode (\S+) s, denoise (\S+) s, decode (\S+) s, write (\S+) s; "
+                       r"peak RSS \d+\.\d+ GiB$", result.output, re.MULTILINE)
+    assert stages and all(float(s) >= 0 for s in stages.groups())
     mean, std = read_volume(tmp_path / "mean.nii.gz"), read_volume(tmp_path / "std.nii.gz")
     assert mean.grid == std.grid
     assert std.array.min() >= 0 and std.array.max() > 0

@@ -249,13 +249,16 @@ def test_measuring_cuda_without_cuda_is_a_usage_error(cli):
     assert "--device cuda: CUDA requested but no GPU is visible; use --device cpu" in result.output
 
 
-def test_the_codec_halo_in_the_config_sets_the_predicted_codec_peaks():
-    """A shorter ``codec.overlap`` means smaller slabs: the model must trace the codec the config builds."""
+def test_the_codec_halo_and_strategy_in_the_config_set_the_predicted_codec_peaks():
+    """The model must trace the codec the config builds: with slabs, a shorter ``codec.overlap`` means
+    smaller slabs; block by block, each block's own halo is used and the overlap changes nothing."""
     geometry = Geometry(5.0, (160, 16, 16), (160, 16, 16), "given")
 
-    def codec_peaks(overlap: int) -> dict[str, int]:
-        config = load_config(TINY, ["codec.name=maisi", f"codec.overlap={overlap}", "codec.decode_chunk=2"])
+    def codec_peaks(overlap: int, strategy: str) -> dict[str, int]:
+        config = load_config(TINY, ["codec.name=maisi", f"codec.overlap={overlap}", "codec.decode_chunk=2",
+                                    f"codec.strategy={strategy}"])
         return {s.name: s.total for s in estimate_memory(config, geometry, "cpu").inference if s.name != "denoise"}
 
-    full, short = codec_peaks(40), codec_peaks(20)
+    full, short = codec_peaks(40, "slabs"), codec_peaks(20, "slabs")
     assert short["encode"] < full["encode"] and short["decode"] < full["decode"]
+    assert codec_peaks(40, "blocks") == codec_peaks(36, "blocks") != full

@@ -1,7 +1,8 @@
 """Codecs between CT volumes and the latents the diffusion model works on.
 
 ``build_codec`` is the one entry point the rest of the project uses; the config's ``codec:`` section
-(``name``, ``checkpoint``, ``encode_chunk``, ``decode_chunk``, ``overlap``) maps onto its arguments.
+(``name``, ``checkpoint``, ``encode_chunk``, ``decode_chunk``, ``overlap``, ``strategy``, ``memory_gb``)
+maps onto its arguments.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from ctslice.errors import InputError
 
 CODECS = ("maisi", "identity")
 
-__all__ = ["CODECS", "Codec", "IdentityCodec", "MaisiCodec", "build_codec", "codec_for", "latent_scale_factor"]
+__all__ = ["CODECS", "Codec", "IdentityCodec", "MaisiCodec", "build_codec", "codec_for", "latent_scale_factor",
+           "memory_budget"]
 
 
 def build_codec(
@@ -29,6 +31,8 @@ def build_codec(
     encode_chunk: int = 32,
     decode_chunk: int = 8,
     overlap: int = DEFAULT_OVERLAP,
+    strategy: str = "auto",
+    memory_budget: int | None = None,
 ) -> Codec:
     """The codec called ``name``, frozen and on ``device``.
 
@@ -37,7 +41,8 @@ def build_codec(
     """
     if name == "maisi":
         return load_maisi(
-            checkpoint, device=device, encode_chunk=encode_chunk, decode_chunk=decode_chunk, overlap=overlap
+            checkpoint, device=device, encode_chunk=encode_chunk, decode_chunk=decode_chunk, overlap=overlap,
+            strategy=strategy, memory_budget=memory_budget,
         )
     if name == "identity":
         return IdentityCodec(device)
@@ -47,4 +52,11 @@ def build_codec(
 def codec_for(config: CodecConfig, device: str | torch.device = "cpu", checkpoint: str | Path | None = None) -> Codec:
     """The codec a config's ``codec:`` section describes; ``checkpoint`` (e.g. ``--vae-checkpoint``) wins."""
     return build_codec(config.name, checkpoint=checkpoint or config.checkpoint, device=device,
-                       encode_chunk=config.encode_chunk, decode_chunk=config.decode_chunk, overlap=config.overlap)
+                       encode_chunk=config.encode_chunk, decode_chunk=config.decode_chunk, overlap=config.overlap,
+                       strategy=config.strategy,
+                       memory_budget=memory_budget(config))
+
+
+def memory_budget(config: CodecConfig) -> int | None:
+    """``codec.memory_gb`` in bytes (None: the codec decides from the free memory)."""
+    return None if config.memory_gb is None else int(config.memory_gb * 1e9)

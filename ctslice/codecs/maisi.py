@@ -22,10 +22,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from monai.apps.generation.maisi.networks.autoencoderkl_maisi import AutoencoderKlMaisi, MaisiGroupNorm3D
-from torch import Tensor
+from torch import Tensor, nn
 
 from ctslice.codecs.base import Codec
+from ctslice.codecs.blocks import describe_all, run_blockwise
 from ctslice.codecs.chunking import plan_chunks, run_in_chunks
+from ctslice.codecs.strategy import STRATEGIES, Plan, plan
 from ctslice.codecs.weights import load_strict, read_state_dict
 from ctslice.console import console
 from ctslice.errors import InputError
@@ -49,7 +51,7 @@ CT_CONFIG = dict(
     use_convtranspose=False,
 )
 
-# Halo per side, in image slices, for chunked encoding and decoding (a multiple of 4, so that
+# Halo per side, in image slices, for the slab method of chunked encoding and decoding (a multiple of 4, so that
 # decoding uses overlap / 4 latent slices). Along z the encoder's receptive field reaches 36 slices
 # beyond a latent slice's own 4, the decoder's 10 latent slices (40 image slices); the tests measure
 # both. With 40 the chunks see everything the whole volume would, and chunked results match
@@ -73,6 +75,8 @@ def load_maisi(
     encode_chunk: int = 32,
     decode_chunk: int = 8,
     overlap: int = DEFAULT_OVERLAP,
+    strategy: str = "auto",
+    memory_budget: int | None = None,
 ) -> MaisiCodec:
     """The MAISI codec with pretrained weights from ``checkpoint``, else from ``$CTSLICE_MAISI_VAE``."""
     path = checkpoint or os.environ.get(CHECKPOINT_ENV)
@@ -86,7 +90,8 @@ def load_maisi(
     loaded = load_strict(network, state, path)
     expected = len(network.state_dict())
     console.print(f"Loaded {loaded}/{expected} parameters ({100.0 * loaded / expected:.1f}%)")
-    codec = MaisiCodec(network, encode_chunk=encode_chunk, decode_chunk=decode_chunk, overlap=overlap).to(device)
+    codec = MaisiCodec(network, encode_chunk=encode_chunk, decode_chunk=decode_chunk, overlap=overlap,
+                       strategy=strategy, memory_budget=memory_budget).to(device)
     trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
     console.print(f"VAE: {codec.parameter_count():,} ({trainable:,} trainable)")
     if codec.device.type != "cuda":
@@ -98,7 +103,11 @@ class MaisiCodec(Codec):
     """Encode/decode with the frozen MAISI VAE, chunked along z (see ``chunking.py``).
 
     ``encode_chunk`` (image slices) and ``overlap`` must be multiples of 4 so that chunks fall on
-    whole latent slices; ``decode_chunk`` is in latent slices.
+    whole latent slices; ``decode_chunk`` is in latent slices. ``strategy`` picks the chunked
+    execution: ``auto`` runs block by block when the whole-volume block activations fit
+    ``memory_budget`` (bytes; see ``strategy.plan``; default: from the free memory), else the whole network
+    per slab; ``blocks`` and ``slabs`` force one (see ``strategy.py``). ``overlap`` is the slab
+    method's halo; the block-wise one derives each block's own.
     """
 
     name = "maisi"
@@ -113,7 +122,11 @@ class MaisiCodec(Codec):
         encode_chunk: int = 32,
         decode_chunk: int = 8,
         overlap: int = DEFAULT_OVERLAP,
+        strategy: str = "auto",
+        memory_budget: int | None = None,
     ) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
         if encode_chunk < 4 or encode_chunk % 4:
             raise InputError(f"codec.encode_chunk must be a positive multiple of 4 slices, got {encode_chunk}")
         if decode_chunk < 1:
@@ -124,6 +137,8 @@ class MaisiCodec(Codec):
         self.encode_chunk = encode_chunk
         self.decode_chunk = decode_chunk
         self.overlap = overlap
+        self.strategy = strategy
+        self.memory_budget = memory_budget
         self.to(next(network.parameters()).device)
 
     def to(self, device: str | torch.device) -> MaisiCodec:
@@ -146,11 +161,11 @@ class MaisiCodec(Codec):
         _check_shape(x, 1, "volume")
         depth = x.shape[2]
         x = _pad_to_multiple(x.float(), self.compression)
-        chunks = plan_chunks(x.shape[2], self.encode_chunk, self.overlap)
-        if len(chunks) > 1:
-            console.print(f"Chunked encoding: {depth} slices -> {len(chunks)} chunks of at most {self.encode_chunk}")
         with self._inference():
-            moments = run_in_chunks(partial(self._encode_slab, sample), self.network.encoder, x, chunks, self._device)
+            moments = self._chunked(
+                self.network.encoder, x, self.encode_chunk, self.overlap, lambda h: h,
+                partial(self._moments, sample), f"Chunked encoding: {depth} slices",
+            ).to(x.device)
         if not sample:
             return moments
         mean, sigma = moments.chunk(2, dim=1)
@@ -158,26 +173,54 @@ class MaisiCodec(Codec):
 
     def decode(self, latents: Tensor, *, size: tuple[int, int, int] | None = None) -> Tensor:
         _check_shape(latents, self.latent_channels, "latents")
-        chunks = plan_chunks(latents.shape[2], self.decode_chunk, self.overlap // 4)
-        if len(chunks) > 1:
-            console.print(
-                f"Chunked decoding: {latents.shape[2]} latent slices -> {len(chunks)} chunks "
-                f"of at most {self.decode_chunk}"
-            )
         with self._inference():
-            out = run_in_chunks(self._decode_slab, self.network.decoder, latents.float(), chunks, self._device)
+            what = f"Chunked decoding: {latents.shape[2]} latent slices"
+            out = self._chunked(
+                self.network.decoder, latents.float(), self.decode_chunk, self.overlap // 4,
+                self.network.post_quant_conv, lambda h: h.float(), what,
+            ).to(latents.device)
         if size is not None:
             if any(s > n for s, n in zip(size, out.shape[2:], strict=True)):
                 raise ValueError(f"cannot crop a decoded {tuple(out.shape[2:])} volume to {tuple(size)}")
             out = out[..., : size[0], : size[1], : size[2]]
         return out
 
-    def _encode_slab(self, sample: bool, x: Tensor) -> Tensor:
-        mean, sigma = self.network.encode(x)
-        return (torch.cat([mean, sigma], dim=1) if sample else mean).float()
+    def execution_plan(self, part: nn.Module, x: Tensor, chunk: int) -> Plan:
+        """How ``part`` (the encoder or decoder) runs on ``x`` in chunks of ``chunk`` slices (see ``strategy.py``)."""
+        align = self.compression[0] if part is self.network.encoder else 1
+        return plan(describe_all(part.blocks), x.shape[1], (x.shape[0], *x.shape[2:]), chunk, self._device,
+                    strategy=self.strategy, budget=self.memory_budget, align=align)
 
-    def _decode_slab(self, z: Tensor) -> Tensor:
-        return self.network.decode(z).float()
+    def _chunked(self, part: nn.Module, x: Tensor, chunk: int, halo: int, head, tail, what: str) -> Tensor:
+        """``tail(part(head(x)))`` run in chunks along z; ``head`` and ``tail`` act per voxel (1x1x1 convolutions).
+
+        A volume no deeper than one slab of the slab method runs whole, as it always has: exact, in
+        the memory of one slab, with no extra passes.
+        """
+        slabs = plan_chunks(x.shape[2], chunk, halo)
+        how = self.execution_plan(part, x, chunk) if len(slabs) > 1 else None
+        if how is None or not how.blockwise:
+            if how is not None:
+                console.print(f"{what} -> {len(slabs)} chunks of at most {chunk}, {how.reason}")
+
+            def network(slab: Tensor) -> Tensor:
+                return tail(part(head(slab)))
+
+            return run_in_chunks(network, part, x, slabs, self._device)
+        chunks = -(-x.shape[2] // how.chunk)
+        console.print(f"{what} -> {chunks} chunks of at most {how.chunk}, block by block "
+                      f"(activations on {how.storage.type})")
+        h = head(x.to(self._device)).to(how.storage)
+        h = run_blockwise(part.blocks, describe_all(part.blocks), h, how.chunk, self._device, how.storage)
+        return tail(h.to(self._device))
+
+    def _moments(self, sample: bool, h: Tensor) -> Tensor:
+        """The posterior from the encoder's output, as MONAI's ``AutoencoderKL.encode`` computes it."""
+        mean = self.network.quant_conv_mu(h)
+        if not sample:
+            return mean.float()
+        sigma = torch.exp(torch.clamp(self.network.quant_conv_log_sigma(h), -30.0, 20.0) / 2)
+        return torch.cat([mean, sigma], dim=1).float()
 
     @contextmanager
     def _inference(self):

@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,10 +33,13 @@ MAX_ATTENTION_TOKENS = {False: 4096, True: 65536}  # without / with flash attent
 
 @dataclass
 class Prediction:
-    """The thin volume (float32 HU) and, for several samples, the per-voxel standard deviation."""
+    """The thin volume (float32 HU), for several samples the per-voxel standard deviation, and the
+    seconds of each stage (encode: resampling and encoding the condition; denoise; decode: decoding
+    and resampling back), for the caller to report."""
 
     volume: Volume
     std: Volume | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 class SliceInterpolator:
@@ -76,19 +81,33 @@ class SliceInterpolator:
     def predict(self, thick: Volume, thin_spacing: float, mode: str = "mean", samples: int = 1, steps: int = 20,
                 seed: int = 0, on_step: Callable[[str, int, int], None] | None = None) -> Prediction:
         """Thin volume for ``thick``; ``on_step(stage, done, total)`` reports progress."""
-        grid = thin_grid(thick.grid, thin_spacing)
-        model_thick, model_grid = thick, grid
-        if self.inplane_size:
-            model_thick = resample_inplane(thick, self.inplane_size)
-            model_grid = square_inplane_grid(grid, self.inplane_size)
-        cond = self._encode(interpolate_thick(model_thick, model_grid).array)
-        latents = self._denoise(cond, mode, samples, steps, seed, on_step)
-        shape = tuple(model_grid.size[::-1])
-        volumes = [self._decode(latent, shape) for latent in latents]
-        mean = np.mean(volumes, axis=0) if len(volumes) > 1 else volumes[0]
-        std = np.std(volumes, axis=0) if len(volumes) > 1 else None
-        return Prediction(self._on_grid(mean, model_grid, grid),
-                          None if std is None else self._on_grid(std, model_grid, grid))
+        seconds: dict[str, float] = {}
+        with self._stage(seconds, "encode"):
+            grid = thin_grid(thick.grid, thin_spacing)
+            model_thick, model_grid = thick, grid
+            if self.inplane_size:
+                model_thick = resample_inplane(thick, self.inplane_size)
+                model_grid = square_inplane_grid(grid, self.inplane_size)
+            cond = self._encode(interpolate_thick(model_thick, model_grid).array)
+        with self._stage(seconds, "denoise"):
+            latents = self._denoise(cond, mode, samples, steps, seed, on_step)
+        with self._stage(seconds, "decode"):
+            shape = tuple(model_grid.size[::-1])
+            volumes = [self._decode(latent, shape) for latent in latents]
+            mean = np.mean(volumes, axis=0) if len(volumes) > 1 else volumes[0]
+            std = np.std(volumes, axis=0) if len(volumes) > 1 else None
+            prediction = Prediction(self._on_grid(mean, model_grid, grid),
+                                    None if std is None else self._on_grid(std, model_grid, grid), seconds)
+        return prediction
+
+    @contextmanager
+    def _stage(self, seconds: dict[str, float], name: str) -> Iterator[None]:
+        """Adds the wall-clock seconds of the block to ``seconds[name]``, CUDA work included (synchronised)."""
+        started = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
 
     def _denoise(self, cond: torch.Tensor, mode: str, samples: int, steps: int, seed: int, on_step) -> list:
         """Thin latents: one mean estimate, or ``samples`` DDIM samples with seeds seed, seed+1, ..."""

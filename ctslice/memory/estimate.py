@@ -9,9 +9,11 @@ peak; a device must hold the largest stage.
 Two kinds of stage are not traced at full size, because tracing costs one Python call per op and the
 chunked codec and the sliding-window sampler repeat their ops per chunk and per window:
 
-- Chunked encode/decode (MAISI). The peak is one slab (``chunk + 2 * halo`` slices) plus whole-volume
-  input and output, so it is affine in the depth once a chunk with full halos exists: traced at that
-  depth and one chunk deeper, then extrapolated.
+- Chunked encode/decode (MAISI). With slabs, the peak is one slab (``chunk + 2 * halo`` slices) plus
+  whole-volume input and output; block by block (``codecs/blocks.py``), the whole-volume input and
+  output of the largest block plus one slab of it. Either is affine in the depth once a chunk with
+  full halos exists: traced at that depth and one chunk deeper, then extrapolated. Which method is
+  traced for ``codec.strategy: auto``: see :meth:`TraceRecorder.codec_strategy`.
 - The windowed U-Net pass: one batch of windows' activations plus whole-volume buffers (input,
   output and count maps), so affine in the latent volume: traced on two columns of windows, then
   extrapolated.
@@ -170,11 +172,20 @@ class TraceRecorder:
 
             network = build_network("meta")
             codec = MaisiCodec(network, encode_chunk=config.codec.encode_chunk, decode_chunk=config.codec.decode_chunk,
-                               overlap=config.codec.overlap)
+                               overlap=config.codec.overlap, strategy=self.codec_strategy(config))
         for module in network.modules():  # what MaisiCodec.to("cuda") sets: GroupNorm output in fp16
             if isinstance(module, MaisiGroupNorm3D):
                 module.norm_float16 = self.device_type == "cuda"
         return codec
+
+    def codec_strategy(self, config: Config) -> str:
+        """The chunked method to trace: ``auto`` is traced block by block on a CPU (where it runs so whenever
+        the activations fit half the available memory) and with slabs on CUDA, where a real run keeps the
+        block-wise activations on the GPU only if the free memory holds them (else in host memory, with a
+        smaller device peak than the slabs'): the slab peak is what a CUDA run needs at most."""
+        if config.codec.strategy != "auto":
+            return config.codec.strategy
+        return "blocks" if self.device_type == "cpu" else "slabs"
 
     def model(self, config: Config, latent_channels: int):
         from monai.networks.blocks.spatialattention import SpatialAttentionBlock
@@ -254,11 +265,12 @@ def _relevant(part: str, config: Config) -> str:
         keys.update(data=(c.data.patch_thick_slices, c.data.patch_size, c.data.whole_volumes, c.data.cache_latents),
                     training=(c.training.batch_size, c.training.grad_accumulation, c.training.precision),
                     prediction=c.diffusion.prediction_type,
-                    encode_chunk=None if c.data.cache_latents else (c.codec.encode_chunk, c.codec.overlap))
+                    encode_chunk=None if c.data.cache_latents else (c.codec.encode_chunk, c.codec.overlap,
+                                                                    c.codec.strategy))
     elif part == "encode":
-        keys.update(encode_chunk=c.codec.encode_chunk, overlap=c.codec.overlap)
+        keys.update(encode_chunk=c.codec.encode_chunk, overlap=c.codec.overlap, strategy=c.codec.strategy)
     elif part == "decode":
-        keys.update(decode_chunk=c.codec.decode_chunk, overlap=c.codec.overlap)
+        keys.update(decode_chunk=c.codec.decode_chunk, overlap=c.codec.overlap, strategy=c.codec.strategy)
     else:
         keys.update(inference=c.inference, precision=c.training.precision)
     return json.dumps(keys, default=str, sort_keys=True)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from ctslice.codecs import IdentityCodec, MaisiCodec
+from ctslice.codecs import IdentityCodec, MaisiCodec, memory_budget
 from ctslice.config import Config, config_from_dict, with_precision
 from ctslice.console import console
 from ctslice.errors import InputError
@@ -141,7 +141,9 @@ class RealRecorder:
         from ctslice.codecs.maisi import build_network
 
         return MaisiCodec(build_network(self.device), encode_chunk=config.codec.encode_chunk,
-                          decode_chunk=config.codec.decode_chunk, overlap=config.codec.overlap)
+                          decode_chunk=config.codec.decode_chunk, overlap=config.codec.overlap,
+                          strategy=config.codec.strategy,
+                          memory_budget=memory_budget(config.codec))
 
     def model(self, config: Config, latent_channels: int):
         from ctslice.models import build_model
