@@ -153,7 +153,7 @@ def shipped_configs() -> dict[str, tuple[Path, str]]:
     """Shipped configs by name: (path, the first line of the file's leading comment, its description)."""
     found = {}
     for path in sorted(SHIPPED_CONFIGS.glob("*.yaml")):
-        first = next(iter(path.read_text().splitlines()), "")
+        first = next(iter(path.read_text(encoding="utf-8").splitlines()), "")
         found[path.stem] = (path, first.lstrip("#").strip() if first.startswith("#") else "")
     return found
 

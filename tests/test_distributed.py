@@ -48,7 +48,7 @@ def test_two_ranks_hold_identical_weights_and_only_rank_0_writes(dataset, tmp_pa
     written = sorted(p.relative_to(tmp_path / "rank0").as_posix() for p in (tmp_path / "rank0").rglob("*")
                      if p.is_file() and "tensorboard" not in p.parts)
     assert written == ["checkpoints/final.pt", "checkpoints/latest.pt", "checkpoints/step_2.pt", "config.yaml",
-                       "log.jsonl"]
+                       "log.jsonl", "progress.png"]
     assert not [p for p in (tmp_path / "rank1").rglob("*") if p.is_file()]
     records = [line for line in (tmp_path / "rank0" / "log.jsonl").read_text().splitlines() if '"train"' in line]
     assert len(records) == 3  # one record per step, written once

@@ -27,7 +27,7 @@ NUMBER = r"(\d+(?:\.\d+)?)"
 def header(name: str) -> str:
     """The leading comment of a shipped config, joined into one line of prose."""
     lines = []
-    for line in (CONFIGS / f"{name}.yaml").read_text().splitlines():
+    for line in (CONFIGS / f"{name}.yaml").read_text(encoding="utf-8").splitlines():
         if not line.startswith("#"):
             break
         lines.append(line.lstrip("#").strip())
@@ -97,7 +97,7 @@ def claims() -> list[tuple[str, str, str, str]]:
                   re.findall(rf"inspect-memory --config {name}\b[^`]*` predicts an? {NUMBER} GB peak", text)]
         found += [(f"{name}.yaml", name, "train step", n) for n in
                   re.findall(rf"a training step needs {NUMBER} GB", text)]
-    readme = " ".join(README.read_text().split())
+    readme = " ".join(README.read_text(encoding="utf-8").split())
     for name, details in re.findall(r"`configs/(\w+)\.yaml`[^()`]*\(peak ([^)]*)\)", readme):
         found += [("README.md", name, "peak", n) for n in re.findall(r"^" + NUMBER + " GB", details)]
         found += [("README.md", name, "train step", n) for n in re.findall(r"training step " + NUMBER + " GB", details)]
@@ -141,7 +141,7 @@ def test_stated_vae_parameter_count_matches_the_network():
 
     from ctslice.codecs.maisi import build_network
 
-    (stated,) = re.findall(r"([\d,]+) parameters, 4 latent channels", README.read_text())
+    (stated,) = re.findall(r"([\d,]+) parameters, 4 latent channels", README.read_text(encoding="utf-8"))
     with torch.device("meta"):
         network = build_network("meta")
     assert int(stated.replace(",", "")) == sum(p.numel() for p in network.parameters())
@@ -151,7 +151,7 @@ def test_stated_vae_parameter_count_matches_the_network():
 
 def pyproject_field(key: str) -> str:
     """A top-level string of pyproject.toml's [project] table (tomllib needs Python 3.11; we support 3.10)."""
-    return re.search(rf'^{key} = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)[1]
+    return re.search(rf'^{key} = "([^"]+)"', (REPO / "pyproject.toml").read_text(encoding="utf-8"), re.M)[1]
 
 
 PYPROJECT = {key: pyproject_field(key) for key in ("name", "version", "license")}
@@ -159,13 +159,13 @@ PYPROJECT = {key: pyproject_field(key) for key in ("name", "version", "license")
 
 def test_license_file_is_the_apache_2_licence_pyproject_declares():
     assert PYPROJECT["license"] == "Apache-2.0"
-    text = (REPO / "LICENSE").read_text()
+    text = (REPO / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10_000  # the full text, not a stub
 
 
 def test_citation_file_is_valid_cff_and_matches_the_package():
-    citation = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    citation = yaml.safe_load((REPO / "CITATION.cff").read_text(encoding="utf-8"))
     assert citation["cff-version"] == "1.2.0"
     for key in ("message", "title", "authors"):  # required by the CFF 1.2.0 schema
         assert citation[key], key
