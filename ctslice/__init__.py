@@ -9,7 +9,7 @@ denoising U-Net and its sampler, ``training`` the trainer, ``evaluation`` metric
 ``import ctslice`` (and ``ctslice --help``) stays free of torch, NumPy and SimpleITK.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["__version__", "interpolate"]
 
 
