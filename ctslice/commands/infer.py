@@ -58,10 +58,12 @@ def output_type(output: Path, requested: str | None) -> str:
         suffixes = ", ".join(s for group in VOLUME_TYPES.values() for s in group)
         raise InputError(f"{shown(output)}: unknown output format; use one of {suffixes}, or --output-type dicom "
                          "for a folder holding a DICOM series")
+    if requested == "dicom":
+        if by_suffix is not None:
+            raise InputError(f"--output-type dicom writes a folder; {shown(output)} is named like a volume file")
+        return requested
     if requested is None or requested == by_suffix:
         return by_suffix
-    if requested == "dicom":
-        raise InputError(f"--output-type dicom writes a folder; {shown(output)} is named like a volume file")
     if requested not in VOLUME_TYPES:
         raise InputError(f"--output-type {requested!r}: choose one of {', '.join(OUTPUT_TYPES)}")
     raise InputError(f"--output-type {requested}: {shown(output)} does not end in "
@@ -283,6 +285,9 @@ def run_infer_folder(input: Path, output: Path, *, ext: str | None = None, kind:
     if ext is not None and kind is not None and _ext_type(ext) != kind:
         raise InputError(f"--ext {ext} and --output-type {kind} disagree; give one of them")
     ext = ext or EXTENSIONS[kind or "nifti"]
+    if str(output).lower().endswith(tuple(s for group in VOLUME_TYPES.values() for s in group)):
+        raise InputError(f"{shown(output)}: {shown(input)} is a folder of scans, written one output per case into a "
+                         "folder; give -o a folder (and --ext for the format)")
     choices = checked_choices(Choices(method, checkpoint, mode, samples, thin_spacing, steps, seed))
     plan = plan_batch(input, output, ext=ext, overwrite=overwrite, shard=shard)
     engine = _Engine.start(choices, device_name, threads, vae_checkpoint, precision)
@@ -318,14 +323,14 @@ def _ext_type(ext: str) -> str:
 
 
 def summary_table(results: list[CaseResult]) -> Table:
-    """One row per case (status, output or reason) and a caption counting done, skipped and failed."""
-    table = Table(title="Folder inference", title_justify="left")
+    """One row per case (status; its output, or why it failed) and a caption counting done, skipped and failed."""
+    folder = shown(results[0].case.output.parent) if results else ""
+    table = Table(title=f"Folder inference into {folder}", title_justify="left")
     for column in ("case", "status", "output / reason"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for result in results:
-        detail = result.reason if result.status == "failed" else shown(result.case.output)
-        table.add_row(result.case.case_id, result.status, detail if result.status != "skipped" else
-                      f"{shown(result.case.output)} (exists)")
+        detail = {"failed": result.reason, "skipped": f"{result.case.output.name} (exists)"}
+        table.add_row(result.case.case_id, result.status, detail.get(result.status, result.case.output.name))
     counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
     table.caption = ", ".join(f"{status} {count}" for status, count in counts.items())
     return table
