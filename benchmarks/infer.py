@@ -47,10 +47,10 @@ def make_checkpoint(folder: Path, config_path: Path, overrides: list[str]) -> Pa
 
 def worker(args: argparse.Namespace) -> None:
 
+    from ctslice.commands.infer import run_infer
     from ctslice.data.pairs import simulate_pair
     from ctslice.data.phantom import make_phantom
     from ctslice.hardware import peak_memory_bytes, reset_peak_memory, resolve_device
-    from ctslice.inference.run import run_infer
     from ctslice.io import write_volume
 
     size = args.size

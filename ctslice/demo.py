@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ctslice.commands.infer import run_infer
+from ctslice.commands.validate import run_validate
 from ctslice.config import load_config
 from ctslice.console import console, stdout
 from ctslice.data.cache import Cache
@@ -20,9 +22,7 @@ from ctslice.data.phantom import make_phantom
 from ctslice.data.preprocess import PreprocessOptions, run_preprocess
 from ctslice.data.splits import run_split
 from ctslice.errors import CtsliceError
-from ctslice.evaluation.validate import run_validate
 from ctslice.hardware import resolve_device
-from ctslice.inference.run import run_infer
 from ctslice.io import write_volume
 from ctslice.io.paths import check_output
 

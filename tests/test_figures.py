@@ -52,7 +52,7 @@ def test_a_bad_window_is_an_input_error_naming_the_option(text):
 
 
 def test_validate_refuses_a_bad_window_before_any_work(tmp_path):
-    from ctslice.evaluation.validate import run_validate
+    from ctslice.commands.validate import run_validate
 
     with pytest.raises(InputError, match="--window"):  # before the (missing) cache or checkpoint is looked at
         run_validate(tmp_path / "none.pt", tmp_path / "none.h5", tmp_path / "none.json", out=tmp_path / "report",

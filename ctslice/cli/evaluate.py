@@ -28,18 +28,35 @@ def validate(
     vae_checkpoint: Path = typer.Option(None, "--vae-checkpoint", help="MAISI VAE weights for a maisi model."),
     precision: PrecisionChoice = precision_option(),
     threads: int = threads_option(),
+    window: str = typer.Option(None, "--window", help="HU window of the figures: lung, soft, bone, or W,L (width, "
+                               "level), e.g. 400,40 (default: a wide window, 2000,0)."),
 ) -> None:
     """PSNR/SSIM/HU MAE of the model and classical baselines on every case of a split, with figures."""
-    from ctslice.evaluation.validate import run_validate
+    from ctslice.commands.validate import run_validate
 
     run_validate(checkpoint, cache, splits, split=split, steps=steps, out=out, json_output=json_output, mode=mode,
-                 device_name=device, vae_checkpoint=vae_checkpoint, precision=precision.value, threads=threads)
+                 device_name=device, vae_checkpoint=vae_checkpoint, precision=precision.value, threads=threads,
+                 window=window)
 
 
-@command("infer", example="ctslice infer scan.nii.gz -o thin.nii.gz")
+@command("infer", example="ctslice infer scan.nii.gz -o thin.nii.gz; a folder: ctslice infer scans/ -o thin/ "
+                          "--ext .nrrd; a DICOM series: ctslice infer dicom/ -o thin_dicom/ --output-type dicom")
 def infer(
-    input: Path = typer.Argument(..., help="Thick-slice scan: NIfTI/NRRD/MHA file, DICOM folder or zip."),
-    output: Path = typer.Option(..., "-o", "--output", help="Thin output (.nii.gz, .nii, .nrrd, .mha)."),
+    input: Path = typer.Argument(..., help="Thick-slice scan: NIfTI/NRRD/MHA file, DICOM folder or zip; or a folder "
+                                 "of scans. A folder whose only scan is one DICOM study is that scan; a folder of "
+                                 "volume files, zips or several studies is inferred case by case into -o (a folder)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Thin output (.nii.gz, .nii, .nrrd, .mha, or a folder "
+                                "with --output-type dicom); for a folder of scans, the output folder."),
+    output_type: Literal["nifti", "nrrd", "mha", "dicom"] | None = typer.Option(
+        None, "--output-type", help="Output format (default: from the -o suffix; for a folder: --ext). dicom "
+        "writes a folder holding one DICOM CT series (a DICOM input's study and patient tags are carried over)."),
+    ext: Literal[".nii.gz", ".nii", ".nrrd", ".mha", "dicom"] | None = typer.Option(
+        None, "--ext", help="Folder of scans: the output of each case, OUTDIR/<case><ext> (default .nii.gz; dicom: "
+        "a DICOM series folder per case)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Folder of scans: redo cases whose output exists "
+                                   "(default: skip them). One scan: replace an existing DICOM output folder."),
+    shard: str = typer.Option(None, "--shard", help="Folder of scans: only shard I of N (I/N, 0-based), as in "
+                              "preprocess."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Model checkpoint (default: the bundled model)."),
     method: Literal["linear", "cubic", "lanczos"] | None = typer.Option(None, "--method", help="A classical "
                                                                         "baseline instead of the model."),
@@ -62,12 +79,12 @@ def infer(
     precision: PrecisionChoice = precision_option(),
     threads: int = threads_option(),
 ) -> None:
-    """Turn a thick-slice scan into a thin-slice scan that overlays it exactly (int16 HU)."""
-    from ctslice.inference.run import run_infer
-    from ctslice.io import ReadOptions
+    """Turn a thick-slice scan (or a folder of them) into thin-slice scans that overlay them exactly (int16 HU)."""
+    from ctslice.commands.infer import infer_command
 
     with stopped_cleanly("unfinished output files were removed"):
-        run_infer(input, output, checkpoint=checkpoint, method=method, mode=mode, samples=samples, std_out=std_out,
-                  thin_spacing=thin_spacing, steps=steps, seed=seed, device_name=device,
-                  vae_checkpoint=vae_checkpoint, precision=precision.value, threads=threads,
-                  read_options=ReadOptions(tilt_correction=not no_tilt_correction, z_spacing=z_spacing))
+        infer_command(input, output, output_type=output_type, ext=ext, overwrite=overwrite, shard=shard,
+                      checkpoint=checkpoint, method=method, mode=mode, samples=samples, std_out=std_out,
+                      thin_spacing=thin_spacing, steps=steps, seed=seed, device_name=device,
+                      vae_checkpoint=vae_checkpoint, precision=precision.value, threads=threads,
+                      tilt_correction=not no_tilt_correction, z_spacing=z_spacing)

@@ -3,22 +3,24 @@
 Each case's thick volume goes through the model (the same pipeline as ``ctslice infer``) and through
 linear, cubic and Lanczos interpolation onto the case's thin grid; all are scored against the thin
 truth under the one metric protocol (``ctslice.evaluation.metrics``), and a comparison figure is drawn.
+``validate_split`` returns the report (a JSON-ready dict); the command prints it and writes it.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from ctslice.console import console, progress, stdout
 from ctslice.data.cache import Cache
 from ctslice.data.splits import read_splits
 from ctslice.errors import InputError, shown
 from ctslice.evaluation import metrics
 from ctslice.evaluation.baselines import METHODS, interpolate
 from ctslice.evaluation.figures import case_figure, parse_window
-from ctslice.evaluation.report import mean_scores, table, to_json, write_json
+from ctslice.evaluation.report import mean_scores
 from ctslice.hardware import configure, resolve_device
 from ctslice.io.paths import check_output
 
@@ -26,16 +28,23 @@ PLANES = ("axial", "coronal", "sagittal")
 PROTOCOL = ("HU clipped to [-1024, 2048] mapped to [0, 1]; PSNR with peak 1; SSIM = mean of 2D SSIMs per plane; "
             f"{metrics.TRIM} thin slices excluded at each end; HU MAE on clipped HU")
 
+log = logging.getLogger(__name__)
 
-def run_validate(checkpoint: Path | None, cache_path: Path, splits_path: Path, split: str = "test",
-                 steps: int | None = None, out: Path | None = None, json_output: bool = False, mode: str | None = None,
-                 device_name: str | None = None, vae_checkpoint: Path | None = None, precision: str | None = None,
-                 threads: int | None = None, window: str | None = None) -> dict:
-    """``window``: the figures' HU window (``lung``, ``soft``, ``bone`` or ``W,L``; see ``parse_window``)."""
+
+def validate_split(checkpoint: Path | None, cache_path: Path, splits_path: Path, split: str = "test",
+                   steps: int | None = None, out: Path | None = None, mode: str | None = None,
+                   device_name: str | None = None, vae_checkpoint: Path | None = None, precision: str | None = None,
+                   threads: int | None = None, window=None,
+                   on_progress: Callable[[str, int, int | None], None] | None = None) -> tuple[dict, Path]:
+    """The report of every case of ``split`` and the folder (``out``, default beside the run) holding its figures.
+
+    ``window``: the figures' HU window (``lung``, ``soft``, ``bone``, ``W,L`` or a ``Window``; see
+    ``parse_window``). ``on_progress(description, cases done, cases)`` reports progress.
+    """
     from ctslice.inference.loading import load_model
 
     if split not in ("train", "val", "test"):
-        raise InputError(f"--split {shown(split)}: choose val or test (or train)")
+        raise InputError(f"split {shown(split)}: choose val or test (or train)")
     window = parse_window(window)
     device = resolve_device(device_name)
     with Cache(cache_path) as cache:
@@ -44,7 +53,7 @@ def run_validate(checkpoint: Path | None, cache_path: Path, splits_path: Path, s
         raise InputError(f"{splits_path}: the '{split}' split is empty")
     configure(device, threads=threads)
     loaded = load_model(checkpoint, device, vae_checkpoint, precision)
-    console.print(loaded.precision.line)
+    log.info(loaded.precision.line)
     config = loaded.interpolator.config
     mode = mode or config.validation.mode
     steps = steps or config.validation.val_steps
@@ -52,9 +61,11 @@ def run_validate(checkpoint: Path | None, cache_path: Path, splits_path: Path, s
                        folder=True)
     methods = ["model", *METHODS]
     cases = []
-    with Cache(cache_path) as cache, progress() as bar:
-        task = bar.add_task(f"Validating ({split})", total=len(case_ids))
-        for case_id in case_ids:
+    description = f"Validating ({split})"
+    with Cache(cache_path) as cache:
+        for done, case_id in enumerate(case_ids):
+            if on_progress:
+                on_progress(description, done, len(case_ids))
             thick, truth = cache.volume(case_id, "thick"), cache.volume(case_id, "thin")
             outputs = {"model": loaded.interpolator.predict(thick, truth.spacing[2], mode=mode, steps=steps).volume}
             outputs.update({m: interpolate(thick, method=m, grid=truth.grid) for m in METHODS})
@@ -66,18 +77,13 @@ def run_validate(checkpoint: Path | None, cache_path: Path, splits_path: Path, s
                                  scores={"thick": metrics.evaluate(nearest, reference, planes=PLANES), **scores},
                                  window=window, title=case_id)
             cases.append({"case": case_id, "scores": scores, "figure": str(figure)})
-            bar.advance(task)
+    if on_progress:
+        on_progress(description, len(case_ids), len(case_ids))
     report = {"checkpoint": str(loaded.path), "step": loaded.step, "split": split, "mode": mode,
               "steps": steps if mode == "sample" else None, "methods": methods, "protocol": PROTOCOL,
               "protocol_short": f"PSNR/SSIM on HU [-1024, 2048], {metrics.TRIM} end slices excluded",
               "cases": cases, "mean": mean_scores(cases, methods)}
-    path = write_json(report, out / "report.json")
-    if json_output:
-        stdout.print_json(to_json(report))
-    else:
-        stdout.print(table(report))
-        console.print(f"Report: {path}; figures: {out / 'figures'}")
-    return report
+    return report, out
 
 
 def _default_out(checkpoint: Path, split: str) -> Path:

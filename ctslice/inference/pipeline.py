@@ -72,15 +72,16 @@ class SliceInterpolator:
             roi[largest] -= multiple
         return tuple(roi)
 
-    def windowed_network(self) -> WindowedNetwork:
+    def windowed_network(self, on_windows: Callable[[int], None] | None = None) -> WindowedNetwork:
         """The U-Net over blended latent windows of ``roi()``, as every denoising step runs it."""
         inference = self.config.inference
-        return WindowedNetwork(self.model, self.roi(), inference.overlap, inference.window_batch)
+        return WindowedNetwork(self.model, self.roi(), inference.overlap, inference.window_batch, on_windows)
 
     @torch.no_grad()
     def predict(self, thick: Volume, thin_spacing: float, mode: str = "mean", samples: int = 1, steps: int = 20,
                 seed: int = 0, on_step: Callable[[str, int, int], None] | None = None) -> Prediction:
-        """Thin volume for ``thick``; ``on_step(stage, done, total)`` reports progress."""
+        """Thin volume for ``thick``; ``on_step(stage, done, total)`` reports progress in U-Net windows run, of
+        all the windows of every denoising step (one pass for the mean, ``steps`` per sample)."""
         seconds: dict[str, float] = {}
         with self._stage(seconds, "encode"):
             grid = thin_grid(thick.grid, thin_spacing)
@@ -111,22 +112,21 @@ class SliceInterpolator:
 
     def _denoise(self, cond: torch.Tensor, mode: str, samples: int, steps: int, seed: int, on_step) -> list:
         """Thin latents: one mean estimate, or ``samples`` DDIM samples with seeds seed, seed+1, ..."""
-        network = self.windowed_network()
+        stage = "denoising" if mode == "mean" else "sampling"
+        done = 0
+
+        def on_windows(count: int) -> None:
+            nonlocal done
+            done += count
+            on_step(stage, done, total)
+
+        network = self.windowed_network(on_windows if on_step else None)
+        total = network.windows(cond.shape[2:]) * (1 if mode == "mean" else samples * steps)
         with autocast(self.device, self.config.training.precision):
             if mode == "mean":
-                latent = mean_estimate(self.model, cond, network).float()
-                if on_step:
-                    on_step("denoising", 1, 1)
-                return [latent]
-            latents = []
-            for index in range(samples):
-                def report(k: int, index: int = index) -> None:
-                    if on_step:
-                        on_step("sampling", index * steps + k + 1, samples * steps)
-
-                generator = torch.Generator().manual_seed(seed + index)
-                latents.append(ddim_sample(self.model, cond, steps, generator, network, on_step=report).float())
-            return latents
+                return [mean_estimate(self.model, cond, network).float()]
+            return [ddim_sample(self.model, cond, steps, torch.Generator().manual_seed(seed + index), network).float()
+                    for index in range(samples)]
 
     def _encode(self, hu: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None].to(self.device)

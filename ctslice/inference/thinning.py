@@ -76,12 +76,23 @@ def thin_by_method(thick: Volume, method: str, thin_spacing: float | None) -> Vo
 
 @dataclass(frozen=True)
 class Thinned:
-    """A model's thin volume (float32 HU), its spread over samples (None for one) and the spacing used."""
+    """A model's thin volume (float32 HU), its spread over samples (None for one), the spacing and steps used,
+    and the seconds of each stage (encode, denoise, decode)."""
 
     volume: Volume
     std: Volume | None
     thin_spacing: float
     steps: int
+    seconds: dict[str, float]
+
+
+class OutOfMemory(CtsliceError):
+    """The device ran out of memory while a model made a volume thin; ``reason`` is the first line of why."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"out of memory while inferring ({reason}); nothing was written. Try the CPU (slower, uses "
+                         "system memory) or a device with more memory")
+        self.reason = reason
 
 
 def thin_by_model(loaded, thick: Volume, choices: Choices,
@@ -89,7 +100,7 @@ def thin_by_model(loaded, thick: Volume, choices: Choices,
     """``thick`` made thin by ``loaded`` (a ``LoadedModel``); ``on_step(stage, done, total)`` reports progress.
 
     The thin spacing defaults to the model's (``LoadedModel.default_thin_spacing``), the steps to its
-    config. Running out of memory, or a model that produces non-finite values, is a ``CtsliceError``.
+    config. Running out of memory is ``OutOfMemory``; a model that produces non-finite values, a ``CtsliceError``.
     """
     from ctslice.hardware import is_out_of_memory  # torch: only where a model runs
 
@@ -101,8 +112,7 @@ def thin_by_model(loaded, thick: Volume, choices: Choices,
     except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error):
             raise
-        raise CtsliceError(f"out of memory while inferring ({first_line(error, 200)}); nothing was written. "
-                           "Try the CPU (slower, uses system memory) or a device with more memory") from None
+        raise OutOfMemory(first_line(error, 200)) from None
     if not np.all(np.isfinite(prediction.volume.array)):
         raise CtsliceError("the model produced non-finite values for this scan")
-    return Thinned(prediction.volume, prediction.std, spacing, steps)
+    return Thinned(prediction.volume, prediction.std, spacing, steps, prediction.seconds)

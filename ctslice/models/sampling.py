@@ -11,28 +11,47 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from monai.data.utils import dense_patch_slices
 from monai.inferers import SlidingWindowInferer
+from monai.inferers.utils import _get_scan_interval  # MONAI's own rule for where its windows go
 
 from ctslice.models.diffusion import SliceDiffusion, make_scheduler
 
 
 class WindowedNetwork:
-    """The diffusion U-Net evaluated over a whole latent volume in blended windows."""
+    """The diffusion U-Net evaluated over a whole latent volume in blended windows.
 
-    def __init__(self, model: SliceDiffusion, roi: Sequence[int], overlap: float = 0.5, batch: int = 2):
+    ``on_windows(n)``, if given, is told after each batch of ``n`` windows has run (for progress);
+    ``windows(shape)`` says how many one evaluation over a latent volume of that shape runs.
+    """
+
+    def __init__(self, model: SliceDiffusion, roi: Sequence[int], overlap: float = 0.5, batch: int = 2,
+                 on_windows: Callable[[int], None] | None = None):
         self.model = model
         self.roi = list(roi)
         self.overlap = overlap
         self.batch = batch
+        self.on_windows = on_windows
+
+    def _roi(self, shape: Sequence[int]) -> list[int]:
+        return [min(r, s) for r, s in zip(self.roi, shape, strict=True)]
+
+    def windows(self, shape: Sequence[int]) -> int:
+        """The windows one evaluation runs over a latent volume of spatial ``shape`` (z, y, x)."""
+        roi = self._roi(shape)
+        return len(dense_patch_slices(shape, roi, _get_scan_interval(shape, roi, len(roi), [self.overlap] * len(roi))))
 
     def __call__(self, noisy: torch.Tensor, condition: torch.Tensor, timestep: int) -> torch.Tensor:
         channels = noisy.shape[1]
-        roi = [min(r, s) for r, s in zip(self.roi, noisy.shape[2:], strict=True)]
+        roi = self._roi(noisy.shape[2:])
         inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=self.batch, overlap=self.overlap, mode="gaussian")
 
         def network(window: torch.Tensor) -> torch.Tensor:
             timesteps = torch.full((window.shape[0],), timestep, device=window.device, dtype=torch.long)
-            return self.model(window[:, :channels], window[:, channels:], timesteps)
+            output = self.model(window[:, :channels], window[:, channels:], timesteps)
+            if self.on_windows:
+                self.on_windows(window.shape[0])
+            return output
 
         return inferer(torch.cat([noisy, condition], dim=1), network)
 
@@ -48,15 +67,13 @@ def mean_estimate(model: SliceDiffusion, cond: torch.Tensor, network: WindowedNe
 
 @torch.no_grad()
 def ddim_sample(model: SliceDiffusion, cond: torch.Tensor, steps: int, generator: torch.Generator,
-                network: WindowedNetwork, on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+                network: WindowedNetwork) -> torch.Tensor:
     """Thin latents of one DDIM sample (deterministic for the generator's seed)."""
     scheduler = make_scheduler(model.diffusion_config)
     scheduler.set_timesteps(steps)
     condition = model.condition(cond)
     sample = torch.randn(condition.shape, generator=generator, device="cpu").to(condition.device, condition.dtype)
-    for index, timestep in enumerate(scheduler.timesteps):
+    for timestep in scheduler.timesteps:
         output = network(sample, condition, int(timestep))
         sample, _ = scheduler.step(output, int(timestep), sample)
-        if on_step:
-            on_step(index)
     return model.undiffused(sample, cond)
