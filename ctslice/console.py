@@ -1,11 +1,20 @@
-"""The Rich consoles and progress bars every command shares.
+"""The Rich consoles, progress bars and the logging handler every command shares (command layer only).
 
 Messages and progress go to stderr so that stdout carries only results (tables, ``--json``
 documents) and can be piped. Messages carry user data (paths, case ids) that may contain brackets, so
 the message console parses no Rich markup: ``warn``, ``note`` and ``error`` colour only their prefix.
+
+The library below the command layer never prints: it logs to the ``ctslice`` logger (``log.info`` for a
+line the user should see, ``log.info(..., extra={"note": True})`` for a note, ``log.warning`` for a warning) and
+reports progress through ``on_progress(description, completed, total)`` callbacks. ``show_logs``
+installs the one handler that turns those records into the lines a command prints.
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import (
@@ -46,3 +55,47 @@ def progress(*extra_columns, transient: bool = True) -> Progress:
         console=console,
         transient=transient,
     )
+
+
+OnProgress = Callable[[str, int, "int | None"], None]
+
+
+@contextmanager
+def progress_callback(transient: bool = True) -> Iterator[OnProgress]:
+    """A Rich progress bar driven by the library's ``on_progress(description, completed, total)``: one bar
+    per description, created at its first report."""
+    tasks: dict[str, int] = {}
+    with progress(transient=transient) as bar:
+
+        def on_progress(description: str, completed: int, total: int | None) -> None:
+            if description not in tasks:
+                tasks[description] = bar.add_task(description, total=total)
+            bar.update(tasks[description], completed=completed, total=total)
+
+        yield on_progress
+
+
+class ConsoleHandler(logging.Handler):
+    """The ``ctslice`` logger's records as today's lines on stderr: a warning (or worse) as ``warning: ...``,
+    an info record marked ``extra={"note": True}`` as ``note: ...``, any other info or debug record as it is."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                warn(message)
+            elif getattr(record, "note", False):
+                note(message)
+            else:
+                console.print(message, soft_wrap=True)
+        except Exception:  # noqa: BLE001  (logging's contract: a handler never raises)
+            self.handleError(record)
+
+
+def show_logs(level: int = logging.INFO) -> None:
+    """Print the library's log records at ``level`` and above on stderr (installed once, idempotent)."""
+    logger = logging.getLogger("ctslice")
+    if not any(isinstance(handler, ConsoleHandler) for handler in logger.handlers):
+        logger.addHandler(ConsoleHandler())
+    logger.setLevel(level)
+    logger.propagate = False  # one line per record, not a second one from a root handler

@@ -176,8 +176,18 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings and errors on stderr (no notes "
+                               "or progress lines); results on stdout are unchanged."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the library's debug lines."),
 ) -> None:
     """Thick-slice to thin-slice CT with a latent diffusion model."""
+    import logging
+
+    from ctslice.console import show_logs
+
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose contradict each other; give one")
+    show_logs(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
 def main() -> None:

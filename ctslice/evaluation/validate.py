@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctslice.commands.validation_table import table
 from ctslice.console import console, progress, stdout
 from ctslice.data.cache import Cache
 from ctslice.data.splits import read_splits
@@ -18,7 +19,7 @@ from ctslice.errors import InputError, shown
 from ctslice.evaluation import metrics
 from ctslice.evaluation.baselines import METHODS, interpolate
 from ctslice.evaluation.figures import case_figure, parse_window
-from ctslice.evaluation.report import mean_scores, table, to_json, write_json
+from ctslice.evaluation.report import mean_scores, to_json, write_json
 from ctslice.hardware import configure, resolve_device
 from ctslice.io.paths import check_output
 
