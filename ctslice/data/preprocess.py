@@ -29,12 +29,13 @@ from ctslice.data import cache as cache_files
 from ctslice.data.checks import check_ct_volume
 from ctslice.data.discover import CaseSource, find_cases
 from ctslice.data.lock import writer_lock
-from ctslice.data.pairs import Pair, real_pair, resample_inplane, simulate_pair
+from ctslice.data.pairs import Pair, real_pair, simulate_pair
 from ctslice.data.shards import parse_shard as parse_shard  # re-exported: the command layer imports it here
 from ctslice.data.shards import select_shard
 from ctslice.errors import CtsliceError, InputError, first_line, shown
 from ctslice.io import ReadOptions, extracted, find_series, read_volume
 from ctslice.io.dicom import check_z_spacing
+from ctslice.io.geometry import resample_inplane
 from ctslice.io.paths import check_output
 from ctslice.io.volume import Volume
 

@@ -16,10 +16,9 @@ import numpy as np
 from ctslice.console import console, note, progress
 from ctslice.data.checks import check_ct_volume
 from ctslice.errors import CtsliceError, InputError, first_line
-from ctslice.evaluation.baselines import METHODS, interpolate
 from ctslice.hardware import configure, is_out_of_memory, memory_line, reset_peak_memory, resolve_device
 from ctslice.io import WRITABLE_SUFFIXES, ReadOptions, read_scan, write_volume
-from ctslice.io.geometry import thin_grid
+from ctslice.io.geometry import METHODS, interpolate, thin_grid
 from ctslice.io.intensity import cast_rounded
 from ctslice.io.paths import check_output, ensure_space
 from ctslice.io.volume import Volume
