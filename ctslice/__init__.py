@@ -9,7 +9,8 @@ layer (``cli`` Typer options, ``commands`` bodies that print, ``console``) on to
 ``import ctslice`` (and ``ctslice --help``) stays free of torch, NumPy and SimpleITK.
 """
 
-__version__ = "0.1.0"
+from ctslice.version import __version__
+
 __all__ = ["__version__", "interpolate"]
 
 

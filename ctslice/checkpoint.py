@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from ctslice import __version__
 from ctslice.errors import CtsliceError, InputError, first_line
+from ctslice.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from ctslice import __version__
 from ctslice.errors import CtsliceError, Interrupted, Preempted
+from ctslice.version import __version__
 
 
 def _without_flag_types(params: list) -> list:
