@@ -44,7 +44,8 @@ def error(message: str) -> None:
 
 
 def progress(*extra_columns, transient: bool = True) -> Progress:
-    """A progress bar with count, elapsed and remaining time; extra columns show live fields."""
+    """A progress bar with count, elapsed and remaining time; extra columns show live fields. ``--quiet``
+    (the ``ctslice`` logger above INFO) hides it."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -54,6 +55,7 @@ def progress(*extra_columns, transient: bool = True) -> Progress:
         *extra_columns,
         console=console,
         transient=transient,
+        disable=logging.getLogger("ctslice").getEffectiveLevel() > logging.INFO,
     )
 
 

@@ -138,3 +138,16 @@ def test_only_the_command_layer_prints():
             offences += [f"{where}:{node.lineno}: imports {module}" for module in imported
                          if any(module == lib or module.startswith(lib + ".") for lib in PRINTING_LIBRARIES)]
     assert not offences, "printing outside the command layer:\n" + "\n".join(dict.fromkeys(offences))
+
+
+def test_the_walk_sees_imports_inside_functions_and_resolves_relative_ones(tmp_path):
+    """What the three tests above rely on: a module of ``data`` importing the trainer inside a function is an
+    upward import at its line, and ``from . import cache`` is ``ctslice.data.cache``."""
+    module = tmp_path / "fake.py"
+    module.write_text("from . import cache\nfrom ..io import geometry\n\n\ndef later():\n"
+                      "    from ctslice.training import trainer\n    return trainer\n")
+    found = _imports("ctslice.data.fake", module)
+    assert found == [(1, "ctslice.data.cache"), (2, "ctslice.io.geometry"), (6, "ctslice.training.trainer")]
+    assert [_owner(target)[0] for _, target in found] == [3, 4, 2]  # the last one points up from layer 3
+    assert _owner("ctslice.data.fake") == (3, "ctslice.data") and _owner("ctslice") == (1, "ctslice")
+    assert _owner("ctslice.unlisted") is None  # a new top-level module must be put in the table
