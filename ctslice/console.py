@@ -4,16 +4,16 @@ Messages and progress go to stderr so that stdout carries only results (tables, 
 documents) and can be piped. Messages carry user data (paths, case ids) that may contain brackets, so
 the message console parses no Rich markup: ``warn``, ``note`` and ``error`` colour only their prefix.
 
-The library below the command layer never prints: it logs to the ``ctslice`` logger (``log.info`` for a
-line the user should see, ``log.info(..., extra={"note": True})`` for a note, ``log.warning`` for a warning) and
-reports progress through ``on_progress(description, completed, total)`` callbacks. ``show_logs``
-installs the one handler that turns those records into the lines a command prints.
+The library below the command layer never prints: it logs to the ``ctslice`` logger and reports progress
+through ``on_progress`` callbacks (the conventions: ``ctslice.reporting``). ``show_logs`` installs the one
+handler that turns those records into the lines a command prints; ``progress_callback`` is a Rich bar
+driven by ``on_progress``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -26,6 +26,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+
+from ctslice.reporting import OnProgress
 
 console = Console(stderr=True, highlight=False, markup=False)
 stdout = Console(highlight=False)
@@ -59,9 +61,6 @@ def progress(*extra_columns, transient: bool = True) -> Progress:
     )
 
 
-OnProgress = Callable[[str, int, "int | None"], None]
-
-
 @contextmanager
 def progress_callback(transient: bool = True) -> Iterator[OnProgress]:
     """A Rich progress bar driven by the library's ``on_progress(description, completed, total)``: one bar
@@ -78,8 +77,8 @@ def progress_callback(transient: bool = True) -> Iterator[OnProgress]:
 
 
 class ConsoleHandler(logging.Handler):
-    """The ``ctslice`` logger's records as today's lines on stderr: a warning (or worse) as ``warning: ...``,
-    an info record marked ``extra={"note": True}`` as ``note: ...``, any other info or debug record as it is."""
+    """The ``ctslice`` logger's records as lines on stderr: a warning (or worse) as ``warning: ...``, an info
+    record marked ``extra=NOTE`` (``ctslice.reporting``) as ``note: ...``, any other record as it is."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

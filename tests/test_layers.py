@@ -20,7 +20,7 @@ LAYERS = {
     2: ("ctslice.training", "ctslice.inference", "ctslice.evaluation", "ctslice.memory"),
     3: ("ctslice.models", "ctslice.codecs", "ctslice.data"),
     4: ("ctslice.io", "ctslice.config", "ctslice.checkpoint", "ctslice.hardware", "ctslice.errors",
-        "ctslice.parsing", "ctslice.jsonsafe", "ctslice.version"),
+        "ctslice.parsing", "ctslice.jsonsafe", "ctslice.version", "ctslice.reporting"),
 }
 PRINTING_LIBRARIES = ("rich", "typer", "click", "ctslice.console")  # only the command layer may import these
 

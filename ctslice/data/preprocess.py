@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -38,10 +37,9 @@ from ctslice.io.dicom import check_z_spacing
 from ctslice.io.geometry import resample_inplane
 from ctslice.io.paths import check_output
 from ctslice.io.volume import Volume
+from ctslice.reporting import NOTE, OnProgress, no_progress
 
 log = logging.getLogger(__name__)
-NOTE = {"note": True}  # a log record the command layer prints as "note: ..."
-OnProgress = Callable[[str, int, "int | None"], None]
 
 
 def _note(message: str) -> None:
@@ -218,7 +216,7 @@ def preprocess_cases(inputs: list[Path], output: Path, options: PreprocessOption
             _note(f"skipped {found.skipped} file(s) beside the DICOM series that are not images (DICOMDIR, index "
                   "files, OS litter, DICOM objects without pixels)")
         try:
-            results = _run_cases(sources, options, parts, known, workers, on_progress or _silent)
+            results = _run_cases(sources, options, parts, known, workers, on_progress or no_progress)
         except PartNotWritten as error:
             raise CtsliceError(f"{error}; {output} is unchanged{_kept_parts(output)}") from None
         except BaseException:
@@ -230,9 +228,6 @@ def preprocess_cases(inputs: list[Path], output: Path, options: PreprocessOption
             _note(f"{result.case_id}: {line}")
     return results
 
-
-def _silent(description: str, completed: int, total: int | None) -> None:
-    """No progress to show (a library caller that passed no ``on_progress``)."""
 
 
 def _check_existing(output: Path) -> set[str]:
