@@ -64,16 +64,23 @@ def progress(*extra_columns, transient: bool = True) -> Progress:
 @contextmanager
 def progress_callback(transient: bool = True) -> Iterator[OnProgress]:
     """A Rich progress bar driven by the library's ``on_progress(description, completed, total)``: one bar
-    per description, created at its first report."""
+    per description. The display starts at the first report, so a run refused before any work (a bad
+    input) prints its one error line and nothing else."""
     tasks: dict[str, int] = {}
-    with progress(transient=transient) as bar:
+    bar = progress(transient=transient)
 
-        def on_progress(description: str, completed: int, total: int | None) -> None:
-            if description not in tasks:
-                tasks[description] = bar.add_task(description, total=total)
-            bar.update(tasks[description], completed=completed, total=total)
+    def on_progress(description: str, completed: int, total: int | None) -> None:
+        if not tasks:
+            bar.start()
+        if description not in tasks:
+            tasks[description] = bar.add_task(description, total=total)
+        bar.update(tasks[description], completed=completed, total=total)
 
+    try:
         yield on_progress
+    finally:
+        if tasks:
+            bar.stop()
 
 
 class ConsoleHandler(logging.Handler):

@@ -16,9 +16,9 @@ from ctslice.errors import CtsliceError
 def run(inputs: list[Path], output: Path, options: PreprocessOptions, workers: int, shard: str | None) -> None:
     """Preprocess ``inputs`` into ``output``, print the excluded cases and the summary, and end with exit 1
     when a case failed for a reason other than its input or when no case could be used."""
+    chosen = parse_shard(shard)
     with progress_callback() as on_progress:
-        results = preprocess_cases(inputs, output, options, workers=workers, shard=parse_shard(shard),
-                                   on_progress=on_progress)
+        results = preprocess_cases(inputs, output, options, workers=workers, shard=chosen, on_progress=on_progress)
     print_summary(results)
     raise_for_environment(results)
     if results and all(result.status == "failed" for result in results):
