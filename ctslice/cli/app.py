@@ -1,8 +1,9 @@
 """The Typer application: one thin function per command, registered from the modules beside it.
 
 Command modules import nothing heavy at import time (no numpy, torch, SimpleITK) so that
-``ctslice --help`` answers at once; each command imports the library it calls inside its body.
-Expected failures (``CtsliceError``) become one red line on stderr and the error's exit code.
+``ctslice --help`` answers at once; each command imports its body (``ctslice.commands``) inside the
+function. Expected failures (``CtsliceError``) become one red line on stderr and the error's exit code;
+``--quiet``/``--verbose`` (at the root or after a command) choose which library log lines are shown.
 """
 
 from __future__ import annotations
