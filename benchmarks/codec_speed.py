@@ -58,10 +58,7 @@ def worker(case: str, strategy: str, threads: int, out: Path) -> None:
     """One timed run in this fresh process; prints one JSON line and saves the result to ``out``."""
     import torch
 
-    from ctslice.console import console
-
-    torch.set_num_threads(threads)
-    console.quiet = True
+    torch.set_num_threads(threads)  # the codec's log lines are not shown: no handler in this process
     op, depth, side, chunk = _parse(case)
     codec = _codec(strategy, chunk)
     x = _input(op, depth, side)
@@ -80,9 +77,6 @@ def arithmetic(case: str, strategy: str) -> float:
     """Floating-point operations of the call on the meta device (nothing is computed)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ctslice.console import console
-
-    console.quiet = True
     op, depth, side, chunk = _parse(case)
     codec = _codec(strategy, chunk, "meta")
     with FlopCounterMode(display=False) as counter:

@@ -26,11 +26,11 @@ def make_checkpoint(folder: Path, config_path: Path, overrides: list[str]) -> Pa
     """An untrained checkpoint of ``config`` (what inference loads), plus a random MAISI VAE if it uses one."""
     import torch
 
+    from ctslice.checkpoint import write_checkpoint
     from ctslice.codecs import codec_for
     from ctslice.codecs.maisi import build_network
     from ctslice.config import load_config
     from ctslice.models import build_model
-    from ctslice.training.checkpoint import write_checkpoint
     from ctslice.training.session import codec_identity
 
     config = load_config(config_path, overrides)

@@ -43,7 +43,6 @@ from rich.console import Console
 from rich.table import Table
 
 from ctslice.config import DataConfig
-from ctslice.console import console, stdout
 from ctslice.data.cache import Cache
 from ctslice.data.patches import THICK_MARGIN, PatchDataset, PixelSource
 from ctslice.data.phantom import make_phantom
@@ -223,14 +222,10 @@ def _layouts(cache_path: Path, work: Path, args: argparse.Namespace) -> list[tup
 
 def _timed(function, *args):
     """(result, wall seconds, CPU seconds of this process and its finished children) of one call."""
-    console.quiet = stdout.quiet = True  # run_preprocess's own progress and summary
-    try:
-        before, started = os.times(), time.perf_counter()
-        result = function(*args)
-        wall, after = time.perf_counter() - started, os.times()
-        return result, wall, sum(after[:4]) - sum(before[:4])
-    finally:
-        console.quiet = stdout.quiet = False
+    before, started = os.times(), time.perf_counter()
+    result = function(*args)
+    wall, after = time.perf_counter() - started, os.times()
+    return result, wall, sum(after[:4]) - sum(before[:4])
 
 
 def _rate(function, items, repeat: int) -> tuple[float, float]:

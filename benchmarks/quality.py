@@ -27,16 +27,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctslice.checkpoint import read_checkpoint, write_checkpoint
 from ctslice.config import load_config
 from ctslice.data import cache as cache_files
 from ctslice.data.cache import Cache
 from ctslice.data.pairs import simulate_pair
 from ctslice.data.splits import SPLITS
 from ctslice.evaluation import metrics
-from ctslice.evaluation.baselines import interpolate
 from ctslice.inference.loading import load_model
 from ctslice.io import read_volume
-from ctslice.training.checkpoint import read_checkpoint, write_checkpoint
+from ctslice.io.geometry import interpolate
 from ctslice.training.trainer import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"

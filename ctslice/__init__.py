@@ -1,15 +1,16 @@
 """ctslice: thick-slice to thin-slice CT with a latent diffusion model.
 
-The package is split by concept (see ``../shared/DESIGN.md``): ``io`` reads and writes volumes,
-``data`` builds the HDF5 cache and splits, ``codecs`` turn volumes into latents, ``models`` holds the
-denoising U-Net and its sampler, ``training`` the trainer, ``evaluation`` metrics and baselines,
-``inference`` whole-scan inference, and ``cli`` the thin Typer front end.
+The package is layered (the README's "Code map"; ``tests/test_layers.py`` holds the table): the command
+layer (``cli`` Typer options, ``commands`` bodies that print, ``console``) on top of ``training``,
+``inference``, ``evaluation`` and ``memory``, on top of ``models``, ``codecs`` and ``data``, on top of
+``io``, ``config``, ``checkpoint``, ``hardware`` and ``errors``. Imports only point down.
 
 ``ctslice.interpolate`` (``ctslice.api``) is the Python API. It is imported on first use, so that
 ``import ctslice`` (and ``ctslice --help``) stays free of torch, NumPy and SimpleITK.
 """
 
-__version__ = "0.2.0"
+from ctslice.version import __version__
+
 __all__ = ["__version__", "interpolate"]
 
 

@@ -17,6 +17,15 @@ def shared_ct() -> Path:
     return SHARED_CT
 
 
+@pytest.fixture(autouse=True)
+def library_lines():
+    """The library's log records printed as a command prints them ("note: ...", "warning: ..." on stderr),
+    also for tests that call the library directly; at the default level, whatever a test before chose."""
+    from ctslice.console import show_logs
+
+    show_logs()
+
+
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
     """The tiny phantom cache (3 training cases, 1 validation case) and its splits; see ``tests/tiny.py``."""

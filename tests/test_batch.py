@@ -12,11 +12,10 @@ from ctslice.data.pairs import simulate_pair
 from ctslice.data.phantom import make_phantom
 from ctslice.data.shards import parse_shard
 from ctslice.errors import InputError, Preempted
-from ctslice.evaluation.baselines import interpolate
 from ctslice.inference.batch import plan_batch, run_batch
 from ctslice.io import read_volume, write_volume
 from ctslice.io.dicom_output import input_study_tags, write_dicom_series
-from ctslice.io.geometry import thin_grid
+from ctslice.io.geometry import interpolate, thin_grid
 from tests.dicom_utils import write_dicom_series as write_input_series
 
 

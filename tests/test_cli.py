@@ -40,3 +40,26 @@ def test_version(cli):
     result = cli("--version")
     assert result.exit_code == 0
     assert result.stdout.startswith("ctslice ")
+
+
+def test_library_lines_reach_stderr_and_quiet_keeps_only_warnings(cli, tmp_path):
+    """The library logs (it never prints): the command layer shows its info lines and notes on stderr,
+    ``--quiet`` (at the root or after the command) leaves only warnings, and stdout keeps the results."""
+    from ctslice.data.phantom import make_phantom
+    from ctslice.io import write_volume
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for seed in range(2):
+        write_volume(make_phantom((40, 24, 24), (4.0, 4.0, 1.0), seed=seed), inputs / f"case{seed}.nii.gz")
+    (inputs / "Thumbs.db").write_bytes(b"\0" * 16)  # OS litter: skipped with a note
+    loud = cli("preprocess", inputs, "-o", tmp_path / "loud.h5", "--min-slices", "4")
+    assert loud.exit_code == 0, loud.output
+    assert "Preprocessing 2 case(s)" in loud.stderr and "Preprocessing summary" in loud.stdout, loud.stderr
+    assert "note:" in loud.stderr, loud.stderr
+    for quiet in (["-q", "preprocess"], ["preprocess", "--quiet"]):
+        result = cli(*quiet, inputs, "-o", tmp_path / f"{quiet[0]}.h5", "--min-slices", "4")
+        assert result.exit_code == 0, result.output
+        assert result.stderr == "" and "Preprocessing summary" in result.stdout
+    both = cli("-q", "-v", "configs")
+    assert both.exit_code == 2 and "--quiet and --verbose" in both.stderr and both.stdout == ""

@@ -187,8 +187,8 @@ TINY_RUN = ("training.max_steps=4", "training.val_interval=2", "training.checkpo
 def test_training_redraws_progress_at_each_validation_with_cubic_alongside(dataset, tmp_path, monkeypatch, one_thread):
     from ctslice.data.cache import Cache
     from ctslice.data.splits import read_splits
-    from ctslice.evaluation.baselines import interpolate
     from ctslice.evaluation.metrics import psnr
+    from ctslice.io.geometry import interpolate
     from ctslice.training.run_log import read_log
     from ctslice.training.trainer import train
     from tests.tiny import tiny_config

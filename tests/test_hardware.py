@@ -208,8 +208,8 @@ def test_every_shipped_config_defaults_to_auto():
 
 
 def test_the_bundled_models_stored_bf16_is_overridden_at_load(cpu_features):
+    from ctslice.checkpoint import read_checkpoint
     from ctslice.inference.loading import load_model
-    from ctslice.training.checkpoint import read_checkpoint
 
     cpu_features("AVX2", avx512_bf16=True)
     loaded = load_model(None, "cpu")

@@ -14,10 +14,9 @@ from ctslice.data.cache import Cache
 from ctslice.data.pairs import simulate_pair
 from ctslice.data.phantom import make_phantom
 from ctslice.evaluation import metrics
-from ctslice.evaluation.baselines import interpolate
 from ctslice.inference.loading import load_model
 from ctslice.io import read_volume, write_volume
-from ctslice.io.geometry import resample, thin_grid
+from ctslice.io.geometry import interpolate, resample, thin_grid
 from ctslice.io.volume import Volume
 from ctslice.training.trainer import train
 from tests.dicom_utils import write_dicom_series, zip_folder

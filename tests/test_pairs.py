@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ctslice.data.pairs import real_pair, resample_inplane, simulate_pair
+from ctslice.data.pairs import real_pair, simulate_pair
 from ctslice.errors import InputError
-from ctslice.io.geometry import resample, thin_grid
+from ctslice.io.geometry import resample, resample_inplane, thin_grid
 from ctslice.io.volume import Volume
 
 OBLIQUE = tuple(sitk.VersorTransform((0.2, 0.1, 1.0), 0.4).GetMatrix())

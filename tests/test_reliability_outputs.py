@@ -24,13 +24,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from ctslice.checkpoint import read_checkpoint, write_checkpoint
 from ctslice.data.cache import Cache
 from ctslice.data.phantom import make_phantom
 from ctslice.errors import CtsliceError, InputError
 from ctslice.inference.loading import default_model_path
 from ctslice.io import read_volume, write_volume
 from ctslice.io.paths import check_output
-from ctslice.training.checkpoint import read_checkpoint, write_checkpoint
 from tests.dicom_utils import write_dicom_series
 
 WIDE = {**os.environ, "COLUMNS": "1000"}  # Rich would fold long paths at the console width

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ctslice.checkpoint import read_checkpoint
 from ctslice.config import load_config
 from ctslice.data.phantom import make_phantom
 from ctslice.errors import Preempted
@@ -28,7 +29,6 @@ from ctslice.inference.pipeline import SliceInterpolator
 from ctslice.io import write_volume
 from ctslice.memory.advice import set_options
 from ctslice.models.diffusion import SliceDiffusion
-from ctslice.training.checkpoint import read_checkpoint
 from ctslice.training.run_log import RunLog, read_log
 from ctslice.training.trainer import train
 from tests.tiny import TINY

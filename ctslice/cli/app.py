@@ -1,8 +1,9 @@
 """The Typer application: one thin function per command, registered from the modules beside it.
 
 Command modules import nothing heavy at import time (no numpy, torch, SimpleITK) so that
-``ctslice --help`` answers at once; each command imports the library it calls inside its body.
-Expected failures (``CtsliceError``) become one red line on stderr and the error's exit code.
+``ctslice --help`` answers at once; each command imports its body (``ctslice.commands``) inside the
+function. Expected failures (``CtsliceError``) become one red line on stderr and the error's exit code;
+``--quiet``/``--verbose`` (at the root or after a command) choose which library log lines are shown.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import inspect
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,8 +19,8 @@ from contextlib import contextmanager
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from ctslice import __version__
 from ctslice.errors import CtsliceError, Interrupted, Preempted
+from ctslice.version import __version__
 
 
 def _without_flag_types(params: list) -> list:
@@ -134,16 +136,48 @@ def stopped_cleanly(cleaned: str) -> Iterator[None]:
 
 
 def command(name: str, example: str | None = None, **kwargs) -> Callable:
-    """Register ``function`` as ``ctslice NAME`` with the error guard around it; ``example``, a command
-    line, ends its ``--help``."""
+    """Register ``function`` as ``ctslice NAME`` with the error guard and ``--quiet``/``--verbose`` around it;
+    ``example``, a command line, ends its ``--help``."""
     if example:
         kwargs.setdefault("epilog", f"Example: {example}")
 
     def register(function: Callable) -> Callable:
-        app.command(name, cls=Command, **kwargs)(guarded(function))
+        app.command(name, cls=Command, **kwargs)(guarded(_with_verbosity(function)))
         return function
 
     return register
+
+
+QUIET_HELP = "Print only warnings and errors on stderr (no notes, progress lines or bars); stdout is unchanged."
+VERBOSE_HELP = "Also print the library's debug lines."
+
+
+def _with_verbosity(function: Callable) -> Callable:
+    """``--quiet``/``--verbose`` after the command name too (``ctslice preprocess -q ...``), as at the root."""
+
+    @functools.wraps(function)
+    def wrapper(*args, quiet: bool = False, verbose: bool = False, **kwargs):
+        if quiet or verbose:
+            _verbosity(quiet, verbose)
+        return function(*args, **kwargs)
+
+    signature = inspect.signature(function)
+    options = [inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                 default=typer.Option(False, f"--{flag}", f"-{flag[0]}", help=text))
+               for flag, text in (("quiet", QUIET_HELP), ("verbose", VERBOSE_HELP))]
+    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *options])
+    return wrapper
+
+
+def _verbosity(quiet: bool, verbose: bool) -> None:
+    """Show the library's log records at the level the flags choose (``ctslice.console.show_logs``)."""
+    import logging
+
+    from ctslice.console import show_logs
+
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose contradict each other; give one")
+    show_logs(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
 class PrecisionChoice(str, enum.Enum):
@@ -176,8 +210,11 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Thick-slice to thin-slice CT with a latent diffusion model."""
+    _verbosity(quiet, verbose)
 
 
 def main() -> None:

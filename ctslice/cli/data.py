@@ -39,20 +39,16 @@ def preprocess(
                               "series (default: their smallest step).", low=0.05, high=20.0),
 ) -> None:
     """Turn raw CT scans into (thick, thin) pairs in one HDF5 cache (int16 HU, with geometry)."""
-    from ctslice.data.preprocess import PreprocessOptions, parse_shard, run_merge, run_preprocess
+    from ctslice.commands import preprocess as body
+    from ctslice.data.preprocess import PreprocessOptions
 
     if merge:
-        run_merge(inputs, output)
+        body.merge(inputs, output)
         return
     options = PreprocessOptions(thick_spacing=thick_spacing, thin_spacing=thin_spacing, size=size,
                                 profile=profile, min_slices=min_slices, tilt_correction=not no_tilt_correction,
                                 z_spacing=z_spacing)
-    results = run_preprocess(inputs, output, options, workers=workers, shard=parse_shard(shard))
-    if results and all(result.status == "failed" for result in results):
-        from ctslice.errors import CtsliceError
-
-        raise CtsliceError(f"every case was excluded ({len(results)} of {len(results)}): {output} holds no pairs to "
-                           "train on; the reasons are in the table above")
+    body.run(inputs, output, options, workers=workers, shard=shard)
 
 
 @command("split", example="ctslice split cache.h5 -o splits.json --val 0.15 --test 0.10 --seed 42")
@@ -65,6 +61,6 @@ def split(
     seed: int = number(42, "--seed", help="Seed of the assignment.", **SEED),
 ) -> None:
     """Patient-level train/val/test split of the cases that preprocessed successfully."""
-    from ctslice.data.splits import run_split
+    from ctslice.commands import split as body
 
-    run_split(cache, output, val=val, test=test, seed=seed)
+    body.run(cache, output, val=val, test=test, seed=seed)

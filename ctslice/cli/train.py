@@ -26,18 +26,10 @@ def train(
     threads: int = threads_option(),
 ) -> None:
     """Train the denoising U-Net on the cache (BF16 on CUDA; DDP when launched with torchrun)."""
-    from ctslice.config import load_config
+    from ctslice.commands import train as body
 
-    chosen = [f"training.precision={precision.value}"] if precision else []
-    settings = load_config(config, [*with_vae(overrides, vae_checkpoint), *chosen])  # before torch is imported
-    from ctslice.training.trainer import train as run_training
-
-    run_training(settings, out or Path("runs") / config.stem, resume=resume, device_name=device, threads=threads)
-
-
-def with_vae(overrides: list[str] | None, vae_checkpoint: Path | None) -> list[str]:
-    """``--vae-checkpoint`` is shorthand for ``--set codec.checkpoint=PATH``."""
-    return [*(overrides or []), *([f"codec.checkpoint={vae_checkpoint}"] if vae_checkpoint else [])]
+    body.run(config, overrides, out, resume=resume, device=device, vae_checkpoint=vae_checkpoint,
+             precision=precision.value if precision else None, threads=threads)
 
 
 @command("inspect-memory",
@@ -56,31 +48,15 @@ def inspect_memory(
                                                       "(default: from data.cache, else 300x512x512)."),
 ) -> None:
     """Predict (and optionally measure) the memory a config needs, per component."""
-    from ctslice.config import load_config
+    from ctslice.commands import inspect_memory as body
 
-    settings = load_config(config, overrides)  # before torch is even imported
-    from ctslice.console import stdout
-    from ctslice.memory import inspect, render, to_json
-
-    inspection = inspect(settings, device=device, device_memory=device_memory, measure=measure, ratio=ratio,
-                         volume=volume)
-    if json_output:
-        stdout.print_json(data=to_json(inspection, str(config)))
-        return
-    for renderable in render(inspection, str(config)):
-        stdout.print(renderable)
-        stdout.print()
+    body.run(config, overrides, measure=measure, device_memory=device_memory, json_output=json_output,
+             device=device, ratio=ratio, volume=volume)
 
 
 @command("configs", example="ctslice configs")
 def configs() -> None:
     """List the configs that come with ctslice: usable by name (--config tiny_cpu) from any folder."""
-    from rich.table import Table
+    from ctslice.commands import configs as body
 
-    from ctslice.config import SHIPPED_CONFIGS, shipped_configs
-    from ctslice.console import stdout
-
-    table = Table("Config", "Description", title=f"Shipped configs ({SHIPPED_CONFIGS})", title_justify="left")
-    for name, (_, description) in shipped_configs().items():
-        table.add_row(name, description)
-    stdout.print(table)
+    body.run()

@@ -14,6 +14,7 @@ non-commercial. Two of MONAI's options are set explicitly because their defaults
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from functools import partial
@@ -29,8 +30,9 @@ from ctslice.codecs.blocks import describe_all, run_blockwise
 from ctslice.codecs.chunking import plan_chunks, run_in_chunks
 from ctslice.codecs.strategy import STRATEGIES, Plan, plan
 from ctslice.codecs.weights import load_strict, read_state_dict
-from ctslice.console import console
 from ctslice.errors import InputError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_ENV = "CTSLICE_MAISI_VAE"
 
@@ -89,13 +91,13 @@ def load_maisi(
     network = build_network("cpu")
     loaded = load_strict(network, state, path)
     expected = len(network.state_dict())
-    console.print(f"Loaded {loaded}/{expected} parameters ({100.0 * loaded / expected:.1f}%)")
+    log.info(f"Loaded {loaded}/{expected} parameters ({100.0 * loaded / expected:.1f}%)")
     codec = MaisiCodec(network, encode_chunk=encode_chunk, decode_chunk=decode_chunk, overlap=overlap,
                        strategy=strategy, memory_budget=memory_budget).to(device)
     trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
-    console.print(f"VAE: {codec.parameter_count():,} ({trainable:,} trainable)")
+    log.info(f"VAE: {codec.parameter_count():,} ({trainable:,} trainable)")
     if codec.device.type != "cuda":
-        console.print(f"Note: fp16 GroupNorm is CUDA-only; the VAE runs in float32 on {codec.device.type}.")
+        log.info(f"Note: fp16 GroupNorm is CUDA-only; the VAE runs in float32 on {codec.device.type}.")
     return codec
 
 
@@ -201,15 +203,15 @@ class MaisiCodec(Codec):
         how = self.execution_plan(part, x, chunk) if len(slabs) > 1 else None
         if how is None or not how.blockwise:
             if how is not None:
-                console.print(f"{what} -> {len(slabs)} chunks of at most {chunk}, {how.reason}")
+                log.info(f"{what} -> {len(slabs)} chunks of at most {chunk}, {how.reason}")
 
             def network(slab: Tensor) -> Tensor:
                 return tail(part(head(slab)))
 
             return run_in_chunks(network, part, x, slabs, self._device)
         chunks = -(-x.shape[2] // how.chunk)
-        console.print(f"{what} -> {chunks} chunks of at most {how.chunk}, block by block "
-                      f"(activations on {how.storage.type})")
+        log.info(f"{what} -> {chunks} chunks of at most {how.chunk}, block by block "
+                 f"(activations on {how.storage.type})")
         h = head(x.to(self._device)).to(how.storage)
         h = run_blockwise(part.blocks, describe_all(part.blocks), h, how.chunk, self._device, how.storage)
         return tail(h.to(self._device))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctslice.console import console, progress, stdout
-from ctslice.evaluation.report import table, to_json, write_json
+from ctslice.commands.validation_table import table
+from ctslice.console import console, progress_callback, stdout
+from ctslice.evaluation.report import to_json, write_json
 from ctslice.evaluation.validate import validate_split
 
 
@@ -17,12 +18,7 @@ def run_validate(checkpoint: Path | None, cache_path: Path, splits_path: Path, s
 
     ``window``: the figures' HU window (``--window lung|soft|bone|W,L``). Returns the report.
     """
-    with progress() as bar:
-        task = bar.add_task(f"Validating ({split})", total=None)
-
-        def on_progress(description: str, done: int, total: int | None) -> None:
-            bar.update(task, description=description, completed=done, total=total)
-
+    with progress_callback() as on_progress:
         report, out = validate_split(checkpoint, cache_path, splits_path, split=split, steps=steps, out=out, mode=mode,
                                      device_name=device_name, vae_checkpoint=vae_checkpoint, precision=precision,
                                      threads=threads, window=window, on_progress=on_progress)

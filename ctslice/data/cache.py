@@ -37,12 +37,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ctslice import __version__
 from ctslice.data.pairs import Pair
 from ctslice.errors import CtsliceError, InputError, first_line
 from ctslice.io.paths import shown
 from ctslice.io.volume import Grid, Volume
 from ctslice.parsing import load_json
+from ctslice.version import __version__
 
 FORMAT_VERSION = 1
 CHUNK_SLICES = 8

@@ -52,30 +52,6 @@ def resample_slices(volume: Volume, spacing: float) -> Volume:
     return out.with_array(cast_rounded(out.array))
 
 
-def resample_inplane(volume: Volume, size: int) -> Volume:
-    """``volume`` on a ``size`` x ``size`` matrix with square pixels covering its larger field of view.
-
-    The new grid is centred on the old one; the shorter axis is padded with air (-1024 HU).
-    """
-    grid = square_inplane_grid(volume.grid, size)
-    out = resample(volume, grid, "linear")
-    return out.with_array(cast_rounded(out.array))
-
-
-def square_inplane_grid(grid: Grid, size: int) -> Grid:
-    """The ``size`` x ``size`` in-plane grid of ``resample_inplane`` (z sampling unchanged)."""
-    fov = max(grid.size[0] * grid.spacing[0], grid.size[1] * grid.spacing[1])
-    pixel = fov / size
-    axes = np.asarray(grid.direction, dtype=np.float64).reshape(3, 3)
-    old_centre = [(grid.size[k] - 1) * grid.spacing[k] / 2.0 for k in (0, 1)]
-    new_centre = (size - 1) * pixel / 2.0
-    origin = np.asarray(grid.origin, dtype=np.float64)
-    for k in (0, 1):
-        origin = origin + axes[:, k] * (old_centre[k] - new_centre)
-    return Grid((size, size, grid.size[2]), (pixel, pixel, grid.spacing[2]),
-                tuple(float(v) for v in origin), grid.direction)
-
-
 def simulate_pair(source: Volume, thick_spacing: float, thin_spacing: float, profile: str = "slab") -> Pair:
     """A simulated pair from a thin-only scan (see the module docstring)."""
     ratio = slice_ratio(thick_spacing, thin_spacing)

@@ -22,7 +22,7 @@ import torch
 
 from ctslice.config import DataConfig
 from ctslice.data.cache import Cache
-from ctslice.evaluation.baselines import interpolate
+from ctslice.io.geometry import interpolate
 from ctslice.io.volume import Grid, Volume
 
 CONDITION_INTERPOLATION = "cubic"

@@ -15,6 +15,7 @@ was and the finished parts are kept for the next run. One run at a time writes a
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -23,19 +24,26 @@ from pathlib import Path
 
 import h5py
 
-from ctslice.console import console, note, progress, stdout
 from ctslice.data import cache as cache_files
 from ctslice.data.checks import check_ct_volume
 from ctslice.data.discover import CaseSource, find_cases
 from ctslice.data.lock import writer_lock
-from ctslice.data.pairs import Pair, real_pair, resample_inplane, simulate_pair
+from ctslice.data.pairs import Pair, real_pair, simulate_pair
 from ctslice.data.shards import parse_shard as parse_shard  # re-exported: the command layer imports it here
 from ctslice.data.shards import select_shard
 from ctslice.errors import CtsliceError, InputError, first_line, shown
 from ctslice.io import ReadOptions, extracted, find_series, read_volume
 from ctslice.io.dicom import check_z_spacing
+from ctslice.io.geometry import resample_inplane
 from ctslice.io.paths import check_output
 from ctslice.io.volume import Volume
+from ctslice.reporting import NOTE, OnProgress, no_progress
+
+log = logging.getLogger(__name__)
+
+
+def _note(message: str) -> None:
+    log.info(message, extra=NOTE)
 
 
 @dataclass(frozen=True)
@@ -168,17 +176,28 @@ def process_case(source: CaseSource, options: PreprocessOptions, parts: Path, kn
 
 
 def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions, workers: int = 1,
-                   shard: tuple[int, int] | None = None) -> list[CaseResult]:
+                   shard: tuple[int, int] | None = None, on_progress: OnProgress | None = None) -> list[CaseResult]:
     """Preprocess every case under ``inputs`` into the cache ``output``; returns one result per case.
 
     Raises ``CtsliceError`` (after writing the cache) when a case failed for a reason other than its input.
     """
+    results = preprocess_cases(inputs, output, options, workers=workers, shard=shard, on_progress=on_progress)
+    raise_for_environment(results)
+    return results
+
+
+def preprocess_cases(inputs: list[Path], output: Path, options: PreprocessOptions, workers: int = 1,
+                     shard: tuple[int, int] | None = None,
+                     on_progress: OnProgress | None = None) -> list[CaseResult]:
+    """``run_preprocess`` without the final check: the command layer shows the results (the excluded cases
+    and the summary) before ``raise_for_environment`` ends the run. ``on_progress("Preprocessing", done,
+    total)`` is told after each case."""
     options.check()
     if output.suffix.lower() not in (".h5", ".hdf5"):
         raise InputError(f"{output}: the cache must be an .h5 file")
     check_output(output, inputs=[p for p in inputs if not p.is_dir()])  # a cache beside the scans is no harm
     output.parent.mkdir(parents=True, exist_ok=True)
-    with writer_lock(output, on_takeover=note):
+    with writer_lock(output, on_takeover=_note):
         damaged = _check_existing(output)
         found = find_cases(inputs)
         sources = found.sources
@@ -191,13 +210,13 @@ def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions,
             known.update(cache_files.existing_hashes(part))
         for case_id in damaged:
             known.pop(case_id, None)
-        console.print(f"Preprocessing {len(sources)} case(s) -> {output} (thick {options.thick_spacing} mm, "
-                      f"thin {options.thin_spacing} mm, {workers} worker(s))")
+        log.info(f"Preprocessing {len(sources)} case(s) -> {output} (thick {options.thick_spacing} mm, "
+                 f"thin {options.thin_spacing} mm, {workers} worker(s))")
         if found.skipped:
-            note(f"skipped {found.skipped} file(s) beside the DICOM series that are not images (DICOMDIR, index "
-                 "files, OS litter, DICOM objects without pixels)")
+            _note(f"skipped {found.skipped} file(s) beside the DICOM series that are not images (DICOMDIR, index "
+                  "files, OS litter, DICOM objects without pixels)")
         try:
-            results = _run_cases(sources, options, parts, known, workers)
+            results = _run_cases(sources, options, parts, known, workers, on_progress or no_progress)
         except PartNotWritten as error:
             raise CtsliceError(f"{error}; {output} is unchanged{_kept_parts(output)}") from None
         except BaseException:
@@ -206,10 +225,9 @@ def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions,
         _write_cache(output, parts, results, damaged)
     for result in results:
         for line in result.notes:
-            note(f"{result.case_id}: {line}")
-    _print_summary(results)
-    _raise_for_environment(results)
+            _note(f"{result.case_id}: {line}")
     return results
+
 
 
 def _check_existing(output: Path) -> set[str]:
@@ -231,7 +249,7 @@ def _check_existing(output: Path) -> set[str]:
     if problem:
         raise InputError(f"{output}: {problem}; move it away or choose another -o")
     if damaged:
-        note(f"{output}: {len(damaged)} damaged case(s) are rebuilt or left out: {', '.join(sorted(damaged)[:5])}")
+        _note(f"{output}: {len(damaged)} damaged case(s) are rebuilt or left out: {', '.join(sorted(damaged)[:5])}")
     return damaged
 
 
@@ -245,7 +263,7 @@ def _kept_parts(output: Path) -> str:
     return f"; the {len(finished)} finished case(s) in {parts} are kept for the next run"
 
 
-def _raise_for_environment(results: list[CaseResult]) -> None:
+def raise_for_environment(results: list[CaseResult]) -> None:
     """Exit 1 when a case failed for a reason other than its input: the run did not do its job."""
     failed = [r for r in results if not r.input_caused]
     if failed:
@@ -256,26 +274,25 @@ def _raise_for_environment(results: list[CaseResult]) -> None:
 
 
 def _run_cases(sources: list[CaseSource], options: PreprocessOptions, parts: Path, known: dict[str, str],
-               workers: int) -> list[CaseResult]:
+               workers: int, on_progress: OnProgress) -> list[CaseResult]:
     results: list[CaseResult] = []
-    with progress() as bar:
-        task = bar.add_task("Preprocessing", total=len(sources))
-        if workers <= 1:
-            for source in sources:
-                results.append(process_case(source, options, parts, known.get(source.case_id)))
-                bar.advance(task)
-            return results
-        with ProcessPoolExecutor(max_workers=workers, initializer=_limit_threads, initargs=(workers,)) as pool:
-            futures = [pool.submit(process_case, s, options, parts, known.get(s.case_id)) for s in sources]
-            try:
-                for future in as_completed(futures):
-                    results.append(future.result())
-                    bar.advance(task)
-            except BrokenProcessPool:
-                raise CtsliceError("a worker process died (killed for memory?); the finished cases are kept, "
-                                   "re-run with fewer --workers") from None
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)  # stop at the first part that cannot be written
+    on_progress("Preprocessing", 0, len(sources))
+    if workers <= 1:
+        for source in sources:
+            results.append(process_case(source, options, parts, known.get(source.case_id)))
+            on_progress("Preprocessing", len(results), len(sources))
+        return results
+    with ProcessPoolExecutor(max_workers=workers, initializer=_limit_threads, initargs=(workers,)) as pool:
+        futures = [pool.submit(process_case, s, options, parts, known.get(s.case_id)) for s in sources]
+        try:
+            for future in as_completed(futures):
+                results.append(future.result())
+                on_progress("Preprocessing", len(results), len(sources))
+        except BrokenProcessPool:
+            raise CtsliceError("a worker process died (killed for memory?); the finished cases are kept, "
+                               "re-run with fewer --workers") from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # stop at the first part that cannot be written
     return sorted(results, key=lambda r: r.case_id)
 
 
@@ -306,37 +323,15 @@ def _write_cache(output: Path, parts: Path, results: list[CaseResult], damaged: 
     cache_files.remove_parts(output)
 
 
-def _print_summary(results: list[CaseResult]) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    counts = {status: sum(r.status == status for r in results) for status in ("processed", "reused", "failed", "kept")}
-    failed = [r for r in results if r.status in ("failed", "kept")]
-    if failed:
-        table = Table(title="Excluded cases", title_justify="left")
-        table.add_column("case")
-        table.add_column("reason", overflow="fold")
-        for result in failed:
-            kept = " (its previous cache entry is kept)" if result.status == "kept" else ""
-            table.add_row(escape(result.case_id), escape(result.reason + kept))  # paths may hold [brackets]
-        stdout.print(table)
-    summary = Table(title="Preprocessing summary", title_justify="left")
-    for column in ("processed", "reused", "excluded", "kept from before"):
-        summary.add_column(column, justify="right")
-    summary.add_row(*(str(counts[status]) for status in ("processed", "reused", "failed", "kept")))
-    stdout.print(summary)
-
-
-def run_merge(shards: list[Path], output: Path) -> None:
-    """Merge shard caches (from ``--shard I/N`` runs) into ``output``."""
+def run_merge(shards: list[Path], output: Path) -> tuple[int, int]:
+    """Merge shard caches (from ``--shard I/N`` runs) into ``output``; returns its (cases, failure records)."""
     for shard in shards:
         cache_files.Cache(shard).close()  # raises a clear InputError for a missing or foreign file
     output.parent.mkdir(parents=True, exist_ok=True)
-    with writer_lock(output, on_takeover=note):
+    with writer_lock(output, on_takeover=_note):
         damaged = _check_existing(output)
         rebuilt = {case_id for shard in shards for case_id in cache_files.existing_hashes(shard)}
         previous = [output] if output.exists() and output not in shards else []
         cache_files.consolidate(output, list(shards) + previous, drop_cases=damaged - rebuilt)
     with cache_files.Cache(output) as merged:
-        stdout.print(f"Merged {len(shards)} shard(s) into {output}: {len(merged.case_ids())} case(s), "
-                     f"{len(merged.failures())} failure record(s)", markup=False)
+        return len(merged.case_ids()), len(merged.failures())

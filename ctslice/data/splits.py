@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
-from ctslice.console import console, stdout, warn
 from ctslice.data.cache import Cache
 from ctslice.errors import InputError
 from ctslice.io.paths import check_output
 from ctslice.parsing import load_json, read_text
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 def patient_draw(patient: str, seed: int) -> float:
@@ -90,7 +91,13 @@ def read_splits(path: Path, case_ids: list[str] | None = None) -> dict[str, list
 
 
 def run_split(cache_path: Path, output: Path, val: float, test: float, seed: int) -> dict[str, list[str]]:
-    """Write (or update) ``output`` with a split of the cache's cases and print the counts."""
+    """Write (or update) ``output`` with a split of the cache's cases; returns the split."""
+    return write_split(cache_path, output, val, test, seed)[0]
+
+
+def write_split(cache_path: Path, output: Path, val: float, test: float,
+                seed: int) -> tuple[dict[str, list[str]], int]:
+    """``run_split`` that also returns the number of patients (for the command layer's ``summary``)."""
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise InputError(f"--val {val} and --test {test} must be fractions that leave some training data")
     check_output(output, inputs=(cache_path,))
@@ -103,15 +110,19 @@ def run_split(cache_path: Path, output: Path, val: float, test: float, seed: int
         kept = read_splits(output)
         gone = sorted({c for name in SPLITS for c in kept[name]} - set(patients))
         if gone:
-            warn(f"{len(gone)} case(s) in {output} are not in the cache and were dropped: {', '.join(gone[:5])}")
+            log.warning(f"{len(gone)} case(s) in {output} are not in the cache and were dropped: {', '.join(gone[:5])}")
         existing = {patients[c]: name for name in SPLITS for c in kept[name] if c in patients}
-        console.print(f"Kept the split of {len(existing)} patient(s) in {output}; "
-                      f"assigning {len(set(patients.values()) - set(existing))} new patient(s)")
+        log.info(f"Kept the split of {len(existing)} patient(s) in {output}; "
+                 f"assigning {len(set(patients.values()) - set(existing))} new patient(s)")
     splits = assign(patients, val, test, seed, existing)
     document = {**splits, "meta": {"cache": str(cache_path), "seed": seed, "val": val, "test": test}}
     temporary = output.with_name(f".{output.name}.tmp")
     temporary.write_text(json.dumps(document, indent=2) + "\n")
     os.replace(temporary, output)
-    stdout.print("Split: " + ", ".join(f"{name} {len(splits[name])}" for name in SPLITS)
-                 + f" case(s) ({len(set(patients.values()))} patients) -> {output}")
-    return splits
+    return splits, len(set(patients.values()))
+
+
+def summary(splits: dict[str, list[str]], patients: int, output: Path) -> str:
+    """``Split: train 3, val 1, test 1 case(s) (5 patients) -> splits.json``."""
+    return ("Split: " + ", ".join(f"{name} {len(splits[name])}" for name in SPLITS)
+            + f" case(s) ({patients} patients) -> {output}")

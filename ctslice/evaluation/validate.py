@@ -18,10 +18,10 @@ from ctslice.data.cache import Cache
 from ctslice.data.splits import read_splits
 from ctslice.errors import InputError, shown
 from ctslice.evaluation import metrics
-from ctslice.evaluation.baselines import METHODS, interpolate
 from ctslice.evaluation.figures import case_figure, parse_window
 from ctslice.evaluation.report import mean_scores
 from ctslice.hardware import configure, resolve_device
+from ctslice.io.geometry import METHODS, interpolate
 from ctslice.io.paths import check_output
 
 PLANES = ("axial", "coronal", "sagittal")

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
+from ctslice.checkpoint import CheckpointError, load_weights, read_checkpoint
 from ctslice.codecs import codec_for
 from ctslice.config import config_from_dict, with_precision
 from ctslice.errors import CtsliceError
 from ctslice.hardware import Precision, resolve_precision
 from ctslice.inference.pipeline import SliceInterpolator
 from ctslice.models import build_model
-from ctslice.training.checkpoint import CheckpointError, load_weights, read_checkpoint
 
 DEFAULT_MODEL = "default.pt"
 

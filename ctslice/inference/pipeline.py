@@ -20,10 +20,9 @@ import torch
 
 from ctslice.codecs.base import Codec
 from ctslice.config import Config
-from ctslice.data.pairs import resample_inplane, square_inplane_grid
 from ctslice.data.patches import interpolate_thick
 from ctslice.hardware import autocast
-from ctslice.io.geometry import resample, thin_grid
+from ctslice.io.geometry import resample, resample_inplane, square_inplane_grid, thin_grid
 from ctslice.io.volume import Grid, Volume
 from ctslice.models.diffusion import SliceDiffusion
 from ctslice.models.sampling import WindowedNetwork, ddim_sample, mean_estimate

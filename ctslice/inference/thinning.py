@@ -17,8 +17,7 @@ import numpy as np
 
 from ctslice.data.checks import check_ct_volume
 from ctslice.errors import CtsliceError, InputError, first_line
-from ctslice.evaluation.baselines import METHODS, interpolate
-from ctslice.io.geometry import thin_grid
+from ctslice.io.geometry import METHODS, interpolate, thin_grid
 from ctslice.io.volume import Volume
 
 DEFAULT_THIN_SPACING = 1.0  # mm, for a baseline; a model knows the ratio it was trained for

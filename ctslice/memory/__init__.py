@@ -5,7 +5,8 @@
 
 Modules: ``trace`` (running code on meta tensors and counting its live bytes), ``workload`` (the
 stages of a run, written once for tracing and for measuring), ``estimate`` (the memory model),
-``advice`` (verdicts per device, suggestions), ``measure`` (real peaks), ``report`` (tables, JSON).
+``advice`` (verdicts per device, suggestions), ``measure`` (real peaks), ``report`` (the whole answer,
+JSON); the tables are drawn by ``ctslice.commands.inspect_memory``.
 """
 
 from ctslice.memory.advice import (
@@ -19,11 +20,11 @@ from ctslice.memory.advice import (
 )
 from ctslice.memory.estimate import MemoryEstimate, Stage, estimate_memory, resolve_geometry, with_overrides
 from ctslice.memory.measure import Measurement, measure_memory
-from ctslice.memory.report import Inspection, inspect, render, to_json
+from ctslice.memory.report import Inspection, inspect, to_json
 from ctslice.memory.workload import PARTS, Geometry
 
 __all__ = [
     "PARTS", "DeviceMemory", "Geometry", "Inspection", "Measurement", "MemoryEstimate", "Stage", "Suggestion",
     "Verdict", "default_devices", "estimate_memory", "inspect", "judge", "measure_memory", "parse_device_memory",
-    "render", "resolve_geometry", "suggest", "to_json", "with_overrides",
+    "resolve_geometry", "suggest", "to_json", "with_overrides",
 ]

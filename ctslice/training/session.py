@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ctslice import checkpoint as ckpt
 from ctslice.codecs import codec_for
 from ctslice.config import Config, save_config, with_precision
 from ctslice.console import console, note
@@ -26,7 +27,6 @@ from ctslice.errors import InputError, Preempted, first_line
 from ctslice.hardware import configure, resolve_device, resolve_precision
 from ctslice.io.paths import check_output
 from ctslice.models import LatentStats, build_model
-from ctslice.training import checkpoint as ckpt
 from ctslice.training.distributed import Distributed
 from ctslice.training.latents import LatentSource, build_latent_cache, encode_batch
 from ctslice.training.optim import build_optimizer, warmup_cosine

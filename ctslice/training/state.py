@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctslice import checkpoint as ckpt
 from ctslice.config import Config
-from ctslice.training import checkpoint as ckpt
 from ctslice.training.distributed import Distributed
 
 

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
+from ctslice.checkpoint import periodic_checkpoints
 from ctslice.config import Config
 from ctslice.console import console, warn
 from ctslice.errors import CtsliceError, Preempted, first_line
 from ctslice.hardware import autocast, is_out_of_memory, memory_line, peak_memory_bytes
-from ctslice.training.checkpoint import periodic_checkpoints
 from ctslice.training.latents import encode_batch
 from ctslice.training.progress import TrainingProgress
 from ctslice.training.progress_figure import ProgressFigure

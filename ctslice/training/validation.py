@@ -18,9 +18,9 @@ from ctslice.console import console, note
 from ctslice.data.cache import Cache
 from ctslice.data.patches import PatchDataset, PixelSource
 from ctslice.evaluation import metrics
-from ctslice.evaluation.baselines import interpolate
 from ctslice.hardware import autocast
 from ctslice.inference.pipeline import SliceInterpolator
+from ctslice.io.geometry import interpolate
 from ctslice.training.latents import encode_batch
 from ctslice.training.run_log import RunLog
 

@@ -21,6 +21,7 @@ node died while copying it, a disk filled up), resuming falls back to the newest
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
 import re
@@ -29,9 +30,10 @@ from typing import Any
 
 import torch
 
-from ctslice import __version__
-from ctslice.console import warn
 from ctslice.errors import CtsliceError, InputError, first_line
+from ctslice.version import __version__
+
+log = logging.getLogger(__name__)
 
 FORMAT = "ctslice-checkpoint"
 VERSION = 1
@@ -135,10 +137,10 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path, dict[str, Any]] | 
         try:
             document = read_checkpoint(candidate)
         except CheckpointError as error:
-            warn(f"{error}; trying an earlier checkpoint")
+            log.warning(f"{error}; trying an earlier checkpoint")
             continue
         if index > 0:
-            warn(f"resuming from {candidate.name} instead")
+            log.warning(f"resuming from {candidate.name} instead")
         return candidate, document
     if candidates:
         raise CtsliceError(f"{checkpoint_dir(run_dir)}: no readable checkpoint to resume from")

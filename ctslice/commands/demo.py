@@ -3,7 +3,7 @@
 Synthesises phantom scans (or takes ``--input`` scans), preprocesses them into a cache, splits them,
 trains the tiny CPU config for a bounded time, validates against linear, cubic and Lanczos
 interpolation on the test case, infers the test case's thick volume, and says where everything is.
-Each step is the library call behind the matching command, so the demo is also a tour of them.
+Each step is the command body behind the matching command, so the demo is also a tour of them.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ctslice.commands import preprocess, split
 from ctslice.commands.infer import run_infer
 from ctslice.commands.validate import run_validate
 from ctslice.config import load_config
 from ctslice.console import console, stdout
 from ctslice.data.cache import Cache
 from ctslice.data.phantom import make_phantom
-from ctslice.data.preprocess import PreprocessOptions, run_preprocess
-from ctslice.data.splits import run_split
+from ctslice.data.preprocess import PreprocessOptions
 from ctslice.errors import CtsliceError
 from ctslice.hardware import resolve_device
 from ctslice.io import write_volume
@@ -60,13 +60,13 @@ def run_demo(out: Path, inputs: list[Path] | None = None, minutes: float = 4.0, 
     raw = list(inputs) if inputs else [_synthesise(out / "raw")]
 
     console.rule("1/5 preprocess")
-    run_preprocess(raw, cache, PreprocessOptions(thick_spacing=5.0, thin_spacing=1.0))
+    preprocess.run(raw, cache, PreprocessOptions(thick_spacing=5.0, thin_spacing=1.0), workers=1, shard=None)
     console.rule("2/5 split")
     with Cache(cache) as opened:
         cases = len(opened.case_ids())
     if cases < 3:
         raise CtsliceError(f"the demo needs at least 3 usable scans (train, val, test); {cases} preprocessed")
-    split = run_split(cache, splits, val=1 / cases, test=1 / cases, seed=0)
+    assigned = split.run(cache, splits, val=1 / cases, test=1 / cases, seed=0)
 
     console.rule(f"3/5 train (tiny CPU config, at most {minutes:g} min)")
     run_dir = out / "run"
@@ -80,7 +80,7 @@ def run_demo(out: Path, inputs: list[Path] | None = None, minutes: float = 4.0, 
                           precision=precision, threads=threads)
 
     console.rule("5/5 infer the test case's thick scan")
-    test_case = split["test"][0]
+    test_case = assigned["test"][0]
     thick_path = out / f"{test_case}_thick.nii.gz"
     with Cache(cache) as opened:
         write_volume(opened.volume(test_case, "thick"), thick_path)
