@@ -13,6 +13,8 @@ driven by ``on_progress``.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -45,9 +47,13 @@ def error(message: str) -> None:
     console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
 
 
-def progress(*extra_columns, transient: bool = True) -> Progress:
+def progress(*extra_columns, transient: bool = True) -> Progress | PlainProgress:
     """A progress bar with count, elapsed and remaining time; extra columns show live fields. ``--quiet``
-    (the ``ctslice`` logger above INFO) hides it."""
+    (the ``ctslice`` logger above INFO) hides it. When stderr is not a terminal (``kubectl logs``, Slurm,
+    ``nohup``), where a bar would be a blank line, timestamped plain lines (``PlainProgress``) stand in."""
+    quiet = logging.getLogger("ctslice").getEffectiveLevel() > logging.INFO
+    if not console.is_terminal and not quiet:
+        return PlainProgress()
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -57,8 +63,77 @@ def progress(*extra_columns, transient: bool = True) -> Progress:
         *extra_columns,
         console=console,
         transient=transient,
-        disable=logging.getLogger("ctslice").getEffectiveLevel() > logging.INFO,
+        disable=quiet,
     )
+
+
+class PlainProgress:
+    """Progress as plain lines for logs: ``HH:MM:SS description done/total (percent) field=value``.
+
+    A line at most every ``interval`` seconds per task (``$CTSLICE_PROGRESS_INTERVAL``, default 10), and a
+    last one when a task that ran that long finishes, so a short task prints nothing and a long one shows
+    it is alive. The same calls as Rich's ``Progress`` that the commands use.
+    """
+
+    def __init__(self, interval: float | None = None) -> None:
+        self.interval = float(os.environ.get("CTSLICE_PROGRESS_INTERVAL", 10)) if interval is None else interval
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Nothing to draw until a task reports."""
+
+    def stop(self) -> None:
+        for task in self.tasks.values():
+            self._finish(task)
+
+    def add_task(self, description: str, total: float | None = None, **fields) -> int:
+        key = len(self.tasks)
+        now = time.monotonic()
+        self.tasks[key] = {"description": description, "total": total, "completed": 0, "fields": fields,
+                           "start": now, "last": now, "printed": False, "done": False, "shown": None}
+        return key
+
+    def advance(self, key: int, advance: float = 1) -> None:
+        self.update(key, advance=advance)
+
+    def update(self, key: int, *, description: str | None = None, completed: float | None = None,
+               total: float | None = None, advance: float | None = None, **fields) -> None:
+        task = self.tasks[key]
+        if description is not None:
+            task["description"] = description
+        if total is not None:
+            task["total"] = total
+        if completed is not None:
+            task["completed"] = completed
+        if advance is not None:
+            task["completed"] += advance
+        task["fields"].update({k: v for k, v in fields.items() if k not in ("refresh", "visible")})
+        now = time.monotonic()
+        if task["total"] and task["completed"] >= task["total"]:
+            self._finish(task, now)
+        elif now - task["last"] >= self.interval:
+            self._line(task, now)
+
+    def _finish(self, task: dict, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        long = task["printed"] or now - task["start"] >= self.interval
+        if long and not task["done"] and task["shown"] != (task["description"], task["completed"]):
+            self._line(task, now)
+        task["done"] = True
+
+    def _line(self, task: dict, now: float) -> None:
+        done, total = task["completed"], task["total"]
+        count = f"{done:g}/{total:g} ({100 * done / total:.0f}%)" if total else f"{done:g}"
+        fields = " ".join(str(v) for v in task["fields"].values() if v not in (None, ""))
+        console.print(f"{time.strftime('%H:%M:%S')} {task['description']} {count}{' ' + fields if fields else ''}",
+                      soft_wrap=True)
+        task["last"], task["printed"], task["shown"] = now, True, (task["description"], done)
 
 
 @contextmanager
