@@ -21,10 +21,10 @@ def test_demo_preprocesses_splits_trains_validates_and_infers(tmp_path, cli, one
     result = cli("demo", "--out", out, *inputs, "--minutes", "0.05")
 
     assert result.exit_code == 0, result.output
-    splits = json.loads((out / "splits.json").read_text())
+    splits = json.loads((out / "splits.json").read_text(encoding="utf-8"))
     assert [len(splits[name]) for name in ("train", "val", "test")] == [1, 1, 1]
     assert (out / "run" / "checkpoints" / "final.pt").exists()
-    report = json.loads((out / "run" / "validation_test" / "report.json").read_text())
+    report = json.loads((out / "run" / "validation_test" / "report.json").read_text(encoding="utf-8"))
     assert set(report["mean"]) == {"model", "linear", "cubic", "lanczos"}
     assert all(np.isfinite(scores["psnr"]) and scores["psnr"] > 20 for scores in report["mean"].values())
     figure = Path(report["cases"][0]["figure"])
@@ -36,4 +36,7 @@ def test_demo_preprocesses_splits_trains_validates_and_infers(tmp_path, cli, one
     expected = thin_grid(thick.grid, 1.0)
     assert thin.grid.size == expected.size
     np.testing.assert_allclose(thin.origin, expected.origin, atol=1e-3)
-    assert "Thin volume:" in result.output and "Comparison figure:" in result.output
+    assert "Thin volume:" in result.output and "Case figure:" in result.output
+    curves = out / "run" / "progress.png"
+    assert "Training curves:" in result.output and str(curves) in result.output.replace("\n", "")  # however wrapped
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

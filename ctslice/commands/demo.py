@@ -113,6 +113,7 @@ def _print_summary(result: DemoResult) -> None:
         *lines,
         f"Thin volume:        {result.thin} (from {result.thick})",
         f"Report:             {result.run / 'validation_test' / 'report.json'}",
-        f"Comparison figure:  {result.figure}",
+        f"Case figure:        {result.figure}",
+        f"Training curves:    {result.run / 'progress.png'}",
         f"Checkpoints, logs:  {result.run}",
     ]))
