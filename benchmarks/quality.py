@@ -67,7 +67,8 @@ def build_cache(out: Path, phases: int) -> tuple[Path, Path]:
             members["val" if held_out else "train"].append(case_id)
     cache_files.consolidate(cache, sorted(parts.glob("*.h5")))
     cache_files.remove_parts(cache)
-    splits.write_text(json.dumps({**members, "meta": {"held_out": HELD_OUT, "ratio": RATIO}}, indent=2))
+    splits.write_text(json.dumps({**members, "meta": {"held_out": HELD_OUT, "ratio": RATIO}}, indent=2),
+                      encoding="utf-8")
     return cache, splits
 
 
@@ -172,7 +173,7 @@ def main() -> None:
     checkpoint = run / "checkpoints" / "final.pt"
     print(f"checkpoint {checkpoint}, step {read_checkpoint(checkpoint)['step']}")
     rows = evaluate(checkpoint, cache, args.samples, args.steps, args.crop_slices)
-    (args.out / "quality.json").write_text(json.dumps(rows, indent=2))
+    (args.out / "quality.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     if args.bundle:
         path = bundle(checkpoint, BUNDLE)
         print(f"bundled {path} ({path.stat().st_size / 2**20:.1f} MiB)")

@@ -318,7 +318,7 @@ def _abbreviated(text: str, limit: int = 80) -> str:
 
 
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
 
 
 def _apply_override(data: dict[str, Any], override: str) -> str:

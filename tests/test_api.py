@@ -111,7 +111,7 @@ def test_the_readme_example_runs(tmp_path, monkeypatch, one_thread):
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("### Python API"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     write_volume(thick_volume(depth=12, side=48, direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)),

@@ -127,13 +127,13 @@ def test_run_split_writes_json_keeps_existing_assignments_and_excludes_failures(
     out = tmp_path / "splits.json"
     result = cli("split", path, "-o", out, "--seed", "1")
     assert result.exit_code == 0, result.output
-    document = json.loads(out.read_text())
+    document = json.loads(out.read_text(encoding="utf-8"))
     assert sorted(document["train"] + document["val"] + document["test"]) == ["a", "b", "c", "d"]
     # a user moves a case by hand; re-running keeps that and assigns the new case
     for name in ("train", "val", "test"):
         document[name] = [c for c in document[name] if c != "a"]
     document["test"].append("a")
-    out.write_text(json.dumps(document))
+    out.write_text(json.dumps(document), encoding="utf-8")
     write_cache(path, ["e"])
     run_split(path, out, val=0.15, test=0.10, seed=1)
     updated = read_splits(out, ["a", "b", "c", "d", "e"])
@@ -143,12 +143,12 @@ def test_run_split_writes_json_keeps_existing_assignments_and_excludes_failures(
 
 def test_user_written_splits_are_checked(tmp_path):
     path = tmp_path / "splits.json"
-    path.write_text(json.dumps({"train": ["a", "b"], "val": ["b"], "test": []}))
+    path.write_text(json.dumps({"train": ["a", "b"], "val": ["b"], "test": []}), encoding="utf-8")
     with pytest.raises(InputError, match="'b' is in both 'train' and 'val'"):
         read_splits(path, ["a", "b"])
-    path.write_text(json.dumps({"train": ["a", "zz"], "val": [], "test": []}))
+    path.write_text(json.dumps({"train": ["a", "zz"], "val": [], "test": []}), encoding="utf-8")
     with pytest.raises(InputError, match="1 case id.*not in the cache: zz"):
         read_splits(path, ["a"])
-    path.write_text("{not json")
+    path.write_text("{not json", encoding="utf-8")
     with pytest.raises(InputError, match="not valid JSON"):
         read_splits(path)

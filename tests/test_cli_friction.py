@@ -45,7 +45,7 @@ def test_a_shipped_config_is_found_by_name_from_any_folder(cli, tmp_path, monkey
 
 def test_a_file_of_that_name_wins_over_the_shipped_config(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "tiny_cpu").write_text("model:\n  channels: [8, 16, 16]\nhardware:\n  device: cpu\n")
+    (tmp_path / "tiny_cpu").write_text("model:\n  channels: [8, 16, 16]\nhardware:\n  device: cpu\n", encoding="utf-8")
     result = cli("inspect-memory", "--config", "tiny_cpu", "--volume", "40x96x96", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["facts"]["unet_parameters"] == unet_parameters([8, 16, 16])
@@ -74,7 +74,7 @@ def test_configs_lists_every_shipped_config_with_its_first_comment_line(cli):
     assert result.exit_code == 0, result.output
     flat = " ".join(result.stdout.replace("│", " ").split())
     for path in SHIPPED_CONFIGS.glob("*.yaml"):
-        first = path.read_text().splitlines()[0]
+        first = path.read_text(encoding="utf-8").splitlines()[0]
         assert first.startswith("#"), f"{path.name}: no description line"
         assert path.stem in result.stdout
         assert " ".join(first.lstrip("#").split()[:6]) in flat, (path.name, first)

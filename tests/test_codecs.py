@@ -97,7 +97,7 @@ def _corrupt(state: dict, how: str) -> dict:
 def _write(path, content):
     """Writes ``content`` (text, or anything ``torch.save`` takes) to ``path`` and returns the path."""
     if isinstance(content, str):
-        path.write_text(content)
+        path.write_text(content, encoding="utf-8")
     else:
         torch.save(content, path)
     return path

@@ -16,7 +16,7 @@ CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 def write(tmp_path, data) -> Path:
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
 
 
@@ -64,7 +64,7 @@ def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("training: [unclosed")
+    bad.write_text("training: [unclosed", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
 

@@ -33,7 +33,7 @@ WORKLOAD_KINDS = {"Job", "Pod"}
 def containerfile() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) per instruction, continuation lines joined, comments dropped."""
     instructions, pending = [], ""
-    for line in CONTAINERFILE.read_text().splitlines():
+    for line in CONTAINERFILE.read_text(encoding="utf-8").splitlines():
         if line.lstrip().startswith("#") or not (pending or line.strip()):  # comments may sit inside continuations
             continue
         if line.rstrip().endswith("\\"):
@@ -146,7 +146,7 @@ def test_vae_weights_and_outputs_are_mounted_volumes():
 def dockerignore_excludes(path: str) -> bool:
     """Docker's rule: the last pattern that matches the path or one of its parents decides."""
     excluded = False
-    for line in DOCKERIGNORE.read_text().splitlines():
+    for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -184,7 +184,8 @@ def test_build_context_keeps_what_the_containerfile_copies():
 def manifests() -> list[tuple[str, dict]]:
     documents = []
     for path in sorted(K8S.glob("*.y*ml")):
-        documents += [(path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+        text = path.read_text(encoding="utf-8")
+        documents += [(path.name, doc) for doc in yaml.safe_load_all(text) if doc is not None]
     return documents
 
 
@@ -551,7 +552,7 @@ def test_manifests_reference_existing_configs():
     """Every config a manifest names (in a command or a comment) is in configs/, where the image copies it from."""
     referenced = set()
     for path in sorted(K8S.glob("*.y*ml")):
-        referenced |= set(re.findall(r"/app/ctslice/configs/[\w.-]+\.ya?ml", path.read_text()))
+        referenced |= set(re.findall(r"/app/ctslice/configs/[\w.-]+\.ya?ml", path.read_text(encoding="utf-8")))
     referenced |= {v for inv in INVOCATIONS for v in parse_invocation(inv.args)[0].get("config", [])}
     assert referenced
     missing = [f"{name} -> {IMAGE.repo_path(name)}" for name in sorted(referenced)

@@ -142,7 +142,7 @@ def test_no_identifying_value_in_any_error(tmp_path, monkeypatch, caplog, recwar
 
 
 def test_study_tags_of_a_file_that_is_not_dicom(tmp_path):
-    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
     with pytest.raises(InputError, match="study tags"):
         study_tags([tmp_path / "notes.txt"])
 

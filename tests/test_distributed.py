@@ -50,5 +50,6 @@ def test_two_ranks_hold_identical_weights_and_only_rank_0_writes(dataset, tmp_pa
     assert written == ["checkpoints/final.pt", "checkpoints/latest.pt", "checkpoints/step_2.pt", "config.yaml",
                        "log.jsonl", "progress.png"]
     assert not [p for p in (tmp_path / "rank1").rglob("*") if p.is_file()]
-    records = [line for line in (tmp_path / "rank0" / "log.jsonl").read_text().splitlines() if '"train"' in line]
+    log = (tmp_path / "rank0" / "log.jsonl").read_text(encoding="utf-8")
+    records = [line for line in log.splitlines() if '"train"' in line]
     assert len(records) == 3  # one record per step, written once

@@ -87,7 +87,7 @@ def assert_config_refuses(key: str, value, folder: Path) -> None:
     assert message.startswith(f"--set {override[:60]}") and "\n" not in message and len(message) < 400, message
     section, name = key.split(".")
     path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump({section: {name: value}}))
+    path.write_text(yaml.safe_dump({section: {name: value}}), encoding="utf-8")
     with pytest.raises(ConfigError) as refused:
         load_config(path)
     message = str(refused.value)
@@ -156,7 +156,8 @@ def alias_bomb(levels: int = 9) -> str:
 
 def test_a_yaml_alias_bomb_is_refused_at_its_first_alias(tmp_path):
     path = tmp_path / "bomb.yaml"  # 9^9 leaves if expanded
-    path.write_text("training:\n" + "\n".join("  " + line for line in alias_bomb().splitlines()) + "\n")
+    text = "training:\n" + "\n".join("  " + line for line in alias_bomb().splitlines()) + "\n"
+    path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError) as refused:
         load_config(path)
     assert str(refused.value) == f"{path}: not usable YAML (YAML aliases (*name) are not accepted, line 3)"
@@ -170,7 +171,7 @@ def test_a_yaml_alias_bomb_is_refused_at_its_first_alias(tmp_path):
 @pytest.mark.parametrize("depth", [40, 200_000])
 def test_deeply_nested_yaml_is_one_line(depth, tmp_path):
     path = tmp_path / "deep.yaml"
-    path.write_text("training: " + "[" * depth + "]" * depth + "\n")
+    path.write_text("training: " + "[" * depth + "]" * depth + "\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"not usable YAML \(nested more than 32 levels deep, line 1\)$"):
         load_config(path)
 
@@ -180,7 +181,7 @@ def test_deeply_nested_splits_json_is_one_line(depth, reason, tmp_path):
     from ctslice.data.splits import read_splits
 
     path = tmp_path / "splits.json"
-    path.write_text('{"train": ' + "[" * depth + "]" * depth + "}")
+    path.write_text('{"train": ' + "[" * depth + "]" * depth + "}", encoding="utf-8")
     with pytest.raises(InputError) as refused:
         read_splits(path)
     assert str(refused.value) == f"{path}: not usable JSON ({reason})"
@@ -188,12 +189,12 @@ def test_deeply_nested_splits_json_is_one_line(depth, reason, tmp_path):
 
 def test_numbers_of_thousands_of_digits_are_one_line(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text("training:\n  seed: " + "9" * 5000 + "\n")
+    path.write_text("training:\n  seed: " + "9" * 5000 + "\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"not usable YAML \(Exceeds the limit \(4300 digits\)"):
         load_config(path)
     from ctslice.data.splits import read_splits
 
-    (tmp_path / "splits.json").write_text('{"train": [' + "9" * 5000 + "]}")
+    (tmp_path / "splits.json").write_text('{"train": [' + "9" * 5000 + "]}", encoding="utf-8")
     with pytest.raises(InputError, match="not usable JSON"):
         read_splits(tmp_path / "splits.json")
 
@@ -236,7 +237,8 @@ def places(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("domains")
     scan = write_volume(make_phantom(shape=(8, 32, 32), spacing=(12.0, 12.0, 5.0), seed=3), root / "in" / "scan.nii.gz")
     config = root / "config.yaml"
-    config.write_text(yaml.safe_dump({"data": {"cache": str(root / "in" / "cache.h5")}, "hardware": {"device": "cpu"}}))
+    settings = {"data": {"cache": str(root / "in" / "cache.h5")}, "hardware": {"device": "cpu"}}
+    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
     (root / "out").mkdir()
     return {"scan": scan, "config": config, "out": root / "out"}
 

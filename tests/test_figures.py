@@ -117,7 +117,7 @@ LOG = [
 
 def write_log(run_dir, records=LOG):
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return run_dir
 
 
@@ -170,7 +170,8 @@ def test_a_drawing_failure_warns_once_and_does_not_raise(tmp_path, monkeypatch):
     warnings = []
     monkeypatch.setattr(progress_figure, "warn", warnings.append)
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "log.jsonl").write_text("{not json\n")  # read_log refuses the line: drawing fails
+    # read_log refuses the line: drawing fails
+    (tmp_path / "run" / "log.jsonl").write_text("{not json\n", encoding="utf-8")
     hook = ProgressFigure(tmp_path / "run")
     hook.redraw()
     hook.redraw()

@@ -239,13 +239,13 @@ def eight_cpus(monkeypatch):
 def test_available_cpus_follow_affinity_and_the_cgroup_quota(tmp_path, eight_cpus, files, expected):
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
+        (tmp_path / name).write_text(text, encoding="utf-8")
     assert available_cpus(tmp_path) == expected
 
 
 def test_affinity_caps_the_cpus(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
-    (tmp_path / "cpu.max").write_text("400000 100000\n")
+    (tmp_path / "cpu.max").write_text("400000 100000\n", encoding="utf-8")
     assert available_cpus(tmp_path) == 1
 
 

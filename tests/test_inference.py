@@ -170,4 +170,4 @@ def test_validate_json_matches_independent_recomputation(trained, tmp_path, cli)
             assert (tmp_path / "report" / "figures" / f"{case['case']}.png").stat().st_size > 1000
     mean_cubic = np.mean([c["scores"]["cubic"]["psnr"] for c in report["cases"]])
     assert report["mean"]["cubic"]["psnr"] == pytest.approx(mean_cubic)
-    assert json.loads((tmp_path / "report" / "report.json").read_text())["split"] == "test"
+    assert json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))["split"] == "test"

@@ -76,7 +76,7 @@ def test_file_round_trip_keeps_array_and_oblique_geometry(tmp_path, suffix):
 def test_mhd_writes_header_and_data_side_by_side(tmp_path):
     write_volume(phantom(), tmp_path / "scan.mhd")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.mhd", "scan.zraw"]
-    assert "ElementDataFile = scan.zraw" in (tmp_path / "scan.mhd").read_text()
+    assert "ElementDataFile = scan.zraw" in (tmp_path / "scan.mhd").read_text(encoding="utf-8")
 
 
 def test_write_replaces_old_file_only_when_complete(tmp_path, monkeypatch):
@@ -207,7 +207,7 @@ def test_dicom_series_stored_head_first_reads_in_ascending_normal_order(tmp_path
 def test_find_series_describes_series_with_pseudonyms_only(tmp_path):
     write_dicom_series(phantom(), tmp_path / "a" / "ct", patient_id=PATIENT_ID, patient_name=PATIENT_NAME,
                        study_uid="1.2.3.999")
-    (tmp_path / "a" / "notes.txt").write_text("not DICOM")
+    (tmp_path / "a" / "notes.txt").write_text("not DICOM", encoding="utf-8")
     [series] = find_series(tmp_path)
     assert series.directory == tmp_path / "a" / "ct"
     assert (series.modality, series.n_slices) == ("CT", 12)
@@ -261,7 +261,7 @@ def test_folder_without_ct_lists_what_it_holds(tmp_path):
 
 
 def test_folder_without_dicom_is_rejected(tmp_path):
-    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
     with pytest.raises(InputError, match="contains no DICOM series"):
         read_volume(tmp_path)
 

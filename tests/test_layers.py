@@ -51,7 +51,7 @@ def _imports(name: str, path: Path) -> list[tuple[int, str]]:
     """(line, imported ``ctslice`` module) for every import in the module, at any depth."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -126,7 +126,7 @@ def test_only_the_command_layer_prints():
         if _owner(name)[0] == 1:
             continue
         where = path.relative_to(PACKAGE.parent)
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
                 offences.append(f"{where}:{node.lineno}: print(...)")
             elif (isinstance(node, ast.Attribute) and node.attr in ("write", "writelines")

@@ -212,7 +212,7 @@ def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
 def test_an_output_that_is_not_a_cache_is_refused_before_any_work(cached, monkeypatch, cli, kind):
     inputs, output = cached
     if kind == "text":
-        output.write_text("hello\n")
+        output.write_text("hello\n", encoding="utf-8")
     elif kind == "other_hdf5":
         output.unlink()
         with h5py.File(output, "w") as file:
@@ -240,7 +240,7 @@ def test_a_deleted_dataset_is_one_line_naming_the_case_in_split_train_and_inspec
     assert cli("split", output, "-o", splits).exit_code == 0
     damage(output)
     config = tmp_path / "empty.yaml"
-    config.write_text("{}\n")
+    config.write_text("{}\n", encoding="utf-8")
     data = ["--set", f"data.cache={output}", "--set", f"data.splits={splits}"]
     for args in (["split", output, "-o", tmp_path / "other.json"],
                  ["train", "--config", config, *data, "--set", "hardware.device=cpu", "--out", tmp_path / "run"],

@@ -84,7 +84,7 @@ def test_an_output_inside_the_input_folder_is_refused(tmp_path, cli):
 def test_check_output_accepts_a_new_file_in_a_new_folder_and_refuses_the_reverse_kinds(tmp_path):
     assert check_output(tmp_path / "new" / "deeper" / "out.nii.gz") == tmp_path / "new" / "deeper" / "out.nii.gz"
     (tmp_path / "folder").mkdir()
-    (tmp_path / "file").write_text("x")
+    (tmp_path / "file").write_text("x", encoding="utf-8")
     with pytest.raises(InputError, match="is a folder; give the output a file name"):
         check_output(tmp_path / "folder")
     with pytest.raises(InputError, match="is a file, not a folder; choose a folder"):
@@ -135,7 +135,7 @@ COMMANDS = ["infer", "validate", "train", "split", "demo", "preprocess"]
 def test_an_output_under_a_file_is_one_line_and_writes_nothing(command, dataset, tmp_path, cli):
     (tmp_path / "inputs").mkdir()
     not_a_folder = tmp_path / "notes.txt"
-    not_a_folder.write_text("a file, not a folder")
+    not_a_folder.write_text("a file, not a folder", encoding="utf-8")
     args = _commands(dataset, tmp_path / "inputs", default_model_path(), not_a_folder)[command]
     before = tree(tmp_path)
     result = cli(*args)
@@ -233,7 +233,7 @@ import SimpleITK as sitk
 real = sitk.WriteImage
 def slow(image, name, *args, **kwargs):
     real(image, name, *args, **kwargs)
-    Path(sys.argv[1]).write_text(name)  # the staging file exists now
+    Path(sys.argv[1]).write_text(name, encoding="utf-8")  # the staging file exists now
     time.sleep(120)
 sitk.WriteImage = slow
 from ctslice.cli import app
@@ -247,14 +247,14 @@ def test_a_signal_while_infer_writes_removes_the_staging_files(signum, code, sai
     thick = scan(tmp_path / "scan.nii.gz")
     output, marker = tmp_path / "out" / "thin.nii.gz", tmp_path / "staged"
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("an unrelated file")
+    (tmp_path / "out" / "keep.txt").write_text("an unrelated file", encoding="utf-8")
     before = tree(tmp_path)
     process = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, marker, "infer", thick, "-o", output, "--method",
                                 "cubic"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=WIDE)
     deadline = time.monotonic() + 240
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    staged = Path(marker.read_text())
+    staged = Path(marker.read_text(encoding="utf-8"))
     assert staged.exists() and staged.parent.name.endswith(".partial")
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)

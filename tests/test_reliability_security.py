@@ -54,7 +54,7 @@ def test_a_checkpoint_with_a_pickled_object_is_refused_not_run(tmp_path, cli):
 def test_a_yaml_config_with_a_python_tag_is_refused_not_run(tmp_path, cli):
     marker = tmp_path / "code-ran"
     config = tmp_path / "config.yaml"
-    config.write_text(f"training:\n  seed: !!python/object/apply:os.system ['touch {marker}']\n")
+    config.write_text(f"training:\n  seed: !!python/object/apply:os.system ['touch {marker}']\n", encoding="utf-8")
     result = cli("train", "--config", config, "--out", tmp_path / "run")
     assert result.exit_code == 2
     assert result.output.startswith(f"error: {config}: not valid YAML (could not determine a constructor for the "
@@ -137,7 +137,7 @@ def test_patient_identifiers_appear_in_no_file_and_no_output(tmp_path, cli, wide
     cache, splits, run = work / "cache.h5", work / "splits.json", work / "run"
     config = work / "config.yaml"
     work.mkdir()
-    config.write_text("{}\n")
+    config.write_text("{}\n", encoding="utf-8")
     settings = [*TINY, f"data.cache={cache}", f"data.splits={splits}", "hardware.device=cpu", "training.max_steps=3",
                 "training.val_interval=1000", "training.checkpoint_interval=2", "validation.val_samples=1"]
     commands = [  # (arguments, exit code)

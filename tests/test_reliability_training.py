@@ -53,7 +53,7 @@ def reference(dataset, tmp_path_factory) -> Path:
 def train_args(dataset, run: Path, *extra: str) -> list[str]:
     """``ctslice train`` arguments for the run's config (an empty file: every key comes from --set)."""
     config = run.parent / "empty.yaml"
-    config.write_text("{}\n")
+    config.write_text("{}\n", encoding="utf-8")
     return ["train", "--config", str(config), *(a for s in settings(dataset, *extra) for a in ("--set", s)),
             "--out", str(run)]
 
@@ -81,7 +81,7 @@ def logged_steps(run: Path) -> list[int]:
     path = run / "log.jsonl"
     if not path.exists():
         return []
-    lines = path.read_text().split("\n")[:-1]
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
     return [r["step"] for r in map(json.loads, lines) if r["kind"] == "train"]
 
 
@@ -262,7 +262,7 @@ def test_the_record_of_a_skipped_step_is_json(tmp_path):
     log = RunLog(tmp_path)
     log.write({"kind": "train", "step": 3, "loss": float("nan"), "grad_norm": None})
     log.close()
-    for line in (tmp_path / "log.jsonl").read_text().splitlines():
+    for line in (tmp_path / "log.jsonl").read_text(encoding="utf-8").splitlines():
         json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in log.jsonl: not JSON"))
 
 
@@ -338,7 +338,7 @@ def test_out_of_memory_during_infer_is_one_line_and_writes_nothing(reference, tm
 ], ids=["wrong type in the file", "unknown key in --set"])
 def test_bad_config_fails_before_any_work(config, extra, message, dataset, tmp_path, cli):
     path = tmp_path / "config.yaml"
-    path.write_text(config)
+    path.write_text(config, encoding="utf-8")
     result = cli("train", "--config", path, *extra, "--out", tmp_path / "run")
     assert result.exit_code == 2
     assert error_line(result.output) == "error: " + message.format(path=path)

@@ -81,7 +81,7 @@ def test_bf16_path_runs_on_cpu(dataset, tmp_path):
 
 def test_log_records_are_json_objects(dataset, tmp_path):
     train(tiny_config(dataset, "training.max_steps=2", "validation.val_samples=0"), tmp_path / "run")
-    for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines():
+    for line in (tmp_path / "run" / "log.jsonl").read_text(encoding="utf-8").splitlines():
         assert isinstance(json.loads(line), dict)
 
 
@@ -124,7 +124,8 @@ def test_optimizer_holds_only_trainable_unet_parameters(dataset):
 def test_unknown_config_key_fails_before_any_work(dataset, tmp_path, cli):
     cache, splits = dataset
     config = tmp_path / "config.yaml"
-    config.write_text(f"data: {{cache: {cache}, splits: {splits}}}\ntraining: {{validate_every: 10}}\n")
+    text = f"data: {{cache: {cache}, splits: {splits}}}\ntraining: {{validate_every: 10}}\n"
+    config.write_text(text, encoding="utf-8")
     result = cli("train", "--config", config, "--out", tmp_path / "run")
     assert result.exit_code == 2
     assert "did you mean 'training.val_interval'" in result.output

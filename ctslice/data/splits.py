@@ -117,7 +117,7 @@ def write_split(cache_path: Path, output: Path, val: float, test: float,
     splits = assign(patients, val, test, seed, existing)
     document = {**splits, "meta": {"cache": str(cache_path), "seed": seed, "val": val, "test": test}}
     temporary = output.with_name(f".{output.name}.tmp")
-    temporary.write_text(json.dumps(document, indent=2) + "\n")
+    temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     os.replace(temporary, output)
     return splits, len(set(patients.values()))
 

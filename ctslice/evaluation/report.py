@@ -25,5 +25,5 @@ def to_json(report: dict) -> str:
 
 def write_json(report: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_json(report) + "\n")
+    path.write_text(to_json(report) + "\n", encoding="utf-8")
     return path
