@@ -44,9 +44,18 @@ class Codec(ABC):
         lo, hi = self.hu_window
         return x.float().clamp(0.0, 1.0) * (hi - lo) + lo
 
-    def latent_size(self, size: tuple[int, int, int]) -> tuple[int, int, int]:
-        """Latent (d, h, w) for a volume of (D, H, W): each axis rounded up to a whole compression step."""
-        return tuple(math.ceil(n / f) for n, f in zip(size, self.compression, strict=True))
+    @classmethod
+    def latent_size(cls, size: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Latent (d, h, w) for a volume of (D, H, W): each axis rounded up to a whole compression step.
+
+        A class method: the memory model sizes latents from a config without building a codec.
+        """
+        return tuple(math.ceil(n / f) for n, f in zip(size, cls.compression, strict=True))
+
+    def description(self) -> dict:
+        """What a diffusion checkpoint records of its codec, so that inference can rebuild and check it
+        (the weights come from the user, never from the checkpoint)."""
+        return {"name": self.name, "latent_channels": self.latent_channels, "compression": list(self.compression)}
 
     @abstractmethod
     def encode(self, x: Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:

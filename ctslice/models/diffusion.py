@@ -27,7 +27,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from ctslice.codecs.base import latent_scale_factor
 from ctslice.config import Config, DiffusionConfig
-from ctslice.models.unet import build_unet, size_multiple
+from ctslice.models.unet import build_unet, size_multiple, uses_flash_attention
 
 
 @dataclass
@@ -150,6 +150,6 @@ def make_scheduler(config: DiffusionConfig, kind=DDIMScheduler):
 
 def build_model(config: Config, latent_channels: int, device: torch.device | str = "cpu") -> SliceDiffusion:
     """The diffusion model for ``config``; flash attention only where it exists (CUDA)."""
-    flash = config.hardware.flash_attention and torch.device(device).type == "cuda"
+    flash = uses_flash_attention(config.hardware, torch.device(device).type)
     model = SliceDiffusion(config, latent_channels, flash_attention=flash)
     return model.to(device)

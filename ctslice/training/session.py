@@ -145,10 +145,9 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
                 build_latent_cache(Path(config.data.cache), splits["train"], codec, codec_fingerprint(config),
                                    latents_path, device, on_case=after_case)
         world.barrier()
-        source = LatentSource(latents_path, splits["train"], codec.compression)
+        source = LatentSource(latents_path, splits["train"], type(codec))
     else:
-        source = PixelSource(Path(config.data.cache), splits["train"], z_multiple=codec.compression[0],
-                             inplane_multiple=codec.compression[1])
+        source = PixelSource(Path(config.data.cache), splits["train"], codec.compression)
     dataset = PatchDataset(source, config.data, config.training.seed)
 
     # ---- optimizer and schedule

@@ -37,8 +37,7 @@ class Validator:
         self.patches = None
         self._cubic: dict[str, dict[str, float]] = {}  # case id -> cubic's scores, computed at the first run
         if self.case_ids:
-            source = PixelSource(cache_path, self.case_ids, z_multiple=codec.compression[0],
-                                 inplane_multiple=codec.compression[1])
+            source = PixelSource(cache_path, self.case_ids, codec.compression)
             dataset = PatchDataset(source, config.data, VALIDATION_SEED)
             self.patches = [dataset[k] for k in range(VALIDATION_PATCHES)]
 
