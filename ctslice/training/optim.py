@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 
 from ctslice.config import TrainingConfig
-from ctslice.console import console
+
+log = logging.getLogger(__name__)
 
 
 def build_optimizer(named_groups: dict[str, torch.nn.Module], config: TrainingConfig) -> torch.optim.AdamW:
@@ -22,10 +24,10 @@ def build_optimizer(named_groups: dict[str, torch.nn.Module], config: TrainingCo
         groups.append({"params": params, "name": name})
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     assert all(p.requires_grad for g in optimizer.param_groups for p in g["params"]), "frozen parameter in optimizer"
-    console.print(f"Optimizer param groups: {len(optimizer.param_groups)}")
+    log.info(f"Optimizer param groups: {len(optimizer.param_groups)}")
     for index, group in enumerate(optimizer.param_groups):
         count = sum(p.numel() for p in group["params"])
-        console.print(f"  Group {index} ({group['name']}): {count:,} params, LR: {group['lr']:.2e}")
+        log.info(f"  Group {index} ({group['name']}): {count:,} params, LR: {group['lr']:.2e}")
     return optimizer
 
 
