@@ -98,7 +98,7 @@ def train(config: Config, run_dir: Path, resume: str | None = None, device_name:
                           threads=threads, on_progress=on_progress)
         if not session.world.is_main:
             on_progress = on_step = None
-        return _loop(session, stop, on_progress or _silent, on_step or _silent)
+        return _loop(session, stop, on_progress, on_step)
     except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
         if not is_out_of_memory(error):
             raise
@@ -111,8 +111,9 @@ def train(config: Config, run_dir: Path, resume: str | None = None, device_name:
             session.world.close()
 
 
-def _loop(s: Session, stop: _SigtermFlag, on_progress: ProgressCallback,
-          on_step: Callable[[StepReport], None]) -> TrainResult:
+def _loop(s: Session, stop: _SigtermFlag, on_progress: ProgressCallback | None = None,
+          on_step: Callable[[StepReport], None] | None = None) -> TrainResult:
+    on_progress, on_step = on_progress or _silent, on_step or _silent
     training, world, device = s.config.training, s.world, s.device
     step, bad_steps, started = s.start_step, 0, time.time()
     figure = ProgressFigure(s.run_dir, enabled=world.is_main)  # <run>/progress.png, redrawn at each validation
