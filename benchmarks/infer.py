@@ -31,7 +31,6 @@ def make_checkpoint(folder: Path, config_path: Path, overrides: list[str]) -> Pa
     from ctslice.codecs.maisi import build_network
     from ctslice.config import load_config
     from ctslice.models import build_model
-    from ctslice.training.session import codec_identity
 
     config = load_config(config_path, overrides)
     if config.codec.name == "maisi":  # a random VAE of the released config, saved as a user's weights would be
@@ -40,7 +39,7 @@ def make_checkpoint(folder: Path, config_path: Path, overrides: list[str]) -> Pa
         config = load_config(config_path, [*overrides, f"codec.checkpoint={vae}"])
     codec = codec_for(config.codec)
     model = build_model(config, codec.latent_channels)
-    state = {"step": 0, "config": config.to_dict(), "model": model.state_dict(), "codec": codec_identity(codec),
+    state = {"step": 0, "config": config.to_dict(), "model": model.state_dict(), "codec": codec.description(),
              "data": {"thin_spacing": 1.0, "ratio": 5.0, "inplane_size": 0}}
     return write_checkpoint(state, folder / "model.pt")
 

@@ -120,6 +120,10 @@ class PlainProgress:
         elif now - task["last"] >= self.interval:
             self._line(task, now)
 
+    def line(self, key: int) -> None:
+        """A line now, whatever the interval (for example at every training ``log_interval``)."""
+        self._line(self.tasks[key], time.monotonic())
+
     def _finish(self, task: dict, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         long = task["printed"] or now - task["start"] >= self.interval

@@ -49,12 +49,12 @@ def config(name: str):
 def unet_millions(name: str) -> float:
     import torch
 
-    from ctslice.memory.workload import codec_class
+    from ctslice.codecs import codec_class
     from ctslice.models.unet import build_unet
 
     settings = config(name)
     with torch.device("meta"):
-        unet = build_unet(settings.model, codec_class(settings).latent_channels)
+        unet = build_unet(settings.model, codec_class(settings.codec.name).latent_channels)
     return sum(p.numel() for p in unet.parameters()) / 1e6
 
 

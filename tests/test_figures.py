@@ -166,16 +166,15 @@ def test_an_empty_log_still_draws(tmp_path):
     assert png_pixels(draw_progress(tmp_path / "run")).shape[:2] == (800, 1200)
 
 
-def test_a_drawing_failure_warns_once_and_does_not_raise(tmp_path, monkeypatch):
-    warnings = []
-    monkeypatch.setattr(progress_figure, "warn", warnings.append)
+def test_a_drawing_failure_warns_once_and_does_not_raise(tmp_path, caplog):
     (tmp_path / "run").mkdir()
     # read_log refuses the line: drawing fails
     (tmp_path / "run" / "log.jsonl").write_text("{not json\n", encoding="utf-8")
     hook = ProgressFigure(tmp_path / "run")
     hook.redraw()
     hook.redraw()
-    assert len(warnings) == 1 and "progress.png" in warnings[0]
+    warnings = [r.getMessage() for r in caplog.records if r.name == progress_figure.__name__]
+    assert len(warnings) == 1 and caplog.records[0].levelname == "WARNING" and "progress.png" in warnings[0]
     assert not (tmp_path / "run" / "progress.png").exists()
 
 
@@ -209,13 +208,12 @@ def test_training_redraws_progress_at_each_validation_with_cubic_alongside(datas
     assert all(0 < r["cubic_ssim"] <= 1 for r in validations)
 
 
-def test_a_progress_figure_failure_never_stops_training(dataset, tmp_path, monkeypatch, one_thread):
+def test_a_progress_figure_failure_never_stops_training(dataset, tmp_path, monkeypatch, one_thread, caplog):
     from ctslice.training.trainer import train
     from tests.tiny import tiny_config
 
-    warnings = []
-    monkeypatch.setattr(progress_figure, "warn", warnings.append)
     monkeypatch.setattr(progress_figure, "draw_progress", lambda run_dir: 1 / 0)
     result = train(tiny_config(dataset, *TINY_RUN), tmp_path / "run")
     assert result.step == 4 and (tmp_path / "run" / "checkpoints" / "final.pt").exists()
+    warnings = [r.getMessage() for r in caplog.records if r.name == progress_figure.__name__]
     assert len(warnings) == 1 and "ZeroDivisionError" in warnings[0]

@@ -13,14 +13,22 @@ import torch
 
 from ctslice.codecs.base import Codec, latent_scale_factor
 from ctslice.codecs.identity import IdentityCodec
-from ctslice.codecs.maisi import DEFAULT_OVERLAP, MaisiCodec, load_maisi
+from ctslice.codecs.maisi import DEFAULT_OVERLAP, MaisiCodec, build_network, load_maisi
 from ctslice.config import CodecConfig
 from ctslice.errors import InputError
 
-CODECS = ("maisi", "identity")
+CODEC_CLASSES: dict[str, type[Codec]] = {"maisi": MaisiCodec, "identity": IdentityCodec}
+CODECS = tuple(CODEC_CLASSES)
 
-__all__ = ["CODECS", "Codec", "IdentityCodec", "MaisiCodec", "build_codec", "codec_for", "latent_scale_factor",
-           "memory_budget"]
+__all__ = ["CODECS", "Codec", "IdentityCodec", "MaisiCodec", "build_codec", "codec_class", "codec_for",
+           "latent_scale_factor", "memory_budget"]
+
+
+def codec_class(name: str) -> type[Codec]:
+    """The class of the codec called ``name``: its latent channels and compression, without weights."""
+    if name not in CODEC_CLASSES:
+        raise InputError(f"unknown codec {name!r}; choose one of: {', '.join(CODECS)}")
+    return CODEC_CLASSES[name]
 
 
 def build_codec(
@@ -33,28 +41,30 @@ def build_codec(
     overlap: int = DEFAULT_OVERLAP,
     strategy: str = "auto",
     memory_budget: int | None = None,
+    random_weights: bool = False,
 ) -> Codec:
     """The codec called ``name``, frozen and on ``device``.
 
     ``checkpoint`` (the MAISI VAE weights) takes precedence over ``$CTSLICE_MAISI_VAE``; the
     identity codec has no weights and no chunking, and ignores the other arguments.
+    ``random_weights`` builds the network directly on ``device`` with random weights, for the memory
+    model (memory does not depend on the weights' values, and ``meta`` tensors have none).
     """
-    if name == "maisi":
-        return load_maisi(
-            checkpoint, device=device, encode_chunk=encode_chunk, decode_chunk=decode_chunk, overlap=overlap,
-            strategy=strategy, memory_budget=memory_budget,
-        )
-    if name == "identity":
+    if codec_class(name) is IdentityCodec:
         return IdentityCodec(device)
-    raise InputError(f"unknown codec {name!r}; choose one of: {', '.join(CODECS)}")
+    chunking = dict(encode_chunk=encode_chunk, decode_chunk=decode_chunk, overlap=overlap, strategy=strategy,
+                    memory_budget=memory_budget)
+    if random_weights:
+        return MaisiCodec(build_network(device), **chunking)
+    return load_maisi(checkpoint, device=device, **chunking)
 
 
-def codec_for(config: CodecConfig, device: str | torch.device = "cpu", checkpoint: str | Path | None = None) -> Codec:
+def codec_for(config: CodecConfig, device: str | torch.device = "cpu", checkpoint: str | Path | None = None,
+              random_weights: bool = False) -> Codec:
     """The codec a config's ``codec:`` section describes; ``checkpoint`` (e.g. ``--vae-checkpoint``) wins."""
     return build_codec(config.name, checkpoint=checkpoint or config.checkpoint, device=device,
                        encode_chunk=config.encode_chunk, decode_chunk=config.decode_chunk, overlap=config.overlap,
-                       strategy=config.strategy,
-                       memory_budget=memory_budget(config))
+                       strategy=config.strategy, memory_budget=memory_budget(config), random_weights=random_weights)
 
 
 def memory_budget(config: CodecConfig) -> int | None:

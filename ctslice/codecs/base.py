@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ctslice.errors import InputError
@@ -44,9 +45,18 @@ class Codec(ABC):
         lo, hi = self.hu_window
         return x.float().clamp(0.0, 1.0) * (hi - lo) + lo
 
-    def latent_size(self, size: tuple[int, int, int]) -> tuple[int, int, int]:
-        """Latent (d, h, w) for a volume of (D, H, W): each axis rounded up to a whole compression step."""
-        return tuple(math.ceil(n / f) for n, f in zip(size, self.compression, strict=True))
+    @classmethod
+    def latent_size(cls, size: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Latent (d, h, w) for a volume of (D, H, W): each axis rounded up to a whole compression step.
+
+        A class method: the memory model sizes latents from a config without building a codec.
+        """
+        return tuple(math.ceil(n / f) for n, f in zip(size, cls.compression, strict=True))
+
+    def description(self) -> dict:
+        """What a diffusion checkpoint records of its codec, so that inference can rebuild and check it
+        (the weights come from the user, never from the checkpoint)."""
+        return {"name": self.name, "latent_channels": self.latent_channels, "compression": list(self.compression)}
 
     @abstractmethod
     def encode(self, x: Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
@@ -68,6 +78,22 @@ class Codec(ABC):
     @abstractmethod
     def parameter_count(self) -> int:
         """Number of (frozen) parameters."""
+
+
+def pad_end(x: Tensor, multiples: Sequence[int]) -> Tensor:
+    """``x`` (B, C, *spatial) with the end of each spatial axis edge-replicated up to a multiple of ``multiples``.
+
+    Padding only at the end keeps voxel 0 at index 0 (latent slice j covers image slices [4j, 4j + 4);
+    the U-Net's output is cropped back from the start), and replicating the edge keeps the padding
+    looking like its neighbourhood. The codec and the U-Net both pad so. Not MONAI's ``DivisiblePad(k,
+    method="end", mode="replicate")``: it gives the same values but pads every axis after the first (so
+    batch and channel would have to be merged and split again) and returns a ``MetaTensor``, whose
+    ``__torch_function__`` then runs on every later operation, in autograd and in the memory tracer too.
+    """
+    pad: list[int] = []
+    for size, multiple in zip(reversed(x.shape[2:]), reversed(multiples), strict=True):
+        pad += [0, -size % multiple]
+    return F.pad(x, pad, mode="replicate") if any(pad) else x
 
 
 def latent_scale_factor(latents: Tensor | Iterable[Tensor]) -> float:

@@ -21,11 +21,10 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from monai.apps.generation.maisi.networks.autoencoderkl_maisi import AutoencoderKlMaisi, MaisiGroupNorm3D
 from torch import Tensor, nn
 
-from ctslice.codecs.base import Codec
+from ctslice.codecs.base import Codec, pad_end
 from ctslice.codecs.blocks import describe_all, run_blockwise
 from ctslice.codecs.chunking import plan_chunks, run_in_chunks
 from ctslice.codecs.strategy import STRATEGIES, Plan, plan
@@ -162,7 +161,7 @@ class MaisiCodec(Codec):
         """Posterior mean (or, with ``sample``, a draw using ``generator`` on ``x``'s device)."""
         _check_shape(x, 1, "volume")
         depth = x.shape[2]
-        x = _pad_to_multiple(x.float(), self.compression)
+        x = pad_end(x.float(), self.compression)
         with self._inference():
             moments = self._chunked(
                 self.network.encoder, x, self.encode_chunk, self.overlap, lambda h: h,
@@ -238,15 +237,3 @@ class MaisiCodec(Codec):
 def _check_shape(x: Tensor, channels: int, what: str) -> None:
     if x.dim() != 5 or x.shape[1] != channels:
         raise ValueError(f"expected {what} of shape (B, {channels}, D, H, W), got {tuple(x.shape)}")
-
-
-def _pad_to_multiple(x: Tensor, multiples: tuple[int, int, int]) -> Tensor:
-    """Edge-replicates the end of each spatial axis up to a multiple of ``multiples``.
-
-    Padding only at the end keeps slice 0 at index 0, so latent slice j always covers image slices
-    [4j, 4j + 4); replicating the edge keeps the padding looking like its neighbourhood.
-    """
-    pad: list[int] = []
-    for size, multiple in zip(reversed(x.shape[2:]), reversed(multiples), strict=True):
-        pad += [0, -size % multiple]
-    return F.pad(x, pad, mode="replicate") if any(pad) else x

@@ -70,9 +70,11 @@ def run_demo(out: Path, inputs: list[Path] | None = None, minutes: float = 4.0, 
 
     console.rule(f"3/5 train (tiny CPU config, at most {minutes:g} min)")
     run_dir = out / "run"
+    from ctslice.commands.train_display import training_display
     from ctslice.training.trainer import train
 
-    train(config, run_dir, resume="latest", threads=threads)
+    with training_display(config.training.log_interval) as display:
+        train(config, run_dir, resume="latest", threads=threads, on_progress=display.progress, on_step=display.step)
     checkpoint = run_dir / "checkpoints" / "final.pt"
 
     console.rule("4/5 validate on the test case")

@@ -3,8 +3,9 @@
 Patch k of a run is a pure function of the run's seed and k: which case, where, which flips. So the
 data position of a run is just its sample counter, resuming continues the exact same stream, and
 DataLoader workers or DDP ranks need no shared state. A patch spans ``patch_thick_slices`` thick
-slices of thin depth along z (rounded up to the codec's z compression) and a ``patch_size`` square
-in-plane, or whole volumes when configured.
+slices of thin depth along z and a ``patch_size`` square in-plane, each rounded up to the codec's
+compression (``patch_shape``: the one definition, which the memory model uses too), or whole volumes
+when configured.
 
 Sources: ``PixelSource`` reads HU from the HDF5 cache and interpolates the thick slices onto the
 patch's thin grid (the model's condition); the trainer's latent cache provides the same interface in
@@ -32,6 +33,29 @@ THICK_MARGIN = 3  # thick slices read beyond a patch so cubic interpolation has 
 def interpolate_thick(thick: Volume, grid: Grid) -> Volume:
     """The model's condition: the thick volume interpolated (cubic) onto a thin grid, float32 HU."""
     return interpolate(thick, method=CONDITION_INTERPOLATION, grid=grid)
+
+
+def patch_shape(config: DataConfig, ratio: float, compression: tuple[int, int, int] = (1, 1, 1)
+                ) -> tuple[int, int, int]:
+    """The thin-voxel patch (D, H, W) a config asks for at a thick/thin ``ratio``.
+
+    Depth: ``patch_thick_slices`` thick slices of thin depth, ``ceil(patch_thick_slices x ratio)``;
+    in-plane: ``patch_size``. Each axis is rounded up to a whole step of the codec's ``compression``,
+    so that an encoded patch lines up with the latent grid. 0 stays 0: the whole axis.
+    """
+    cz, cy, cx = compression
+    depth = round_up(math.ceil(config.patch_thick_slices * ratio), cz)
+    return depth, round_up(config.patch_size, cy), round_up(config.patch_size, cx)
+
+
+def clip_patch(wanted: tuple[int, int, int], smallest: tuple[int, int, int]) -> tuple[int, int, int]:
+    """A patch shape that fits the smallest volume: each axis at most its size there, 0 (whole) becomes it."""
+    return tuple(int(min(w, s) if w > 0 else s) for w, s in zip(wanted, smallest, strict=True))
+
+
+def round_up(value: int, multiple: int) -> int:
+    """``value`` rounded up to a multiple of ``multiple`` (0 stays 0: a whole axis)."""
+    return int(math.ceil(value / multiple)) * multiple if value > 0 else 0
 
 
 @dataclass(frozen=True)
@@ -64,14 +88,15 @@ class PatchSource(Protocol):
 class PixelSource:
     """Thin HU and interpolated-thick HU patches straight from the cache.
 
-    ``z_multiple`` keeps patch depths and starts on multiples of the codec's z compression so that
-    an encoded patch lines up with the latent grid.
+    ``compression`` (the codec's) keeps patch sizes, and depths' starts, on whole compression steps so
+    that an encoded patch lines up with the latent grid.
     """
 
-    def __init__(self, cache_path, case_ids: list[str], z_multiple: int = 1, inplane_multiple: int = 1):
+    def __init__(self, cache_path, case_ids: list[str], compression: tuple[int, int, int] = (1, 1, 1)):
         self.cache_path = cache_path
         self.case_ids = list(case_ids)
-        self.z_multiple, self.inplane_multiple = z_multiple, inplane_multiple
+        self.compression = tuple(compression)
+        self.z_multiple = self.compression[0]
         self._cache: Cache | None = None
         with Cache(cache_path) as cache:
             self._shapes = {c: cache.info(c).thin_shape for c in self.case_ids}
@@ -95,10 +120,7 @@ class PixelSource:
             self._cache = None
 
     def patch_shape(self, config: DataConfig) -> tuple[int, int, int]:
-        ratio = max(self._ratio.values())
-        depth = _round_up(int(math.ceil(config.patch_thick_slices * ratio)), self.z_multiple)
-        side = _round_up(config.patch_size, self.inplane_multiple)
-        return depth, side, side
+        return patch_shape(config, max(self._ratio.values()), self.compression)
 
     def read(self, patch: Patch) -> tuple[np.ndarray, np.ndarray]:
         thin = self.cache.region(patch.case_id, "thin", patch.z, patch.y, patch.x)
@@ -119,9 +141,8 @@ class PatchDataset(torch.utils.data.Dataset):
         if config.whole_volumes:
             self.patch_shape = None
         else:
-            wanted = source.patch_shape(config)
             smallest = np.min([source.shape(c) for c in source.case_ids], axis=0)
-            self.patch_shape = tuple(int(min(w, s) if w > 0 else s) for w, s in zip(wanted, smallest, strict=True))
+            self.patch_shape = clip_patch(source.patch_shape(config), tuple(smallest))
 
     def __len__(self) -> int:
         return 2**62
@@ -149,7 +170,3 @@ class PatchDataset(torch.utils.data.Dataset):
         if cond.ndim == 3:  # pixel sources have no channel axis
             cond, thin = cond[None], thin[None]
         return {"cond": cond, "thin": thin}
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return int(math.ceil(value / multiple)) * multiple if value > 0 else 0

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,8 +25,7 @@ from ctslice.io.geometry import resample, resample_inplane, square_inplane_grid,
 from ctslice.io.volume import Grid, Volume
 from ctslice.models.diffusion import SliceDiffusion
 from ctslice.models.sampling import WindowedNetwork, ddim_sample, mean_estimate
-
-MAX_ATTENTION_TOKENS = {False: 4096, True: 65536}  # without / with flash attention (CUDA)
+from ctslice.models.unet import latent_window, uses_flash_attention
 
 
 @dataclass
@@ -53,23 +51,9 @@ class SliceInterpolator:
         self.inplane_size = inplane_size
 
     def roi(self) -> tuple[int, int, int]:
-        """The latent window: configured pixels / codec compression, rounded to what the U-Net accepts.
-
-        MONAI's U-Net always has self-attention in its middle block, over every voxel of the window at
-        the coarsest level; without flash attention (CPU) its memory grows with the square of that
-        count (a 64 x 128 x 128 window needed 8 GB). The window is shrunk, largest side first, until
-        that count is within ``MAX_ATTENTION_TOKENS`` for the device.
-        """
-        cz, cy, cx = self.codec.compression
-        multiple = self.model.multiple
-        sizes = (self.config.inference.window_slices / cz, self.config.inference.window_size / cy,
-                 self.config.inference.window_size / cx)
-        roi = [max(multiple, int(math.ceil(s / multiple)) * multiple) for s in sizes]
-        limit = MAX_ATTENTION_TOKENS[self.device.type == "cuda" and self.config.hardware.flash_attention]
-        while math.prod(r // multiple for r in roi) > limit:
-            largest = max(range(3), key=lambda k: roi[k])
-            roi[largest] -= multiple
-        return tuple(roi)
+        """The latent window on this device (``ctslice.models.unet.latent_window``)."""
+        flash = uses_flash_attention(self.config.hardware, self.device.type)
+        return latent_window(self.config, self.codec.compression, flash)
 
     def windowed_network(self, on_windows: Callable[[int], None] | None = None) -> WindowedNetwork:
         """The U-Net over blended latent windows of ``roi()``, as every denoising step runs it."""

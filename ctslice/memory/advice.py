@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from ctslice.config import DOMAINS, Config
 from ctslice.errors import InputError, shown
 from ctslice.memory.estimate import GIB, MemoryEstimate, changes_parts, estimate_memory, with_overrides
-from ctslice.memory.workload import codec_class
+from ctslice.memory.workload import config_codec
+from ctslice.models.unet import size_multiple
 
 USABLE_FRACTION = 0.9
 CUDA_RESERVE = 0.5 * GIB
@@ -140,8 +141,8 @@ def savings(config: Config, device_type: str) -> list[tuple[str, dict[str, objec
         candidates.append((f"batch {training.batch_size} -> 1, same effective batch",
                            {"training.batch_size": 1,
                             "training.grad_accumulation": training.grad_accumulation * training.batch_size}))
-    _, cy, _ = codec_class(config).compression
-    smallest_side = 2 ** (len(model.channels) - 1) * cy
+    _, cy, _ = config_codec(config).compression
+    smallest_side = size_multiple(model) * cy
     if data.whole_volumes:
         candidates.append(("patches instead of whole volumes", {"data.whole_volumes": False}))
     elif data.patch_size == 0 or data.patch_size // 2 >= smallest_side:

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from ctslice.codecs import IdentityCodec, MaisiCodec
+from ctslice.codecs import codec_for
 from ctslice.config import Config, config_from_dict, with_precision
-from ctslice.console import console
+from ctslice.data.patches import round_up
 from ctslice.hardware import resolve_precision
 from ctslice.memory.trace import MetaTrace
 from ctslice.memory.workload import (
@@ -49,12 +49,13 @@ from ctslice.memory.workload import (
     VAE_WEIGHTS,
     WINDOWS,
     Geometry,
-    codec_class,
+    config_codec,
     latent_size,
+    notes_off,
     pixel_patch,
-    round_up,
     run_part,
 )
+from ctslice.models.unet import attention_tokens, latent_window, padded_size, uses_flash_attention
 
 GIB = 2**30
 COMPONENTS = (VAE_WEIGHTS, UNET_WEIGHTS, GRADIENTS, OPTIMIZER, UPDATE, BATCH, ACTIVATIONS, ATTENTION, ENCODE,
@@ -163,19 +164,16 @@ class TraceRecorder:
         return self.trace.tag(name)
 
     def codec(self, config: Config):
+        """The config's codec (``codec_for``), on meta tensors, with the chunked method traced for this device."""
+        codec_config = replace(config.codec, strategy=self.codec_strategy(config), memory_gb=None)
         with self.trace.tag(VAE_WEIGHTS), torch.device("meta"):
-            if config.codec.name != "maisi":
-                return IdentityCodec("meta")
+            codec = codec_for(codec_config, "meta", random_weights=True)
+        if config.codec.name == "maisi":
             from monai.apps.generation.maisi.networks.autoencoderkl_maisi import MaisiGroupNorm3D
 
-            from ctslice.codecs.maisi import build_network
-
-            network = build_network("meta")
-            codec = MaisiCodec(network, encode_chunk=config.codec.encode_chunk, decode_chunk=config.codec.decode_chunk,
-                               overlap=config.codec.overlap, strategy=self.codec_strategy(config))
-        for module in network.modules():  # what MaisiCodec.to("cuda") sets: GroupNorm output in fp16
-            if isinstance(module, MaisiGroupNorm3D):
-                module.norm_float16 = self.device_type == "cuda"
+            for module in codec.network.modules():  # what MaisiCodec.to("cuda") sets: GroupNorm output in fp16
+                if isinstance(module, MaisiGroupNorm3D):
+                    module.norm_float16 = self.device_type == "cuda"
         return codec
 
     def codec_strategy(self, config: Config) -> str:
@@ -192,7 +190,7 @@ class TraceRecorder:
 
         from ctslice.models.diffusion import SliceDiffusion
 
-        flash = config.hardware.flash_attention and self.device_type == "cuda"  # as build_model decides
+        flash = uses_flash_attention(config.hardware, self.device_type)  # as build_model decides
         with self.trace.tag(UNET_WEIGHTS), torch.device("meta"):
             model = SliceDiffusion(config, latent_channels, flash_attention=flash)
         for p in model.unet.parameters():  # a gradient is born as a backward temporary, then kept
@@ -245,13 +243,9 @@ def _traced(part: str, config: Config, geometry: Geometry, device_type: str,
     key = (part, _relevant(part, config), geometry, device_type, volume, mode)
     if key not in _TRACES:
         trace = MetaTrace(default_tag=_DEFAULT_TAG[part])
-        quiet, console.quiet = console.quiet, True  # the codec and optimizer report what they do
-        try:
-            with trace:
-                rec = TraceRecorder(trace, device_type, config.training.precision)
-                run_part(part, config, geometry, torch.device("meta"), rec, volume, mode)
-        finally:
-            console.quiet = quiet
+        with trace, notes_off():
+            rec = TraceRecorder(trace, device_type, config.training.precision)
+            run_part(part, config, geometry, torch.device("meta"), rec, volume, mode)
         _TRACES[key] = dict(trace.at_peak)
     return _TRACES[key]
 
@@ -288,7 +282,7 @@ def _volume_stage(part: str, config: Config, geometry: Geometry, device_type: st
         return _windows(config, geometry, device_type, mode)
     if config.codec.name != "maisi":
         return _traced(part, config, geometry, device_type, volume, mode)
-    depth, cz, halo = volume[0], MaisiCodec.compression[0], config.codec.overlap
+    depth, cz, halo = volume[0], config_codec(config).compression[0], config.codec.overlap
     chunk = config.codec.encode_chunk if part == "encode" else config.codec.decode_chunk * cz
     # The shallowest volume run in several chunks (not whole) of which one has full halos on both sides.
     first_full = max(math.ceil(halo / chunk) * chunk + chunk + halo, round_up(chunk + 2 * halo + 1, cz))
@@ -305,7 +299,7 @@ def _windows(config: Config, geometry: Geometry, device_type: str, mode: str) ->
     Both traced columns hold at least ``window_batch`` windows, so that their U-Net calls, like the
     whole volume's, carry full batches; what differs between them is only the whole-volume buffers.
     """
-    compression = codec_class(config).compression
+    compression = config_codec(config).compression
     latent = latent_size(config, geometry.largest)
     window = tuple(min(r, n) for r, n in zip(_roi(config), latent, strict=True))
     low = (config.inference.window_batch * window[0], *window[1:])
@@ -318,13 +312,9 @@ def _windows(config: Config, geometry: Geometry, device_type: str, mode: str) ->
 
 
 def _roi(config: Config) -> tuple[int, int, int]:
-    """The inference window in latent voxels, as the pipeline computes it."""
-    from ctslice.inference.pipeline import SliceInterpolator
-
-    with MetaTrace() as trace:
-        rec = TraceRecorder(trace, "cpu", "fp32")
-        codec = rec.codec(config)
-        return SliceInterpolator(rec.model(config, codec.latent_channels), codec, config, torch.device("meta")).roi()
+    """The inference window in latent voxels, as the traced pipeline computes it: on meta tensors, so the
+    window without flash attention (``SliceInterpolator.roi`` on device ``meta``)."""
+    return latent_window(config, config_codec(config).compression, uses_flash_attention(config.hardware, "meta"))
 
 
 def _affine(low: dict, high: dict, x0: float, x1: float, x: float) -> dict:
@@ -341,13 +331,12 @@ def _facts(config: Config, geometry: Geometry, device_type: str) -> dict:
         unet = sum(p.numel() for p in model.unet.parameters())
         vae = codec.parameter_count()
     levels = len(config.model.channels)
-    multiple = 2 ** (levels - 1)
     patch = latent_size(config, pixel_patch(config, geometry))
-    padded = tuple(round_up(n, multiple) for n in patch)
-    tokens = {level: math.prod(padded) // 8**level for level, on in enumerate(config.model.attention_levels) if on}
-    tokens["middle"] = math.prod(padded) // 8 ** (levels - 1)
+    padded = padded_size(config.model, patch)
+    tokens = {level: attention_tokens(padded, level) for level, on in enumerate(config.model.attention_levels) if on}
+    tokens["middle"] = attention_tokens(padded, levels - 1)
     return {"unet_parameters": unet, "vae_parameters": vae, "pixel_patch": pixel_patch(config, geometry),
             "latent_patch": patch, "padded_patch": padded, "attention_tokens": tokens,
-            "flash_attention": config.hardware.flash_attention and device_type == "cuda",
+            "flash_attention": uses_flash_attention(config.hardware, device_type),
             "window": _roi(config), "latent_volume": latent_size(config, geometry.largest)}
 

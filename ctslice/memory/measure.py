@@ -38,11 +38,11 @@ from pathlib import Path
 
 import torch
 
-from ctslice.codecs import IdentityCodec, MaisiCodec, memory_budget
+from ctslice.codecs import codec_for
 from ctslice.config import Config, config_from_dict, with_precision
-from ctslice.console import console
 from ctslice.errors import InputError
-from ctslice.memory.workload import PARTS, Geometry, codec_class, run_part
+from ctslice.memory.workload import PARTS, Geometry, config_codec, notes_off, run_part
+from ctslice.models.unet import size_multiple
 
 
 @dataclass
@@ -83,13 +83,11 @@ def _on_cuda(part: str, config: Config, geometry: Geometry, device: torch.device
     torch.cuda.empty_cache()
     reset_peak_memory(device)
     before = torch.cuda.memory_allocated(device)
-    quiet, console.quiet = console.quiet, True
     try:
-        run_part(part, config, geometry, device, RealRecorder(device, config.training.precision))
+        with notes_off():
+            run_part(part, config, geometry, device, RealRecorder(device, config.training.precision))
     except torch.cuda.OutOfMemoryError:
         return Measurement(part, None, "out of memory")
-    finally:
-        console.quiet = quiet
     return Measurement(part, torch.cuda.max_memory_allocated(device) - before)
 
 
@@ -99,30 +97,37 @@ def _in_subprocess(part: str, config: Config, geometry: Geometry, malloc_thresho
         env["MALLOC_MMAP_THRESHOLD_"] = str(malloc_threshold)
     with tempfile.TemporaryDirectory() as folder:
         spec = Path(folder) / "spec.json"
-        spec.write_text(json.dumps({"part": part, "config": config.to_dict(), "geometry": asdict(geometry)}))
+        spec.write_text(json.dumps({"part": part, "config": config.to_dict(), "geometry": asdict(geometry)}),
+                        encoding="utf-8")
         done = subprocess.run([sys.executable, "-m", "ctslice.memory.measure", str(spec)], capture_output=True,
                               text=True, env=env)
-    if done.returncode != 0:
-        killed = done.returncode < 0 or done.returncode == 137
-        reason = "killed (out of memory?)" if killed else (done.stderr.strip().splitlines() or ["failed"])[-1]
-        return Measurement(part, None, reason)
-    return Measurement(part, json.loads(done.stdout.strip().splitlines()[-1])["bytes"])
+        answer = _answer_path(spec)
+        if done.returncode != 0 or not answer.exists():
+            killed = done.returncode < 0 or done.returncode == 137
+            reason = "killed (out of memory?)" if killed else (done.stderr.strip().splitlines() or ["failed"])[-1]
+            return Measurement(part, None, reason)
+        return Measurement(part, json.loads(answer.read_text(encoding="utf-8"))["bytes"])
+
+
+def _answer_path(spec: Path) -> Path:
+    """Where the worker writes its answer: a file beside its spec (stdout is left to the libraries)."""
+    return Path(spec).with_name("answer.json")
 
 
 def _worker(spec_path: str) -> None:
     """One part in this fresh process: warm up, reset the high-water mark, run, print the peak as JSON."""
-    spec = json.loads(Path(spec_path).read_text())
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     config = config_from_dict(spec["config"])
     geometry = Geometry(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["geometry"].items()})
     device = torch.device("cpu")
-    console.quiet = True
     tiny_config, tiny_geometry = _warm_up_config(config)
     run_part(spec["part"], tiny_config, tiny_geometry, device, RealRecorder(device, config.training.precision))
     gc.collect()
     _reset_peak_rss()
     before = _status_kib("VmRSS")
     run_part(spec["part"], config, geometry, device, RealRecorder(device, config.training.precision))
-    print(json.dumps({"bytes": (_status_kib("VmHWM") - before) * 1024}))
+    answer = {"bytes": (_status_kib("VmHWM") - before) * 1024}
+    _answer_path(Path(spec_path)).write_text(json.dumps(answer), encoding="utf-8")
 
 
 class RealRecorder:
@@ -136,14 +141,7 @@ class RealRecorder:
         return nullcontext()
 
     def codec(self, config: Config):
-        if config.codec.name != "maisi":
-            return IdentityCodec(self.device)
-        from ctslice.codecs.maisi import build_network
-
-        return MaisiCodec(build_network(self.device), encode_chunk=config.codec.encode_chunk,
-                          decode_chunk=config.codec.decode_chunk, overlap=config.codec.overlap,
-                          strategy=config.codec.strategy,
-                          memory_budget=memory_budget(config.codec))
+        return codec_for(config.codec, self.device, random_weights=True)
 
     def model(self, config: Config, latent_channels: int):
         from ctslice.models import build_model
@@ -184,8 +182,8 @@ def _reset_peak_rss() -> None:
 
 def _warm_up_config(config: Config) -> tuple[Config, Geometry]:
     """A tiny run of the same networks, to load kernels and thread pools before measuring."""
-    multiple = 2 ** (len(config.model.channels) - 1)
-    cz, cy, _ = codec_class(config).compression
+    multiple = size_multiple(config.model)
+    cz, cy, _ = config_codec(config).compression
     data = replace(config.data, whole_volumes=False, patch_thick_slices=1, patch_size=multiple * cy)
     volume = (4 * multiple * cz, multiple * cy, multiple * cy)
     return replace(config, data=data), Geometry(1.0, volume, volume, "warm-up")

@@ -12,23 +12,27 @@ objects exist: initialising weights has transients of its own (building the MAIS
 peaks at 126 MiB for 80 MiB of weights) that the pipeline, which loads weights on the CPU and moves
 them, never has on the GPU.
 
-The sizes follow the data pipeline: a patch spans ``patch_thick_slices`` thick slices of thin depth
-(times the thick/thin ratio, rounded up to the codec's z compression) and ``patch_size`` pixels
-in-plane, clipped to the smallest training volume like ``PatchDataset`` does; the U-Net pads latent
-sizes to multiples of 2^(levels-1) itself. Inference and the latent cache see whole volumes (the
+The sizes are the data pipeline's own, imported rather than restated: ``patch_shape`` and
+``clip_patch`` (``ctslice.data.patches``) size a patch as ``PatchDataset`` does, ``Codec.latent_size``
+its latents; the U-Net pads latent sizes itself. Inference and the latent cache see whole volumes (the
 largest one).
 """
 
 from __future__ import annotations
 
-import math
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from ctslice.codecs import IdentityCodec, MaisiCodec
+from ctslice.codecs import Codec, codec_class
 from ctslice.config import Config
+from ctslice.data.patches import clip_patch, patch_shape
+from ctslice.inference.pipeline import SliceInterpolator
+from ctslice.models.sampling import ddim_sample, mean_estimate
+from ctslice.training.latents import encode_batch
 from ctslice.training.optim import build_optimizer
 
 PARTS = ("train step", "encode", "denoise", "decode")
@@ -71,22 +75,21 @@ class Recorder(Protocol):
         """Everything resident is built: the stage's peak starts here (construction transients are not its)."""
 
 
-def codec_class(config: Config):
-    return MaisiCodec if config.codec.name == "maisi" else IdentityCodec
+def config_codec(config: Config) -> type[Codec]:
+    """The class of the config's codec: its compression and latent channels, without weights."""
+    return codec_class(config.codec.name)
 
 
 def pixel_patch(config: Config, geometry: Geometry) -> tuple[int, int, int]:
-    """Thin-voxel patch (D, H, W) the dataset draws, as ``PixelSource``/``LatentSource`` size it."""
+    """Thin-voxel patch (D, H, W) the dataset draws (``PatchDataset``: ``patch_shape``, then ``clip_patch``)."""
     if config.data.whole_volumes:
         return geometry.largest
-    cz, cy, cx = codec_class(config).compression
-    depth = round_up(math.ceil(config.data.patch_thick_slices * geometry.ratio), cz)
-    wanted = (depth, round_up(config.data.patch_size, cy), round_up(config.data.patch_size, cx))
-    return tuple(min(w, s) if w > 0 else s for w, s in zip(wanted, geometry.smallest, strict=True))
+    return clip_patch(patch_shape(config.data, geometry.ratio, config_codec(config).compression), geometry.smallest)
 
 
 def latent_size(config: Config, size: tuple[int, int, int]) -> tuple[int, int, int]:
-    return tuple(math.ceil(n / f) for n, f in zip(size, codec_class(config).compression, strict=True))
+    """``Codec.latent_size`` of the config's codec."""
+    return config_codec(config).latent_size(size)
 
 
 def train_step(config: Config, geometry: Geometry, device: torch.device, rec: Recorder) -> None:
@@ -95,8 +98,6 @@ def train_step(config: Config, geometry: Geometry, device: torch.device, rec: Re
     Two micro-batches stand for ``grad_accumulation`` of them: from the second on, each meets the
     gradients of the previous ones, so the second's peak is every later one's.
     """
-    from ctslice.training.latents import encode_batch
-
     codec = rec.codec(config)
     model = rec.model(config, codec.latent_channels).train()
     with rec.tag(OPTIMIZER):
@@ -137,9 +138,6 @@ def encode(config: Config, volume: tuple[int, int, int], device: torch.device, r
 def denoise(config: Config, volume: tuple[int, int, int], device: torch.device, rec: Recorder,
             mode: str = "mean") -> None:
     """The U-Net over overlapping latent windows of the whole volume (the mean estimate, or one DDIM step)."""
-    from ctslice.inference.pipeline import SliceInterpolator
-    from ctslice.models.sampling import ddim_sample, mean_estimate
-
     codec = rec.codec(config)
     model = rec.model(config, codec.latent_channels).eval()
     network = SliceInterpolator(model, codec, config, device).windowed_network()
@@ -192,6 +190,14 @@ def _allocate_states(optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def round_up(value: int, multiple: int) -> int:
-    """``value`` rounded up to a multiple of ``multiple`` (0 stays 0: a whole axis)."""
-    return int(math.ceil(value / multiple)) * multiple if value > 0 else 0
+@contextmanager
+def notes_off():
+    """The library's notes (INFO: "Chunked encoding: ...", the optimizer's groups) off while a part is traced
+    or measured: they describe the simulated run, not the user's; warnings still pass."""
+    logger = logging.getLogger("ctslice")
+    level = logger.level
+    logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

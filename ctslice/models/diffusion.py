@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from ctslice.codecs.base import latent_scale_factor
+from ctslice.codecs.base import latent_scale_factor, pad_end
 from ctslice.config import Config, DiffusionConfig
-from ctslice.models.unet import build_unet, size_multiple
+from ctslice.models.unet import build_unet, size_multiple, uses_flash_attention
 
 
 @dataclass
@@ -101,10 +101,7 @@ class SliceDiffusion(torch.nn.Module):
         """U-Net output for a noisy sample and a scaled condition, padded to the sizes it needs."""
         x = torch.cat([noisy, condition], dim=1)
         size = x.shape[2:]
-        pads = [(-s) % self.multiple for s in size]
-        if any(pads):
-            x = F.pad(x, [p for pad in reversed(pads) for p in (0, pad)], mode="replicate")
-        out = self.unet(x, timesteps)
+        out = self.unet(pad_end(x, [self.multiple] * len(size)), timesteps)
         return out[..., : size[0], : size[1], : size[2]]
 
     def loss(self, thin: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -150,6 +147,6 @@ def make_scheduler(config: DiffusionConfig, kind=DDIMScheduler):
 
 def build_model(config: Config, latent_channels: int, device: torch.device | str = "cpu") -> SliceDiffusion:
     """The diffusion model for ``config``; flash attention only where it exists (CUDA)."""
-    flash = config.hardware.flash_attention and torch.device(device).type == "cuda"
+    flash = uses_flash_attention(config.hardware, torch.device(device).type)
     model = SliceDiffusion(config, latent_channels, flash_attention=flash)
     return model.to(device)

@@ -10,12 +10,17 @@ whether it was on or off.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch.utils.checkpoint import checkpoint
 
-from ctslice.config import ModelConfig
+from ctslice.config import Config, HardwareConfig, ModelConfig
+
+# Tokens MONAI's middle-block self-attention may see in one inference window: without flash attention
+# its memory grows with the square of the count (a 64 x 128 x 128 latent window needed 8 GB).
+MAX_ATTENTION_TOKENS = {False: 4096, True: 65536}  # without / with flash attention (CUDA)
 
 
 def build_unet(config: ModelConfig, latent_channels: int, flash_attention: bool = False) -> DiffusionModelUNet:
@@ -50,3 +55,34 @@ def _checkpointed(block: torch.nn.Module, forward, *args, **kwargs):
 def size_multiple(config: ModelConfig) -> int:
     """Spatial sizes the U-Net accepts are multiples of this (one halving per level but the last)."""
     return 2 ** (len(config.channels) - 1)
+
+
+def uses_flash_attention(hardware: HardwareConfig, device_type: str) -> bool:
+    """Flash attention where it exists (CUDA) and the config asks for it."""
+    return hardware.flash_attention and device_type == "cuda"
+
+
+def padded_size(config: ModelConfig, size: tuple[int, ...]) -> tuple[int, ...]:
+    """A latent size as the U-Net runs it: each axis padded up to ``size_multiple``."""
+    multiple = size_multiple(config)
+    return tuple(math.ceil(n / multiple) * multiple for n in size)
+
+
+def attention_tokens(size: tuple[int, ...], level: int) -> int:
+    """Voxels (attention tokens) of a padded latent ``size`` at U-Net ``level`` (one halving per level)."""
+    return math.prod(size) // 8**level
+
+
+def latent_window(config: Config, compression: tuple[int, int, int], flash_attention: bool) -> tuple[int, int, int]:
+    """The inference window in latent voxels: configured pixels / codec compression, rounded to what the
+    U-Net accepts, then shrunk (largest side first) until the middle block's attention sees at most
+    ``MAX_ATTENTION_TOKENS`` (MONAI's U-Net always has self-attention there, over the whole window)."""
+    multiple, levels = size_multiple(config.model), len(config.model.channels)
+    window = config.inference
+    sizes = (window.window_slices / compression[0], window.window_size / compression[1],
+             window.window_size / compression[2])
+    roi = [max(multiple, int(math.ceil(s / multiple)) * multiple) for s in sizes]
+    while attention_tokens(roi, levels - 1) > MAX_ATTENTION_TOKENS[flash_attention]:
+        largest = max(range(3), key=lambda k: roi[k])
+        roi[largest] -= multiple
+    return tuple(roi)

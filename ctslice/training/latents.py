@@ -10,7 +10,6 @@ in latent units.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from ctslice.codecs.base import Codec
 from ctslice.config import DataConfig
 from ctslice.data.cache import Cache
-from ctslice.data.patches import Patch, interpolate_thick
+from ctslice.data.patches import Patch, interpolate_thick, patch_shape
 
 
 def encode_volume(codec: Codec, hu: np.ndarray, device: torch.device) -> np.ndarray:
@@ -67,10 +66,10 @@ class LatentSource:
 
     z_multiple = 1
 
-    def __init__(self, path: Path, case_ids: list[str], compression: tuple[int, int, int]):
+    def __init__(self, path: Path, case_ids: list[str], codec_class: type[Codec]):
         self.path = Path(path)
         self.case_ids = list(case_ids)
-        self.compression = compression
+        self.codec_class = codec_class  # the class, not the codec: sources are pickled into DataLoader workers
         self._file: h5py.File | None = None
         with h5py.File(self.path, "r") as store:
             self._shapes = {c: tuple(store[c]["thin"].shape[1:]) for c in self.case_ids}
@@ -94,9 +93,9 @@ class LatentSource:
             self._file = None
 
     def patch_shape(self, config: DataConfig) -> tuple[int, int, int]:
-        cz, cy, cx = self.compression
-        depth = int(math.ceil(config.patch_thick_slices * max(self._ratio.values()) / cz))
-        return depth, int(math.ceil(config.patch_size / cy)), int(math.ceil(config.patch_size / cx))
+        """The latents of the pixel patch ``PixelSource`` would draw (``ctslice.data.patches.patch_shape``)."""
+        ratio = max(self._ratio.values())
+        return self.codec_class.latent_size(patch_shape(config, ratio, self.codec_class.compression))
 
     def read(self, patch: Patch) -> tuple[np.ndarray, np.ndarray]:
         group = self.file[patch.case_id]

@@ -12,15 +12,17 @@ a run.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ctslice.console import warn
 from ctslice.evaluation.figures import save_png
 from ctslice.training.run_log import read_log
+
+log = logging.getLogger(__name__)
 
 FIGURE_INCHES = (12.0, 8.0)
 DPI = 100  # progress.png is FIGURE_INCHES * DPI pixels: 1200 x 800
@@ -124,5 +126,5 @@ class ProgressFigure:
         except Exception as error:  # noqa: BLE001 - any failure of a picture must leave training running
             if not self.warned:
                 self.warned = True
-                warn(f"could not draw {self.run_dir / 'progress.png'} ({type(error).__name__}: {error}); "
+                log.warning(f"could not draw {self.run_dir / 'progress.png'} ({type(error).__name__}: {error}); "
                      "training goes on, the curves are in log.jsonl")

@@ -36,6 +36,14 @@ class RunLog:
         if self._writer is not None:
             self._writer.close()
 
+    @staticmethod
+    def truncate(run_dir: Path, step: int) -> None:
+        """Drops the records after ``step`` (a resumed run writes them again), before the log is opened."""
+        path = Path(run_dir) / "log.jsonl"
+        if path.exists():
+            kept = [record for record in read_log(run_dir) if record.get("step", 0) <= step]
+            path.write_text("".join(dumps(record) + "\n" for record in kept))
+
 
 def read_log(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "log.jsonl"

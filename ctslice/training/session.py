@@ -1,41 +1,46 @@
-"""Everything a training run needs before its first step, built in order from the config.
+"""Everything a training run needs before its first step, built from the config in named steps.
 
-Data (cache, splits, patch source), the frozen codec, the model, the optimizer and its schedule,
-then either a fresh start (latent statistics fitted on training patches) or a resume (model,
-optimizer, schedule, RNG states, step and best metric from a checkpoint), the data loader positioned
-at the step, the log, the validator and the checkpoint policy.
+``prepare`` reads as the list of steps: the device, the data (cases and splits, checked before
+anything is written), the frozen codec, the patch source (the latent cache, each volume encoded
+once, or pixels encoded at every step), the model, the optimizer and its schedule, then either a
+resume (model, optimizer, schedule, RNG states, step and best metric from a checkpoint) or a fresh
+start (latent statistics fitted on training patches), and last the data loader positioned at the
+step, the log, the validator and the checkpoint policy. Notes go to ``logging``; the latent cache's
+progress to ``on_progress(description, completed, total)``.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ctslice import checkpoint as ckpt
-from ctslice.codecs import codec_for
+from ctslice.codecs import Codec, codec_for
 from ctslice.config import Config, save_config, with_precision
-from ctslice.console import console, note
 from ctslice.data.cache import Cache
-from ctslice.data.patches import PatchDataset, PixelSource
+from ctslice.data.patches import PatchDataset, PatchSource, PixelSource
 from ctslice.data.splits import read_splits
 from ctslice.errors import InputError, Preempted, first_line
 from ctslice.hardware import configure, resolve_device, resolve_precision
 from ctslice.io.paths import check_output
-from ctslice.models import LatentStats, build_model
+from ctslice.models import LatentStats, SliceDiffusion, build_model
 from ctslice.training.distributed import Distributed
 from ctslice.training.latents import LatentSource, build_latent_cache, encode_batch
 from ctslice.training.optim import build_optimizer, warmup_cosine
-from ctslice.training.progress import TrainingProgress
-from ctslice.training.run_log import RunLog, read_log
+from ctslice.training.run_log import RunLog
 from ctslice.training.state import Saver, restore_rng, seed_everything
 from ctslice.training.validation import Validator
 
+log = logging.getLogger(__name__)
+
 STATS_INDEX = 2**60  # patches for the latent statistics come from far beyond any training index
+
+ProgressCallback = Callable[[str, int, "int | None"], None]  # (description, completed, total)
 
 
 @dataclass
@@ -44,13 +49,13 @@ class Session:
     run_dir: Path
     device: torch.device
     world: Distributed
-    codec: object
-    model: torch.nn.Module
-    objective: torch.nn.Module
+    codec: Codec
+    model: SliceDiffusion
+    objective: torch.nn.Module  # the loss as a module (DistributedDataParallel-wrapped under DDP)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    batches: object
-    source: object
+    batches: Iterator[dict[str, torch.Tensor]]
+    source: PatchSource
     log: RunLog
     validator: Validator
     saver: Saver
@@ -61,6 +66,17 @@ class Session:
     def close(self) -> None:
         self.log.close()
         self.source.close()
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The cases a run trains and validates on, and what the checkpoint records about their geometry."""
+
+    train: list[str]
+    val: list[str]
+    ratio: float  # the largest thick/thin ratio of the training cases
+    thin_spacing: float | None  # None: mixed (inference then uses thick spacing / ratio)
+    inplane_size: int  # the fixed in-plane matrix the cases were resampled to (0: none)
 
 
 class IndexStream(torch.utils.data.Sampler):
@@ -90,119 +106,154 @@ class Objective(torch.nn.Module):
 
 
 def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str | None,
-            stop_requested: Callable[[], bool] = lambda: False, threads: int | None = None) -> Session:
+            stop_requested: Callable[[], bool] = lambda: False, threads: int | None = None,
+            on_progress: ProgressCallback | None = None) -> Session:
+    """The steps before the first optimizer step, in order (see the module docstring)."""
+    device, world = _device(config, device_name, threads)
+    precision = resolve_precision(config.training.precision, device)
+    log.info(precision.line)
+    requested, config = config, with_precision(config, precision.name)  # autocast gets bf16 or fp32, never auto
+    seed_everything(config.training.seed)
+    data = _data(config)
+    _create_run_dir(requested, run_dir, world)
+    codec = codec_for(config.codec, device)
+    source = _patch_source(config, data, codec, run_dir, world, device, stop_requested, on_progress)
+    dataset = PatchDataset(source, config.data, config.training.seed)
+    model = _model(config, codec, device)
+    optimizer = build_optimizer({"unet": model.unet}, config.training)
+    total_steps, warmup_steps = _schedule_length(config, len(data.train))
+    scheduler = warmup_cosine(optimizer, warmup_steps, total_steps)
+    resumed = ckpt.resolve_resume(resume, run_dir) if resume else None
+    if resumed:
+        start_step, best_psnr = _resume(resumed, model, optimizer, scheduler, run_dir, world)
+    else:
+        start_step, best_psnr = 0, None
+        _fit_latent_stats(model, dataset, codec, config, device)
+    meta = {"codec": codec.description(),
+            "data": {"thin_spacing": data.thin_spacing, "ratio": data.ratio, "inplane_size": data.inplane_size}}
+    return Session(
+        config=config, run_dir=run_dir, device=device, world=world, codec=codec, model=model,
+        objective=_objective(model, world, device), optimizer=optimizer, scheduler=scheduler,
+        batches=iter(_loader(dataset, config, start_step, world, device)), source=source,
+        log=RunLog(run_dir, enabled=world.is_main),
+        validator=Validator(config, Path(config.data.cache), data.val, codec, device, data.inplane_size),
+        saver=Saver(run_dir, config, model, optimizer, scheduler, meta, world),
+        start_step=start_step, total_steps=total_steps, best_psnr=best_psnr)
+
+
+def _device(config: Config, device_name: str | None, threads: int | None) -> tuple[torch.device, Distributed]:
+    """The device (this rank's under DDP), configured (TF32, CPU threads)."""
     device = resolve_device(device_name or config.hardware.device, "--device" if device_name else "hardware.device")
     world = Distributed.from_environment(device.type)
     device = world.device_for(device)
     configure(device, config.hardware.tf32, threads)
-    precision = resolve_precision(config.training.precision, device)
-    console.print(precision.line)
-    requested, config = config, with_precision(config, precision.name)  # autocast gets bf16 or fp32, never auto
-    seed_everything(config.training.seed)
+    return device, world
 
-    # ---- data: train/val cases from the cache and splits (checked before anything is written)
+
+def _data(config: Config) -> TrainingData:
+    """Train/val cases from the cache and splits, checked before anything is written."""
     with Cache(Path(config.data.cache)) as cache:
-        case_ids = cache.case_ids()
-        splits = read_splits(Path(config.data.splits), case_ids)
-        ratios = sorted({round(cache.info(c).ratio, 3) for c in splits["train"]})
-        thin_spacings = sorted({round(cache.grid(c, "thin").spacing[2], 4) for c in splits["train"]})
-        inplane_size = int(cache.options(splits["train"][0]).get("size", 0)) if splits["train"] else 0
-    if not splits["train"]:
+        splits = read_splits(Path(config.data.splits), cache.case_ids())
+        train = splits["train"]
+        ratios = sorted({round(cache.info(c).ratio, 3) for c in train})
+        thin_spacings = sorted({round(cache.grid(c, "thin").spacing[2], 4) for c in train})
+        inplane_size = int(cache.options(train[0]).get("size", 0)) if train else 0
+    if not train:
         raise InputError(f"{config.data.splits}: no training cases")
     if config.data.whole_volumes and config.training.batch_size > 1:
         raise InputError("data.whole_volumes needs training.batch_size 1 (volumes differ in shape)")
     if len(ratios) > 1:
-        note(f"training cases have different thick/thin ratios {ratios}; "
-                      f"the checkpoint records the largest")
-    thin_spacing = thin_spacings[0] if len(thin_spacings) == 1 else None  # None: mixed, infer uses T / ratio
-    check_output(run_dir, inputs=(Path(config.data.cache), Path(config.data.splits)), folder=True)
+        log.info("training cases have different thick/thin ratios %s; the checkpoint records the largest", ratios)
+    thin_spacing = thin_spacings[0] if len(thin_spacings) == 1 else None
+    return TrainingData(train, splits["val"], ratios[-1], thin_spacing, inplane_size)
+
+
+def _create_run_dir(requested: Config, run_dir: Path, world: Distributed) -> None:
+    """The run folder, with the config as asked (``auto`` stays auto, for another machine)."""
+    check_output(run_dir, inputs=(Path(requested.data.cache), Path(requested.data.splits)), folder=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.is_main:
-        save_config(requested, run_dir / "config.yaml")  # as asked (auto stays auto for another machine)
+        save_config(requested, run_dir / "config.yaml")
 
-    # ---- codec (frozen) and model
-    codec = codec_for(config.codec, device)
+
+def _patch_source(config: Config, data: TrainingData, codec: Codec, run_dir: Path, world: Distributed,
+                  device: torch.device, stop_requested: Callable[[], bool],
+                  on_progress: ProgressCallback | None) -> PatchSource:
+    """Cached latents (each training volume encoded once, by rank 0) or pixels encoded at every step."""
+    if not config.data.cache_latents:
+        return PixelSource(Path(config.data.cache), data.train, codec.compression)
+    latents_path = run_dir / "latents.h5"
+    if world.is_main:
+        encoded: list[str] = []
+        what = "Encoding training volumes"
+
+        def after_case(case_id: str) -> None:  # encoding hundreds of volumes can outlast a preemption notice
+            encoded.append(case_id)
+            if on_progress:
+                on_progress(what, len(encoded), len(data.train))
+            if stop_requested() and len(encoded) < len(data.train):
+                raise Preempted(f"stopped by SIGTERM while building the latent cache ({len(encoded)} of "
+                                f"{len(data.train)} training volumes encoded, kept in {latents_path}); "
+                                "rerun with --resume latest")
+
+        if on_progress:
+            on_progress(what, 0, len(data.train))
+        build_latent_cache(Path(config.data.cache), data.train, codec, codec_fingerprint(config), latents_path,
+                           device, on_case=after_case)
+    world.barrier()
+    return LatentSource(latents_path, data.train, type(codec))
+
+
+def _model(config: Config, codec: Codec, device: torch.device) -> SliceDiffusion:
     model = build_model(config, codec.latent_channels, device)
     if config.hardware.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
-    _print_parameters(model, codec)
+    unet = sum(p.numel() for p in model.unet.parameters())
+    trainable = sum(p.numel() for p in model.unet.parameters() if p.requires_grad)
+    vae = codec.parameter_count()
+    log.info(f"Parameters: Total {unet + vae:,} | Trainable {trainable:,} | VAE: {vae:,} (0 trainable) | "
+             f"U-Net: {unet:,}")
+    return model
 
-    # ---- patches: cached latents (each volume encoded once) or pixels encoded at every step
-    if config.data.cache_latents:
-        latents_path = run_dir / "latents.h5"
-        if world.is_main:
-            encoded = []
 
-            def after_case(case_id: str) -> None:  # encoding hundreds of volumes can outlast a preemption notice
-                advance()
-                encoded.append(case_id)
-                if stop_requested() and len(encoded) < len(splits["train"]):
-                    raise Preempted(f"stopped by SIGTERM while building the latent cache ({len(encoded)} of "
-                                    f"{len(splits['train'])} training volumes encoded, kept in {latents_path}); "
-                                    "rerun with --resume latest")
+def _resume(resumed: tuple[Path, dict], model: SliceDiffusion, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, run_dir: Path,
+            world: Distributed) -> tuple[int, float | None]:
+    """Model, optimizer, schedule and RNG states from a checkpoint; the log cut back to its step."""
+    path, state = resumed
+    hint = " (was model.* changed since the run started?)"
+    ckpt.load_weights(model, state["model"], path, hint)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["lr_scheduler"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise ckpt.CheckpointError(f"{path}: weights do not fit the model in this config{hint}: "
+                                   f"{first_line(error, 160)}") from None
+    start_step = int(state["step"])
+    restore_rng(state["rng"])
+    if world.is_main:
+        RunLog.truncate(run_dir, start_step)
+    log.info(f"Resumed from {path} at step {start_step}")
+    return start_step, state.get("best_metric")
 
-            with TrainingProgress.encoding(len(splits["train"])) as advance:
-                build_latent_cache(Path(config.data.cache), splits["train"], codec, codec_fingerprint(config),
-                                   latents_path, device, on_case=after_case)
-        world.barrier()
-        source = LatentSource(latents_path, splits["train"], codec.compression)
-    else:
-        source = PixelSource(Path(config.data.cache), splits["train"], z_multiple=codec.compression[0],
-                             inplane_multiple=codec.compression[1])
-    dataset = PatchDataset(source, config.data, config.training.seed)
 
-    # ---- optimizer and schedule
-    optimizer = build_optimizer({"unet": model.unet}, config.training)
-    total_steps, warmup_steps = _schedule_length(config, len(splits["train"]))
-    scheduler = warmup_cosine(optimizer, warmup_steps, total_steps)
-
-    # ---- fresh start (latent statistics) or resume (everything)
-    start_step, best_psnr = 0, None
-    resumed = ckpt.resolve_resume(resume, run_dir) if resume else None
-    if resumed:
-        path, state = resumed
-        ckpt.load_weights(model, state["model"], path, " (was model.* changed since the run started?)")
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["lr_scheduler"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise ckpt.CheckpointError(f"{path}: weights do not fit the model in this config (was model.* "
-                                       f"changed since the run started?): {first_line(error, 160)}") from None
-        start_step, best_psnr = int(state["step"]), state.get("best_metric")
-        restore_rng(state["rng"])
-        if world.is_main:
-            _truncate_log(run_dir, start_step)
-        console.print(f"Resumed from {path} at step {start_step}")
-    else:
-        stats = _fit_latent_stats(dataset, codec, config, device)
-        model.set_stats(stats)
-        console.print("Latent scale factor (1/std of training latents): "
-                      + ", ".join(f"{v:.3f}" for v in stats.target_scale.tolist()))
-
+def _objective(model: SliceDiffusion, world: Distributed, device: torch.device) -> torch.nn.Module:
     objective = Objective(model)
     if world.enabled:
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
-    loader = torch.utils.data.DataLoader(
+    return objective
+
+
+def _loader(dataset: PatchDataset, config: Config, start_step: int, world: Distributed,
+            device: torch.device) -> torch.utils.data.DataLoader:
+    """Batches from optimizer step ``start_step`` on: the same stream an uninterrupted run sees."""
+    return torch.utils.data.DataLoader(
         dataset, batch_size=config.training.batch_size, num_workers=config.data.num_workers,
         sampler=IndexStream(start_step, config.training.grad_accumulation, world.rank, world.world_size,
                             config.training.batch_size),
         generator=torch.Generator().manual_seed(config.training.seed),  # leaves the global RNG alone
         persistent_workers=config.data.num_workers > 0, pin_memory=device.type == "cuda")
-    meta = {"codec": codec_identity(codec), "data": {"thin_spacing": thin_spacing, "ratio": ratios[-1],
-                                                     "inplane_size": inplane_size}}
-    return Session(
-        config=config, run_dir=run_dir, device=device, world=world, codec=codec, model=model, objective=objective,
-        optimizer=optimizer, scheduler=scheduler, batches=iter(loader), source=source,
-        log=RunLog(run_dir, enabled=world.is_main),
-        validator=Validator(config, Path(config.data.cache), splits["val"], codec, device, inplane_size),
-        saver=Saver(run_dir, config, model, optimizer, scheduler, meta, world),
-        start_step=start_step, total_steps=total_steps, best_psnr=best_psnr)
-
-
-def codec_identity(codec) -> dict:
-    """What inference needs to rebuild the same codec (weights come from the user, not the checkpoint)."""
-    return {"name": codec.name, "latent_channels": codec.latent_channels, "compression": list(codec.compression)}
 
 
 def codec_fingerprint(config: Config) -> str:
@@ -213,14 +264,6 @@ def codec_fingerprint(config: Config) -> str:
         stat = Path(weights).stat()
         stamp = f"{stat.st_size}:{int(stat.st_mtime)}"
     return f"{config.codec.name}:{weights}:{stamp}:{config.codec.encode_chunk}"
-
-
-def _print_parameters(model, codec) -> None:
-    unet = sum(p.numel() for p in model.unet.parameters())
-    unet_trainable = sum(p.numel() for p in model.unet.parameters() if p.requires_grad)
-    vae = codec.parameter_count()
-    console.print(f"Parameters: Total {unet + vae:,} | Trainable {unet_trainable:,} | "
-                  f"VAE: {vae:,} (0 trainable) | U-Net: {unet:,}")
 
 
 def _schedule_length(config: Config, train_cases: int) -> tuple[int, int]:
@@ -234,8 +277,8 @@ def _schedule_length(config: Config, train_cases: int) -> tuple[int, int]:
     return total, min(warmup, total)
 
 
-def _fit_latent_stats(dataset: PatchDataset, codec, config: Config, device: torch.device,
-                      samples: int = 8) -> LatentStats:
+def _fit_latent_stats(model: SliceDiffusion, dataset: PatchDataset, codec: Codec, config: Config,
+                      device: torch.device, samples: int = 8) -> None:
     """Latent statistics (the scale factor) from a few training patches, drawn without touching the RNG."""
     thins, conds = [], []
     for index in range(samples):
@@ -246,12 +289,7 @@ def _fit_latent_stats(dataset: PatchDataset, codec, config: Config, device: torc
             thin, cond = encode_batch(batch, codec, device)
         thins.append(thin.cpu())
         conds.append(cond.cpu())
-    return LatentStats.fit(thins, conds, config.model.residual)
-
-
-def _truncate_log(run_dir: Path, step: int) -> None:
-    """Drop log records after the checkpoint we resume from (they will be written again)."""
-    records = [r for r in read_log(run_dir) if r.get("step", 0) <= step]
-    path = run_dir / "log.jsonl"
-    if path.exists():
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    stats = LatentStats.fit(thins, conds, config.model.residual)
+    model.set_stats(stats)
+    log.info("Latent scale factor (1/std of training latents): "
+             + ", ".join(f"{v:.3f}" for v in stats.target_scale.tolist()))

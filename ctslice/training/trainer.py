@@ -11,16 +11,27 @@ RNG, whose state is saved with each checkpoint, so a resumed run continues the e
 of an uninterrupted one. SIGTERM (Kubernetes preemption) finishes the current step, writes a
 checkpoint and exits with code 143 so the Job reschedules the pod, which resumes with ``--resume latest``.
 A non-finite loss skips its step; ``max_bad_steps`` of them in a row stop the run with a checkpoint.
-Running out of memory stops the run with one line that says what to change (without a checkpoint: an
-optimizer step cut short may have updated only some weights; the last periodic one stands).
+Running out of memory stops the run with ``OutOfMemory`` (without a checkpoint: an optimizer step cut
+short may have updated only some weights; the last periodic one stands); the command layer adds what
+to change (``ctslice.memory.advice``: the trainer never imports the memory model that models it).
+
+Reporting: notes and warnings go to ``logging`` (``ctslice.training.*`` loggers); progress to two
+optional callbacks, silent when absent:
+
+- ``on_progress(description: str, completed: int, total: int | None)``: the latent cache's encoding
+  ("Encoding training volumes") and the steps ("Training", called once with the start step before the
+  first step, then after each step);
+- ``on_step(report: StepReport)``: after each optimizer step (loss, learning rate, seconds, memory).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,17 +39,42 @@ import torch
 
 from ctslice.checkpoint import periodic_checkpoints
 from ctslice.config import Config
-from ctslice.console import console, warn
 from ctslice.errors import CtsliceError, Preempted, first_line
 from ctslice.hardware import autocast, is_out_of_memory, memory_line, peak_memory_bytes
 from ctslice.training.latents import encode_batch
-from ctslice.training.progress import TrainingProgress
 from ctslice.training.progress_figure import ProgressFigure
-from ctslice.training.session import Session, prepare
+from ctslice.training.session import ProgressCallback, Session, prepare
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """One optimizer step, for ``on_step``: its number of ``total_steps``, loss, learning rate, seconds
+    and the peak memory so far (bytes)."""
+
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    seconds: float
+    memory_bytes: int
 
 
 class OutOfMemory(CtsliceError):
-    """The run needed more memory than the device has; the message says what to change (exit code 1)."""
+    """The run needed more memory than the device has (exit code 1).
+
+    The message says what ran out and where the run can continue from; ``device_type`` (the device the
+    run used) and ``config_path`` (the run's config) let the command layer add what to change.
+    """
+
+    def __init__(self, error: BaseException, device_type: str, run_dir: Path):
+        checkpoints = periodic_checkpoints(run_dir)
+        self.what = f"out of memory ({first_line(error, 200)})"
+        self.resume = (f"The steps after {checkpoints[0].name} are lost; continue with --resume latest."
+                       if checkpoints else "No checkpoint was written yet.")
+        self.device_type, self.config_path = device_type, run_dir / "config.yaml"
+        super().__init__(f"{self.what}. {self.resume}")
 
 
 @dataclass
@@ -50,19 +86,24 @@ class TrainResult:
 
 
 def train(config: Config, run_dir: Path, resume: str | None = None, device_name: str | None = None,
-          threads: int | None = None) -> TrainResult:
+          threads: int | None = None, on_progress: ProgressCallback | None = None,
+          on_step: Callable[[StepReport], None] | None = None) -> TrainResult:
     """Train ``config`` into ``run_dir``; see the module docstring. ``threads``: intra-op CPU threads
-    (default: the CPUs this process may use)."""
+    (default: the CPUs this process may use); ``on_progress`` and ``on_step``: see the module docstring
+    (rank 0 only)."""
     stop = _SigtermFlag()
     session = None
     try:
         session = prepare(config, run_dir, resume, device_name, stop_requested=lambda: stop.requested,
-                          threads=threads)
-        return _loop(session, stop)
+                          threads=threads, on_progress=on_progress)
+        if not session.world.is_main:
+            on_progress = on_step = None
+        return _loop(session, stop, on_progress, on_step)
     except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
         if not is_out_of_memory(error):
             raise
-        raise OutOfMemory(_out_of_memory_message(config, run_dir, error)) from None
+        device_type = session.device.type if session else _device_type(config)
+        raise OutOfMemory(error, device_type, run_dir) from None
     finally:
         stop.restore()
         if session is not None:
@@ -70,53 +111,56 @@ def train(config: Config, run_dir: Path, resume: str | None = None, device_name:
             session.world.close()
 
 
-def _loop(s: Session, stop: _SigtermFlag) -> TrainResult:
+def _loop(s: Session, stop: _SigtermFlag, on_progress: ProgressCallback | None = None,
+          on_step: Callable[[StepReport], None] | None = None) -> TrainResult:
+    on_progress, on_step = on_progress or _silent, on_step or _silent
     training, world, device = s.config.training, s.world, s.device
     step, bad_steps, started = s.start_step, 0, time.time()
     figure = ProgressFigure(s.run_dir, enabled=world.is_main)  # <run>/progress.png, redrawn at each validation
-    with TrainingProgress(s.total_steps, s.start_step, enabled=world.is_main) as bar:
-        while step < s.total_steps:
-            tic = time.time()
-            loss, grad_norm = _optimizer_step(s)
-            step += 1
-            step_time = time.time() - tic
-            bad_steps = 0 if grad_norm is not None else bad_steps + 1
-            if grad_norm is None:
-                warn(f"non-finite loss at step {step}; step skipped ({bad_steps} in a row)")
-            if bad_steps >= training.max_bad_steps:
-                s.saver.save(step, s.best_psnr, periodic=True)
-                raise CtsliceError(f"{bad_steps} non-finite losses in a row at step {step}: stopping (checkpoint "
-                                   "saved). Lower training.lr, or check the data for NaNs")
-            lr = s.scheduler.get_last_lr()[0]
-            bar.update(step, loss, lr, step_time, peak_memory_bytes(device))
-            if step == s.start_step + min(3, s.total_steps - s.start_step):
-                console.print(f"Memory after {step - s.start_step} step(s): {memory_line(device)}")
-            if step % training.log_interval == 0 or step == s.total_steps:
-                s.log.write({"kind": "train", "step": step, "loss": loss, "lr": lr, "step_time": step_time,
-                             "grad_norm": grad_norm, "memory_gib": peak_memory_bytes(device) / 2**30})
-            out_of_time = (training.time_limit_minutes is not None
-                           and time.time() - started > 60 * training.time_limit_minutes)
-            finishing = step == s.total_steps or world.any_true(out_of_time, device)
-            if step % training.val_interval == 0 and not finishing:
-                metrics = s.validator.run(s.model, step, s.log) if world.is_main else {}
-                s.best_psnr = s.saver.maybe_best(step, metrics, s.best_psnr)
-                figure.redraw()
-            if step % training.checkpoint_interval == 0:
-                s.saver.save(step, s.best_psnr, periodic=True)
-            if world.any_true(stop.requested, device):
-                s.saver.save(step, s.best_psnr, periodic=True)
-                raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint saved (resume with --resume latest)")
-            if finishing:
-                if out_of_time:
-                    console.print(f"Time limit of {training.time_limit_minutes:g} min reached at step {step}")
-                break
+    on_progress("Training", step, s.total_steps)
+    while step < s.total_steps:
+        tic = time.time()
+        loss, grad_norm = _optimizer_step(s)
+        step += 1
+        step_time = time.time() - tic
+        bad_steps = 0 if grad_norm is not None else bad_steps + 1
+        if grad_norm is None:
+            log.warning(f"non-finite loss at step {step}; step skipped ({bad_steps} in a row)")
+        if bad_steps >= training.max_bad_steps:
+            s.saver.save(step, s.best_psnr, periodic=True)
+            raise CtsliceError(f"{bad_steps} non-finite losses in a row at step {step}: stopping (checkpoint "
+                               "saved). Lower training.lr, or check the data for NaNs")
+        lr = s.scheduler.get_last_lr()[0]
+        on_progress("Training", step, s.total_steps)
+        on_step(StepReport(step, s.total_steps, loss, lr, step_time, peak_memory_bytes(device)))
+        if step == s.start_step + min(3, s.total_steps - s.start_step):
+            log.info(f"Memory after {step - s.start_step} step(s): {memory_line(device)}")
+        if step % training.log_interval == 0 or step == s.total_steps:
+            s.log.write({"kind": "train", "step": step, "loss": loss, "lr": lr, "step_time": step_time,
+                         "grad_norm": grad_norm, "memory_gib": peak_memory_bytes(device) / 2**30})
+        out_of_time = (training.time_limit_minutes is not None
+                       and time.time() - started > 60 * training.time_limit_minutes)
+        finishing = step == s.total_steps or world.any_true(out_of_time, device)
+        if step % training.val_interval == 0 and not finishing:
+            metrics = s.validator.run(s.model, step, s.log) if world.is_main else {}
+            s.best_psnr = s.saver.maybe_best(step, metrics, s.best_psnr)
+            figure.redraw()
+        if step % training.checkpoint_interval == 0:
+            s.saver.save(step, s.best_psnr, periodic=True)
+        if world.any_true(stop.requested, device):
+            s.saver.save(step, s.best_psnr, periodic=True)
+            raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint saved (resume with --resume latest)")
+        if finishing:
+            if out_of_time:
+                log.info(f"Time limit of {training.time_limit_minutes:g} min reached at step {step}")
+            break
     final_metrics = s.validator.run(s.model, step, s.log, final=True) if world.is_main else {}
     s.best_psnr = s.saver.maybe_best(step, final_metrics, s.best_psnr)
     figure.redraw()
     s.saver.save(step, s.best_psnr, periodic=False)
     world.barrier()
     if world.is_main:
-        console.print(f"Training finished at step {step}: {s.run_dir / 'checkpoints' / 'final.pt'}")
+        log.info(f"Training finished at step {step}: {s.run_dir / 'checkpoints' / 'final.pt'}")
     return TrainResult(s.run_dir, step, s.best_psnr, final_metrics)
 
 
@@ -145,20 +189,16 @@ def _optimizer_step(s: Session) -> tuple[float, float | None]:
     return loss_sum, grad_norm
 
 
-def _out_of_memory_message(config: Config, run_dir: Path, error: BaseException) -> str:
-    """One line: what ran out, the changes that lower training memory, where the run can continue from."""
-    from ctslice.memory.advice import set_options
+def _device_type(config: Config) -> str:
+    """The device type a run of ``config`` gets, for an out-of-memory error raised before it had a device."""
+    device = config.hardware.device
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device.startswith("cuda") else "cpu"
 
-    device = (config.hardware.device if config.hardware.device != "auto"
-              else "cuda" if torch.cuda.is_available() else "cpu")
-    savings = set_options(config, "cuda" if device.startswith("cuda") else "cpu")
-    inspect = f"`ctslice inspect-memory --config {run_dir / 'config.yaml'}`"
-    advice = (f"Try any of {', '.join(f'`--set {change}`' for change in savings)}; {inspect} predicts the effect of "
-              "each." if savings else f"Every memory saving is already on; {inspect} shows where the memory goes.")
-    checkpoints = periodic_checkpoints(run_dir)
-    resume = (f"The steps after {checkpoints[0].name} are lost; continue with --resume latest." if checkpoints
-              else "No checkpoint was written yet.")
-    return f"out of memory ({first_line(error, 200)}). {advice} {resume}"
+
+def _silent(*args) -> None:
+    """The default callback: training reports nothing unless asked."""
 
 
 def _maybe_no_sync(objective, sync: bool):

@@ -8,13 +8,13 @@ beat, drawn in ``progress.png``); it does not change during a run, so it is comp
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ctslice.config import Config
-from ctslice.console import console, note
 from ctslice.data.cache import Cache
 from ctslice.data.patches import PatchDataset, PixelSource
 from ctslice.evaluation import metrics
@@ -23,6 +23,8 @@ from ctslice.inference.pipeline import SliceInterpolator
 from ctslice.io.geometry import interpolate
 from ctslice.training.latents import encode_batch
 from ctslice.training.run_log import RunLog
+
+logger = logging.getLogger(__name__)
 
 VALIDATION_PATCHES = 4
 VALIDATION_SEED = 12345
@@ -37,15 +39,14 @@ class Validator:
         self.patches = None
         self._cubic: dict[str, dict[str, float]] = {}  # case id -> cubic's scores, computed at the first run
         if self.case_ids:
-            source = PixelSource(cache_path, self.case_ids, z_multiple=codec.compression[0],
-                                 inplane_multiple=codec.compression[1])
+            source = PixelSource(cache_path, self.case_ids, codec.compression)
             dataset = PatchDataset(source, config.data, VALIDATION_SEED)
             self.patches = [dataset[k] for k in range(VALIDATION_PATCHES)]
 
     @torch.no_grad()
     def run(self, model, step: int, log: RunLog, final: bool = False) -> dict:
         if not self.case_ids:
-            note("no validation cases in the splits: validation skipped")
+            logger.info("no validation cases in the splits: validation skipped")
             return {}
         model.eval()
         result = {"val_loss": self._loss(model)}
@@ -64,9 +65,9 @@ class Validator:
         for key in ("psnr", "ssim"):
             result[f"cubic_{key}"] = float(np.mean([s[key] for s in cubic]))
         log.write({"kind": "final_validation" if final else "validation", "step": step, **result})
-        console.print(f"{'Final validation' if final else 'Validation'} at step {step}: "
-                      f"loss {result['val_loss']:.4f}, PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, "
-                      f"HU MAE {result['hu_mae']:.1f} ({len(scores)} case(s))")
+        logger.info(f"{'Final validation' if final else 'Validation'} at step {step}: "
+                    f"loss {result['val_loss']:.4f}, PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, "
+                    f"HU MAE {result['hu_mae']:.1f} ({len(scores)} case(s))")
         model.train()
         return result
 
