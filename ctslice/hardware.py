@@ -24,8 +24,8 @@ import os
 import re
 import resource
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -65,8 +65,7 @@ def _current_cuda() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
-@dataclass(frozen=True)
-class Precision:
+class Precision(NamedTuple):
     """The autocast precision a run uses (``name``: bf16 or fp32) and why, for the one line commands print."""
 
     name: str

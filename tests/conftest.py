@@ -63,3 +63,38 @@ def cli():
         return runner.invoke(app, [str(a) for a in args])
 
     return run
+
+
+@pytest.fixture(scope="module")
+def network():
+    """A randomly initialised MAISI VAE of the released config (the weights cannot be downloaded here)."""
+    import torch
+
+    from ctslice.codecs.maisi import build_network
+
+    torch.manual_seed(0)
+    return build_network()
+
+
+@pytest.fixture(scope="module")
+def whole(network):
+    """The same network run on whole volumes: chunks larger than any test volume."""
+    from ctslice.codecs.maisi import MaisiCodec
+
+    return MaisiCodec(network, encode_chunk=4096, decode_chunk=4096)
+
+
+@pytest.fixture
+def scan_folder(tmp_path):
+    """Scans as users keep them: two volume files, a DICOM series folder and a damaged file."""
+    from ctslice.io import write_volume
+    from tests.dicom_utils import write_dicom_series
+    from tests.tiny import thick_phantom
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    write_volume(thick_phantom(1), folder / "alpha.nii.gz")
+    write_volume(thick_phantom(2), folder / "beta.nrrd")
+    write_dicom_series(thick_phantom(3), folder / "gamma", patient_id="PAT-0042")
+    (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    return folder

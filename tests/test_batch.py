@@ -8,32 +8,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from ctslice.data.pairs import simulate_pair
-from ctslice.data.phantom import make_phantom
 from ctslice.data.shards import parse_shard
 from ctslice.errors import InputError, Preempted
 from ctslice.inference.batch import plan_batch, run_batch
 from ctslice.io import read_volume, write_volume
 from ctslice.io.dicom_output import input_study_tags, write_dicom_series
 from ctslice.io.geometry import interpolate, thin_grid
-from tests.dicom_utils import write_dicom_series as write_input_series
-
-
-def thick(seed: int):
-    truth = make_phantom(shape=(30, 24, 24), spacing=(16.0, 16.0, 1.0), seed=seed)
-    return simulate_pair(truth, 5.0, 1.0).thick
-
-
-@pytest.fixture
-def folder(tmp_path):
-    """Scans as users keep them: two volume files, a DICOM series folder, and a damaged file."""
-    scans = tmp_path / "scans"
-    scans.mkdir()
-    write_volume(thick(1), scans / "alpha.nii.gz")
-    write_volume(thick(2), scans / "beta.nrrd")
-    write_input_series(thick(3), scans / "gamma", patient_id="PAT-0042")
-    (scans / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
-    return scans
 
 
 def cubic_writer(source, output):
@@ -45,8 +25,8 @@ def cubic_writer(source, output):
         write_dicom_series(thin, output, description="ctslice cubic 5 -> 1 mm", source=input_study_tags(source))
 
 
-def test_every_case_written_and_a_broken_one_recorded(folder, tmp_path):
-    plan = plan_batch(folder, tmp_path / "out")
+def test_every_case_written_and_a_broken_one_recorded(scan_folder, tmp_path):
+    plan = plan_batch(scan_folder, tmp_path / "out")
     assert [c.case_id for c in plan.cases] == ["alpha", "beta", "broken", "gamma"]
     seen = []
     results = run_batch(plan, cubic_writer, on_case=seen.append)
@@ -56,14 +36,14 @@ def test_every_case_written_and_a_broken_one_recorded(folder, tmp_path):
     assert "\n" not in status["broken"][1]
     assert {k: v[0] for k, v in status.items() if k != "broken"} == {"alpha": "done", "beta": "done", "gamma": "done"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["alpha.nii.gz", "beta.nii.gz", "gamma.nii.gz"]
-    for name, source in (("alpha", folder / "alpha.nii.gz"), ("gamma", folder / "gamma")):
+    for name, source in (("alpha", scan_folder / "alpha.nii.gz"), ("gamma", scan_folder / "gamma")):
         written, scan = read_volume(tmp_path / "out" / f"{name}.nii.gz"), read_volume(source)
         assert written.grid.size == thin_grid(scan.grid, 1.0).size
         np.testing.assert_array_equal(written.array, np.rint(interpolate(scan, 1.0, "cubic").array))
 
 
-def test_rerun_skips_finished_cases_and_overwrite_redoes_them(folder, tmp_path):
-    run_batch(plan_batch(folder, tmp_path / "out"), cubic_writer)
+def test_rerun_skips_finished_cases_and_overwrite_redoes_them(scan_folder, tmp_path):
+    run_batch(plan_batch(scan_folder, tmp_path / "out"), cubic_writer)
     before = (tmp_path / "out" / "alpha.nii.gz").stat().st_mtime_ns
     calls = []
 
@@ -71,19 +51,19 @@ def test_rerun_skips_finished_cases_and_overwrite_redoes_them(folder, tmp_path):
         calls.append(source.name)
         cubic_writer(source, output)
 
-    results = run_batch(plan_batch(folder, tmp_path / "out"), counting)
+    results = run_batch(plan_batch(scan_folder, tmp_path / "out"), counting)
     assert {r.case.case_id: r.status for r in results} == {"alpha": "skipped", "beta": "skipped",
                                                            "broken": "failed", "gamma": "skipped"}
     assert calls == ["broken.nii.gz"]
     assert (tmp_path / "out" / "alpha.nii.gz").stat().st_mtime_ns == before
     calls.clear()
-    results = run_batch(plan_batch(folder, tmp_path / "out", overwrite=True), counting)
+    results = run_batch(plan_batch(scan_folder, tmp_path / "out", overwrite=True), counting)
     assert sorted(calls) == ["alpha.nii.gz", "beta.nrrd", "broken.nii.gz", "gamma"]
     assert [r.status for r in results].count("done") == 3
 
 
-def test_dicom_output_folders_carry_the_dicom_input_study(folder, tmp_path):
-    plan = plan_batch(folder, tmp_path / "out", ext="dicom")
+def test_dicom_output_folders_carry_the_dicom_input_study(scan_folder, tmp_path):
+    plan = plan_batch(scan_folder, tmp_path / "out", ext="dicom")
     assert all(c.output.parent == tmp_path / "out" and not c.output.suffix for c in plan.cases)
     results = run_batch(plan, cubic_writer)
     assert [r.status for r in results] == ["done", "done", "failed", "done"]
@@ -92,16 +72,16 @@ def test_dicom_output_folders_carry_the_dicom_input_study(folder, tmp_path):
     assert {d.PatientID for d in gamma} == {"PAT-0042"}
     alpha = pydicom.dcmread(next((tmp_path / "out" / "alpha").iterdir()))
     assert alpha.PatientID == "ANONYMOUS"
-    assert [c.skip for c in plan_batch(folder, tmp_path / "out", ext="dicom").cases] == [True, True, False, True]
+    assert [c.skip for c in plan_batch(scan_folder, tmp_path / "out", ext="dicom").cases] == [True, True, False, True]
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 5])
-def test_shards_partition_the_cases(folder, tmp_path, count):
-    everything = [c.case_id for c in plan_batch(folder, tmp_path / "out").cases]
+def test_shards_partition_the_cases(scan_folder, tmp_path, count):
+    everything = [c.case_id for c in plan_batch(scan_folder, tmp_path / "out").cases]
     shards = []
     for index in range(count):
         try:
-            shards.append([c.case_id for c in plan_batch(folder, tmp_path / "out",
+            shards.append([c.case_id for c in plan_batch(scan_folder, tmp_path / "out",
                                                          shard=parse_shard(f"{index}/{count}")).cases])
         except InputError as error:  # more shards than cases: that shard has none
             assert count > len(everything) and "no scans found for shard" in str(error)
@@ -109,7 +89,7 @@ def test_shards_partition_the_cases(folder, tmp_path, count):
     assert sorted(merged) == sorted(everything) and len(merged) == len(set(merged))
 
 
-def test_ctrl_c_and_sigterm_stop_the_run(folder, tmp_path):
+def test_ctrl_c_and_sigterm_stop_the_run(scan_folder, tmp_path):
     for stop in (KeyboardInterrupt(), Preempted("stopped by SIGTERM")):
         done = []
 
@@ -120,15 +100,15 @@ def test_ctrl_c_and_sigterm_stop_the_run(folder, tmp_path):
             done.append(source)
 
         with pytest.raises(type(stop)):
-            run_batch(plan_batch(folder, tmp_path / "out", overwrite=True), stopping)
+            run_batch(plan_batch(scan_folder, tmp_path / "out", overwrite=True), stopping)
         assert len(done) == 1
 
 
-def test_memory_and_disk_failures_are_a_case_failure(folder, tmp_path):
+def test_memory_and_disk_failures_are_a_case_failure(scan_folder, tmp_path):
     def failing(source, output):
         raise MemoryError() if source.name == "alpha.nii.gz" else OSError(28, "No space left on device")
 
-    results = run_batch(plan_batch(folder, tmp_path / "out"), failing)
+    results = run_batch(plan_batch(scan_folder, tmp_path / "out"), failing)
     assert [(r.status, r.reason) for r in results][:2] == [("failed", "MemoryError"),
                                                            ("failed", "[Errno 28] No space left on device")]
 
@@ -139,9 +119,10 @@ def test_memory_and_disk_failures_are_a_case_failure(folder, tmp_path):
     ("inside", "would overwrite the input"),
     ("empty", "no scans found"),
 ])
-def test_bad_plans_are_refused(folder, tmp_path, case, message):
+def test_bad_plans_are_refused(scan_folder, tmp_path, case, message):
     (tmp_path / "empty").mkdir()
-    args = {"ext": (folder, tmp_path / "out", ".dcm"), "file": (folder / "alpha.nii.gz", tmp_path / "out", ".nii"),
-            "inside": (folder, folder / "out", ".nii"), "empty": (tmp_path / "empty", tmp_path / "out", ".nii")}[case]
+    folder, out = scan_folder, tmp_path / "out"
+    args = {"ext": (folder, out, ".dcm"), "file": (folder / "alpha.nii.gz", out, ".nii"),
+            "inside": (folder, folder / "out", ".nii"), "empty": (tmp_path / "empty", out, ".nii")}[case]
     with pytest.raises(InputError, match=message):
         plan_batch(args[0], args[1], ext=args[2])

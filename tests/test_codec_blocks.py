@@ -20,17 +20,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def network():
-    torch.manual_seed(0)
-    return build_network()
-
-
-@pytest.fixture(scope="module")
-def whole(network):
-    return MaisiCodec(network, encode_chunk=4096, decode_chunk=4096)
-
-
 def _blocks(network):
     """(part, index, block) for every block of the encoder and decoder, with its input channels."""
     for part in (network.encoder, network.decoder):

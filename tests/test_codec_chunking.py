@@ -39,18 +39,6 @@ def z_varying_volume(depth: int, size: int = 4, seed: int = 0) -> torch.Tensor:
     return (level + spread * torch.randn(1, 1, depth, size, size, generator=g)).clamp(0, 1)
 
 
-@pytest.fixture(scope="module")
-def network():
-    torch.manual_seed(0)
-    return build_network()
-
-
-@pytest.fixture(scope="module")
-def whole(network):
-    """The same network run on whole volumes: chunks larger than any test volume."""
-    return MaisiCodec(network, encode_chunk=4096, decode_chunk=4096)
-
-
 @pytest.mark.parametrize(("depth", "chunk", "halo"), [(1, 4, 0), (10, 4, 0), (100, 32, 10), (161, 32, 40), (9, 2, 3)])
 def test_plan_tiles_the_volume_with_clipped_halos(depth, chunk, halo):
     chunks = plan_chunks(depth, chunk, halo)

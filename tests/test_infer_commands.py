@@ -10,39 +10,21 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from ctslice.data.pairs import simulate_pair
-from ctslice.data.phantom import make_phantom
 from ctslice.io import read_volume, write_volume
 from tests.dicom_utils import write_dicom_series as write_input_series
-
-
-def thick(seed: int, shape=(30, 24, 24)):
-    truth = make_phantom(shape=shape, spacing=(16.0, 16.0, 1.0), seed=seed)
-    return simulate_pair(truth, 5.0, 1.0).thick
-
-
-@pytest.fixture
-def scans(tmp_path):
-    """A folder as users keep one: two volume files, a DICOM series folder and a damaged file."""
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    write_volume(thick(1), folder / "alpha.nii.gz")
-    write_volume(thick(2), folder / "beta.nrrd")
-    write_input_series(thick(3), folder / "gamma", patient_id="PAT-0042")
-    (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
-    return folder
+from tests.tiny import thick_phantom
 
 
 def flat(text: str) -> str:
     return " ".join(text.replace("│", " ").replace("┃", " ").split())
 
 
-def test_a_folder_is_inferred_case_by_case_and_a_broken_case_fails_alone(scans, tmp_path, cli):
+def test_a_folder_is_inferred_case_by_case_and_a_broken_case_fails_alone(scan_folder, tmp_path, cli):
     out = tmp_path / "thin"
-    result = cli("infer", scans, "-o", out, "--method", "cubic")
+    result = cli("infer", scan_folder, "-o", out, "--method", "cubic")
     assert result.exit_code == 1, result.output
     assert sorted(p.name for p in out.iterdir()) == ["alpha.nii.gz", "beta.nii.gz", "gamma.nii.gz"]
-    for name, source in (("alpha", scans / "alpha.nii.gz"), ("gamma", scans / "gamma")):
+    for name, source in (("alpha", scan_folder / "alpha.nii.gz"), ("gamma", scan_folder / "gamma")):
         written, alone = read_volume(out / f"{name}.nii.gz"), tmp_path / f"{name}-alone.nii.gz"
         assert cli("infer", source, "-o", alone, "--method", "cubic").exit_code == 0  # one scan: as before
         np.testing.assert_array_equal(written.array, read_volume(alone).array)
@@ -55,34 +37,34 @@ def test_a_folder_is_inferred_case_by_case_and_a_broken_case_fails_alone(scans, 
     assert result.stderr.strip().splitlines()[-1] == ("error: 1 of 4 case(s) failed: broken (reasons above); the "
                                                       "others were written")
     # a rerun skips what exists and redoes nothing; without the broken file it succeeds
-    (scans / "broken.nii.gz").unlink()
+    (scan_folder / "broken.nii.gz").unlink()
     before = (out / "alpha.nii.gz").stat().st_mtime_ns
-    again = cli("infer", scans, "-o", out, "--method", "cubic")
+    again = cli("infer", scan_folder, "-o", out, "--method", "cubic")
     assert again.exit_code == 0, again.output
     assert "done 0, skipped 3, failed 0" in flat(again.stdout)
     assert (out / "alpha.nii.gz").stat().st_mtime_ns == before
-    redo = cli("infer", scans, "-o", out, "--method", "cubic", "--overwrite")
+    redo = cli("infer", scan_folder, "-o", out, "--method", "cubic", "--overwrite")
     assert redo.exit_code == 0 and "done 3, skipped 0, failed 0" in flat(redo.stdout)
 
 
-def test_ext_and_shards_partition_the_folder(scans, tmp_path, cli):
-    (scans / "broken.nii.gz").unlink()
+def test_ext_and_shards_partition_the_folder(scan_folder, tmp_path, cli):
+    (scan_folder / "broken.nii.gz").unlink()
     out = tmp_path / "thin"
     for shard in ("0/2", "1/2"):
-        result = cli("infer", scans, "-o", out, "--method", "linear", "--ext", ".nrrd", "--shard", shard)
+        result = cli("infer", scan_folder, "-o", out, "--method", "linear", "--ext", ".nrrd", "--shard", shard)
         assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["alpha.nrrd", "beta.nrrd", "gamma.nrrd"]
-    result = cli("infer", scans, "-o", out, "--method", "linear", "--ext", ".nrrd", "--shard", "2/2")
+    result = cli("infer", scan_folder, "-o", out, "--method", "linear", "--ext", ".nrrd", "--shard", "2/2")
     assert result.exit_code == 2 and "--shard '2/2': need 0 <= I < N" in result.output
 
 
-def test_the_model_is_loaded_once_for_a_folder(scans, tmp_path, cli, monkeypatch):
+def test_the_model_is_loaded_once_for_a_folder(scan_folder, tmp_path, cli, monkeypatch):
     from ctslice.inference import loading
 
-    (scans / "broken.nii.gz").unlink()
+    (scan_folder / "broken.nii.gz").unlink()
     real, calls = loading.load_model, []
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
-    result = cli("infer", scans, "-o", tmp_path / "thin", "--device", "cpu", "--threads", "1")
+    result = cli("infer", scan_folder, "-o", tmp_path / "thin", "--device", "cpu", "--threads", "1")
     assert result.exit_code == 0, result.output
     assert len(calls) == 1 and len(list((tmp_path / "thin").iterdir())) == 3
     assert result.output.count("Precision: ") == 1 and result.output.count("Stages: read") == 3
@@ -94,8 +76,8 @@ def test_the_model_is_loaded_once_for_a_folder(scans, tmp_path, cli, monkeypatch
     (["-o", "{tmp}/thin", "--ext", ".nrrd", "--output-type", "dicom"], "--ext .nrrd and --output-type dicom disagree"),
     (["-o", "{tmp}/scans/thin"], "the output would overwrite the input"),
 ])
-def test_a_bad_folder_command_is_one_line_before_any_work(scans, tmp_path, cli, args, message):
-    result = cli("infer", scans, "--method", "cubic", *(a.format(tmp=tmp_path) for a in args))
+def test_a_bad_folder_command_is_one_line_before_any_work(scan_folder, tmp_path, cli, args, message):
+    result = cli("infer", scan_folder, "--method", "cubic", *(a.format(tmp=tmp_path) for a in args))
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "thin").exists() and not (tmp_path / "thin.nii.gz").exists()
@@ -104,9 +86,9 @@ def test_a_bad_folder_command_is_one_line_before_any_work(scans, tmp_path, cli, 
 def test_a_dicom_series_folder_is_one_scan_not_a_batch(tmp_path, cli):
     from ctslice.commands.infer import is_batch
 
-    write_input_series(thick(3), tmp_path / "series")
+    write_input_series(thick_phantom(3), tmp_path / "series")
     assert not is_batch(tmp_path / "series")
-    write_volume(thick(1), tmp_path / "one" / "scan.nii.gz")
+    write_volume(thick_phantom(1), tmp_path / "one" / "scan.nii.gz")
     assert is_batch(tmp_path / "one")  # a folder holding one volume file is a folder of (one) scan
     assert not is_batch(tmp_path / "one" / "scan.nii.gz")
     result = cli("infer", tmp_path / "series", "-o", tmp_path / "thin.nii.gz", "--method", "cubic", "--ext", ".nrrd")
@@ -131,7 +113,7 @@ def assert_same_image(dicom: sitk.Image, nifti: sitk.Image):
 
 @pytest.mark.parametrize("method", ["cubic", None], ids=["cubic", "model"])
 def test_dicom_output_reads_back_as_the_nifti_output(method, tmp_path, cli):
-    scan = write_volume(thick(4, shape=(20, 24, 24)), tmp_path / "scan.nii.gz")
+    scan = write_volume(thick_phantom(4, shape=(20, 24, 24)), tmp_path / "scan.nii.gz")
     how = ["--method", method] if method else ["--device", "cpu", "--threads", "1"]
     nifti = cli("infer", scan, "-o", tmp_path / "thin.nii.gz", *how)
     assert nifti.exit_code == 0, nifti.output
@@ -151,7 +133,7 @@ def test_dicom_output_reads_back_as_the_nifti_output(method, tmp_path, cli):
 
 
 def test_dicom_output_of_a_dicom_input_keeps_its_study_and_never_shows_the_patient(tmp_path, cli):
-    files = write_input_series(thick(5), tmp_path / "input", patient_id="PAT-0042", patient_name="Doe^Jane")
+    files = write_input_series(thick_phantom(5), tmp_path / "input", patient_id="PAT-0042", patient_name="Doe^Jane")
     result = cli("infer", tmp_path / "input", "-o", tmp_path / "out", "--output-type", "dicom", "--method", "cubic")
     assert result.exit_code == 0, result.output
     _, headers = read_series(tmp_path / "out")
@@ -162,9 +144,9 @@ def test_dicom_output_of_a_dicom_input_keeps_its_study_and_never_shows_the_patie
     assert "PAT-0042" not in result.output and "Doe" not in result.output
 
 
-def test_a_folder_of_scans_to_dicom_series(scans, tmp_path, cli):
-    (scans / "broken.nii.gz").unlink()
-    result = cli("infer", scans, "-o", tmp_path / "thin", "--method", "cubic", "--output-type", "dicom")
+def test_a_folder_of_scans_to_dicom_series(scan_folder, tmp_path, cli):
+    (scan_folder / "broken.nii.gz").unlink()
+    result = cli("infer", scan_folder, "-o", tmp_path / "thin", "--method", "cubic", "--output-type", "dicom")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "thin").iterdir()) == ["alpha", "beta", "gamma"]
     image, headers = read_series(tmp_path / "thin" / "gamma")
@@ -179,7 +161,7 @@ def test_a_folder_of_scans_to_dicom_series(scans, tmp_path, cli):
     (["-o", "{tmp}/out.nii.gz", "--shard", "0/2"], "--shard is for a folder of scans"),
 ])
 def test_a_bad_output_choice_is_one_line(tmp_path, cli, args, message):
-    scan = write_volume(thick(1), tmp_path / "scan.nii.gz")
+    scan = write_volume(thick_phantom(1), tmp_path / "scan.nii.gz")
     result = cli("infer", scan, "--method", "cubic", *(a.format(tmp=tmp_path) for a in args))
     assert result.exit_code == 2, result.output
     assert message.format(tmp=tmp_path) in result.output and len(result.output.strip().splitlines()) == 1
@@ -215,7 +197,7 @@ def test_progress_counts_every_window_against_a_known_total(mode, samples, steps
     interpolator = loaded.interpolator
     interpolator.config.inference.window_slices = interpolator.config.inference.window_size = 16  # several windows
     calls = []
-    volume = thick(6, shape=(40, 32, 32))
+    volume = thick_phantom(6, shape=(40, 32, 32))
     plain = interpolator.predict(volume, 1.0, mode=mode, samples=samples, steps=steps).volume.array
     reported = interpolator.predict(volume, 1.0, mode=mode, samples=samples, steps=steps,
                                     on_step=lambda *call: calls.append(call)).volume.array

@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctslice.config import Config, load_config
+from ctslice.data.pairs import simulate_pair
 from ctslice.data.phantom import make_phantom
 from ctslice.data.preprocess import PreprocessOptions, run_preprocess
 from ctslice.data.splits import run_split
 from ctslice.io import write_volume
+from ctslice.io.volume import Volume
 
 TINY = ["model.channels=[8, 16]", "model.attention_levels=[false, false]", "model.norm_num_groups=4",
         "model.attention_heads=2", "data.patch_size=16", "data.patch_thick_slices=2", "training.batch_size=2",
@@ -35,3 +37,9 @@ def make_phantom_cache(folder: Path, val: float = 0.25, test: float = 0.0) -> tu
 def tiny_config(dataset: tuple[Path, Path], *extra: str) -> Config:
     cache, splits = dataset
     return load_config(None, [*TINY, f"data.cache={cache}", f"data.splits={splits}", "hardware.device=cpu", *extra])
+
+
+def thick_phantom(seed: int, shape: tuple[int, int, int] = (30, 24, 24)) -> Volume:
+    """A small thick (5 mm) scan: a 1 mm phantom slab-averaged x5."""
+    truth = make_phantom(shape=shape, spacing=(16.0, 16.0, 1.0), seed=seed)
+    return simulate_pair(truth, 5.0, 1.0).thick

@@ -42,7 +42,7 @@ from ctslice.io.archive import extracted
 from ctslice.io.dicom import scan_series
 from ctslice.io.failures import captured_stderr, sitk_reason
 from ctslice.io.intensity import cast_rounded
-from ctslice.io.paths import check_name, shown
+from ctslice.io.paths import check_name, shown, staging_folder
 from ctslice.io.reader import _select_ct as select_ct  # the reader's choice among a folder's series
 from ctslice.io.volume import Volume
 
@@ -115,11 +115,7 @@ def write_dicom_series(volume: Volume, folder: Path, *, description: str, source
         raise InputError(f"{shown(folder)} exists; choose another folder or overwrite it")
     volume = _right_handed(volume)
     pixels = cast_rounded(volume.array, np.int16)
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-    except OSError as error:
-        raise CtsliceError(f"could not write {shown(folder)}: {error.strerror or error}") from None
+    staging = staging_folder(folder)
     try:
         with disable_value_validation():  # a carried value pydicom finds odd is kept, not printed in a warning
             series_uid = _write_slices(volume, pixels, staging, description, source or _anonymous())

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from ctslice.errors import InputError
+from ctslice.errors import CtsliceError, InputError
 
 MHD_COMPANIONS = (".raw", ".zraw")  # a MetaImage .mhd header writes its voxels beside it under these names
 
@@ -87,3 +88,13 @@ def _nearest_existing(path: Path) -> Path:
 
 def _size(n: int) -> str:
     return f"{n / 1024**3:.1f} GB" if n >= 1024**3 else f"{n / 1024**2:.1f} MB"
+
+
+def staging_folder(target: Path) -> Path:
+    """A new hidden ``.partial`` folder beside ``target``, where an output is written before its atomic
+    rename (same file system, so the rename cannot copy); a folder that cannot be made is one line."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    except OSError as error:
+        raise CtsliceError(f"could not write {shown(target)}: {error.strerror or error}") from None

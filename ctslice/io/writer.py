@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import SimpleITK as sitk
 from ctslice.errors import CtsliceError, InputError
 from ctslice.io.failures import captured_stderr, first_error, sitk_reason
 from ctslice.io.intensity import cast_rounded
-from ctslice.io.paths import check_name
+from ctslice.io.paths import check_name, staging_folder
 from ctslice.io.volume import Volume
 
 WRITABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
@@ -55,11 +54,7 @@ def write_volume(volume: Volume, path: Path, dtype=np.int16) -> Path:
     if not name.endswith(WRITABLE_SUFFIXES):
         raise InputError(f"cannot write {path}: unknown extension; use one of {', '.join(WRITABLE_SUFFIXES)}")
     image = volume.with_array(cast_rounded(volume.array, dtype)).to_image()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    except OSError as error:
-        raise CtsliceError(f"could not write {path}: {error.strerror or error}") from None
+    staging = staging_folder(path)
     try:
         with captured_stderr() as chatter:
             sitk.WriteImage(image, str(staging / path.name), useCompression=name.endswith(_COMPRESSED))

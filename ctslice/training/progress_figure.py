@@ -45,12 +45,14 @@ class Series:
 
 @dataclass
 class ProgressSeries:
-    loss: Series = field(default_factory=Series)
-    val_loss: Series = field(default_factory=Series)
-    psnr: Series = field(default_factory=Series)
-    cubic_psnr: Series = field(default_factory=Series)
-    step_time: Series = field(default_factory=Series)
-    lr: Series = field(default_factory=Series)
+    """The curves of ``progress.png``, one (steps, values) series each."""
+
+    loss: Series = field(default_factory=Series)  # training loss per logged step
+    val_loss: Series = field(default_factory=Series)  # validation loss
+    psnr: Series = field(default_factory=Series)  # validation PSNR of the model
+    cubic_psnr: Series = field(default_factory=Series)  # ... and of cubic interpolation on the same cases
+    step_time: Series = field(default_factory=Series)  # seconds per step
+    lr: Series = field(default_factory=Series)  # learning rate
 
 
 def progress_series(records: list[dict]) -> ProgressSeries:
