@@ -25,6 +25,7 @@ import logging
 import os
 import pickle
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,14 @@ log = logging.getLogger(__name__)
 
 FORMAT = "ctslice-checkpoint"
 VERSION = 1
+
+
+BUNDLED = "bundled"  # the name that stands for the packaged model where a checkpoint path is asked for
+
+
+def bundled_model_path() -> Path:
+    """Where the model bundled with the package lives (``ctslice/default_model/default.pt``)."""
+    return Path(str(resources.files("ctslice") / "default_model" / "default.pt"))
 
 
 class CheckpointError(InputError):

@@ -94,6 +94,7 @@ class TrainingConfig:
     checkpoint_interval: int = 2000
     time_limit_minutes: float | None = None  # stop (with a checkpoint and validation) after this long
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row
+    init_from: str | None = None  # a new run starts from this checkpoint's weights (``bundled``: the packaged model)
 
 
 @dataclass
@@ -246,6 +247,7 @@ DOMAINS: dict[str, Domain] = {
     "training.checkpoint_interval": STEPS,
     "training.time_limit_minutes": floats(0, 1e6, above=True),
     "training.max_bad_steps": ints(1, 10**6),
+    "training.init_from": Domain("a checkpoint path or bundled", length=(1, 4096)),
     "validation.val_samples": ints(0, 10**6),  # 0: no validation
     "validation.val_steps": ints(1, 10_000),
     "inference.steps": ints(1, 10_000),

@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
+import yaml
 
+from ctslice.checkpoint import bundled_model_path, read_checkpoint
 from ctslice.data.phantom import make_phantom
 from ctslice.io import read_volume, write_volume
 from ctslice.io.geometry import thin_grid
@@ -40,3 +43,19 @@ def test_demo_preprocesses_splits_trains_validates_and_infers(tmp_path, cli, one
     curves = out / "run" / "progress.png"
     assert "Training curves:" in result.output and str(curves) in result.output.replace("\n", "")  # however wrapped
     assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_fine_tuned_from_the_bundled_model(out / "run")
+
+
+def flat(weights: dict) -> torch.Tensor:
+    return torch.cat([tensor.float().flatten() for name, tensor in sorted(weights.items()) if name.startswith("unet.")])
+
+
+def assert_fine_tuned_from_the_bundled_model(run: Path) -> None:
+    """The run asked for the bundled weights and its model is still close to them after a few small steps (a
+    U-Net trained from a random start would be about as far from them as they are from zero)."""
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    assert config["training"]["init_from"] == "bundled" and config["training"]["lr"] <= 1e-4
+    bundled = flat(read_checkpoint(bundled_model_path())["model"])
+    tuned = flat(read_checkpoint(run / "checkpoints" / "final.pt")["model"])
+    assert tuned.shape == bundled.shape
+    assert float((tuned - bundled).norm() / bundled.norm()) < 0.02

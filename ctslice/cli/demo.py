@@ -10,12 +10,12 @@ from ctslice.cli.app import PrecisionChoice, command, precision_option, threads_
 from ctslice.cli.domains import number
 
 
-@command("demo", example="ctslice demo --out ctslice-demo --minutes 4")
+@command("demo", example="ctslice demo --out ctslice-demo --minutes 3")
 def demo(
     out: Path = typer.Option(Path("ctslice-demo"), "--out", help="Folder for everything the demo writes."),
     inputs: list[Path] = typer.Option(None, "--input", help="Use these scans instead of phantoms (repeatable; "
                                       "thin scans, e.g. scans/*.nii.gz)."),
-    minutes: float = number(4.0, "--minutes", help="Training time budget.", low=0, high=7 * 24 * 60, above=True),
+    minutes: float = number(3.0, "--minutes", help="Fine-tuning time budget.", low=0, high=7 * 24 * 60, above=True),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     precision: PrecisionChoice = precision_option(),
     threads: int = threads_option(),

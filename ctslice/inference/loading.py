@@ -8,20 +8,17 @@ they may not be redistributed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-from ctslice.checkpoint import CheckpointError, load_weights, read_checkpoint
+from ctslice.checkpoint import CheckpointError, bundled_model_path, load_weights, read_checkpoint
 from ctslice.codecs import codec_for
 from ctslice.config import config_from_dict, with_precision
 from ctslice.errors import CtsliceError
 from ctslice.hardware import Precision, resolve_precision
 from ctslice.inference.pipeline import SliceInterpolator
 from ctslice.models import build_model
-
-DEFAULT_MODEL = "default.pt"
 
 
 @dataclass
@@ -40,7 +37,7 @@ class LoadedModel:
 
 def default_model_path() -> Path:
     """The model bundled with the package (``ctslice/default_model/default.pt``)."""
-    path = Path(str(resources.files("ctslice") / "default_model" / DEFAULT_MODEL))
+    path = bundled_model_path()
     if not path.exists():
         raise CtsliceError("this installation has no bundled default model: pass --checkpoint CKPT or --method cubic")
     return path

@@ -1,12 +1,15 @@
 """Everything a training run needs before its first step, built from the config in named steps.
 
-``prepare`` reads as the list of steps: the device, the data (cases and splits, checked before
-anything is written), the frozen codec, the patch source (the latent cache, each volume encoded
-once, or pixels encoded at every step), the model, the optimizer and its schedule, then either a
-resume (model, optimizer, schedule, RNG states, step and best metric from a checkpoint) or a fresh
-start (latent statistics fitted on training patches), and last the data loader positioned at the
-step, the log, the validator and the checkpoint policy. Notes go to ``logging``; the latent cache's
-progress to ``on_progress(description, completed, total)``.
+``prepare`` reads as the list of steps: the checkpoint to resume from or (on a fresh start) the one
+``training.init_from`` names, read first; the device; the data (cases and splits, checked before
+anything is written); the frozen codec; the model, with the init checkpoint's weights loaded before
+the run folder is written (weights that do not fit leave nothing behind); the run folder; the patch
+source (the latent cache, each volume encoded once, or pixels encoded at every step); the optimizer
+(always fresh) and its schedule; then either a resume (model, optimizer, schedule, RNG states, step
+and best metric from a checkpoint; ``init_from`` is ignored) or a fresh start (latent statistics
+from the init checkpoint when it used the same codec, else fitted on training patches); and last the
+data loader positioned at the step, the log, the validator and the checkpoint policy. Notes go to
+``logging``; the latent cache's progress to ``on_progress(description, completed, total)``.
 """
 
 from __future__ import annotations
@@ -109,26 +112,30 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
             stop_requested: Callable[[], bool] = lambda: False, threads: int | None = None,
             on_progress: ProgressCallback | None = None) -> Session:
     """The steps before the first optimizer step, in order (see the module docstring)."""
+    resumed = ckpt.resolve_resume(resume, run_dir) if resume else None
+    init = None if resumed else _init_checkpoint(config)  # a resume restores its own weights
     device, world = _device(config, device_name, threads)
     precision = resolve_precision(config.training.precision, device)
     log.info(precision.line)
     requested, config = config, with_precision(config, precision.name)  # autocast gets bf16 or fp32, never auto
     seed_everything(config.training.seed)
     data = _data(config)
-    _create_run_dir(requested, run_dir, world)
     codec = codec_for(config.codec, device)
+    model = _model(config, codec, device)
+    if init:  # before the run folder: weights that do not fit leave nothing behind
+        _init_weights(model, *init)
+    _create_run_dir(requested, run_dir, world)
     source = _patch_source(config, data, codec, run_dir, world, device, stop_requested, on_progress)
     dataset = PatchDataset(source, config.data, config.training.seed)
-    model = _model(config, codec, device)
     optimizer = build_optimizer({"unet": model.unet}, config.training)
     total_steps, warmup_steps = _schedule_length(config, len(data.train))
     scheduler = warmup_cosine(optimizer, warmup_steps, total_steps)
-    resumed = ckpt.resolve_resume(resume, run_dir) if resume else None
     if resumed:
         start_step, best_psnr = _resume(resumed, model, optimizer, scheduler, run_dir, world)
     else:
         start_step, best_psnr = 0, None
-        _fit_latent_stats(model, dataset, codec, config, device)
+        if not init or init[1].get("codec") != codec.description():  # the init's statistics fit its codec only
+            _fit_latent_stats(model, dataset, codec, config, device)
     meta = {"codec": codec.description(),
             "data": {"thin_spacing": data.thin_spacing, "ratio": data.ratio, "inplane_size": data.inplane_size}}
     return Session(
@@ -214,6 +221,24 @@ def _model(config: Config, codec: Codec, device: torch.device) -> SliceDiffusion
     log.info(f"Parameters: Total {unet + vae:,} | Trainable {trainable:,} | VAE: {vae:,} (0 trainable) | "
              f"U-Net: {unet:,}")
     return model
+
+
+def _init_checkpoint(config: Config) -> tuple[Path, dict] | None:
+    """The checkpoint ``training.init_from`` names (``bundled``: the packaged model), read; None when unset."""
+    name = config.training.init_from
+    if name is None:
+        return None
+    path = ckpt.bundled_model_path() if name == ckpt.BUNDLED else Path(name)
+    try:
+        return path, ckpt.read_checkpoint(path)
+    except ckpt.CheckpointError as error:
+        raise ckpt.CheckpointError(f"training.init_from: {error}") from None
+
+
+def _init_weights(model: SliceDiffusion, path: Path, state: dict) -> None:
+    """A new run's starting weights (U-Net and latent statistics) from another run's checkpoint."""
+    ckpt.load_weights(model, state.get("model"), path, " (training.init_from needs the same model.* settings)")
+    log.info(f"Starting from the weights of {path} (step {state.get('step', 0)}); the optimizer starts fresh")
 
 
 def _resume(resumed: tuple[Path, dict], model: SliceDiffusion, optimizer: torch.optim.Optimizer,
