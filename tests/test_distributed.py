@@ -28,7 +28,7 @@ def rank_worker(rank: int, port: int, config: dict, run_dirs: list[str], dumps: 
     torch.set_num_threads(1)
     session = prepare(config_from_dict(config), Path(run_dirs[rank]), None, "cpu")
     try:
-        trainer._loop(session, trainer._SigtermFlag())
+        trainer._loop(session, trainer._StopFlag())
         torch.save(session.model.state_dict(), dumps[rank])
     finally:
         session.close()

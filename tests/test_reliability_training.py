@@ -128,6 +128,59 @@ def test_sigterm_during_train_writes_a_checkpoint_and_exits_143(dataset, tmp_pat
     assert logged_steps(run) == list(range(1, step + 1))  # nothing done is lost
 
 
+# A validation that would run for minutes: every DDIM step of sampling mode runs the U-Net on every window.
+ENDLESS_VALIDATION = ["validation.mode=sample", "validation.val_steps=1000", "validation.val_samples=1"]
+
+
+def stopped_in_validation(process: subprocess.Popen, run: Path, signum: int, record_property) -> float:
+    """Send ``signum`` once the validation after step 2 is under way; the seconds the process took to exit."""
+    wait_for_step(run, 2, process)
+    time.sleep(2)  # past the validation loss on fixed patches, into the whole-case inference
+    assert process.poll() is None, "training exited before the signal"
+    sent = time.monotonic()
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=60)  # without the stop checks the validation would run for minutes
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError("training did not stop within 60 s of the signal") from None
+    seconds = time.monotonic() - sent
+    record_property("seconds_to_exit", round(seconds, 2))
+    return seconds
+
+
+@pytest.mark.parametrize("signum, code, words", [(signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                                 (signal.SIGINT, 130, "interrupted by Ctrl-C")])
+def test_a_signal_during_a_periodic_validation_stops_it_and_checkpoints_the_step(signum, code, words, dataset,
+                                                                                tmp_path, record_property):
+    """A validation can take minutes; the signal abandons it (nothing of it logged) and keeps step 2."""
+    run = tmp_path / "run"
+    process = start(train_args(dataset, run, "training.max_steps=10000", "training.checkpoint_interval=10000",
+                               "training.val_interval=2", *ENDLESS_VALIDATION), tmp_path / "stderr.txt")
+    stopped_in_validation(process, run, signum, record_property)
+    assert process.returncode == code
+    stderr = (tmp_path / "stderr.txt").read_text(encoding="utf-8", errors="replace")
+    assert error_line(stderr) == (f"error: {words} during the validation at step 2; checkpoint of step 2 saved "
+                                  "(resume with --resume latest)")
+    assert read_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 2
+    assert logged_steps(run) == [1, 2]
+    assert not [r for r in read_log(run) if r["kind"] == "validation"]
+
+
+def test_ctrl_c_during_the_final_validation_keeps_the_last_step_for_a_resume(dataset, tmp_path, record_property):
+    """All steps done, the final validation under way: Ctrl-C saves the last step (no final.pt), exit 130."""
+    run = tmp_path / "run"
+    process = start(train_args(dataset, run, "training.max_steps=2", "training.checkpoint_interval=10000",
+                               *ENDLESS_VALIDATION), tmp_path / "stderr.txt")
+    stopped_in_validation(process, run, signal.SIGINT, record_property)
+    assert process.returncode == 130
+    stderr = (tmp_path / "stderr.txt").read_text(encoding="utf-8", errors="replace")
+    assert error_line(stderr) == ("error: interrupted by Ctrl-C during the final validation at step 2; checkpoint "
+                                  "of step 2 saved (resume with --resume latest)")
+    assert read_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 2
+    assert not (run / "checkpoints" / "final.pt").exists()
+
+
 def test_sigterm_while_building_the_latent_cache_keeps_the_encoded_volumes(dataset, tmp_path, monkeypatch):
     """Encoding hundreds of volumes can outlast a preemption notice: stop between volumes, keep what is done."""
     import h5py

@@ -7,7 +7,7 @@ from typing import Literal
 
 import typer
 
-from ctslice.cli.app import command
+from ctslice.cli.app import command, stopped_cleanly
 from ctslice.cli.domains import SEED, SPACING, number
 
 
@@ -48,7 +48,8 @@ def preprocess(
     options = PreprocessOptions(thick_spacing=thick_spacing, thin_spacing=thin_spacing, size=size,
                                 profile=profile, min_slices=min_slices, tilt_correction=not no_tilt_correction,
                                 z_spacing=z_spacing)
-    body.run(inputs, output, options, workers=workers, shard=shard)
+    with stopped_cleanly("the worker processes were ended; the finished cases are kept, rerun to go on"):
+        body.run(inputs, output, options, workers=workers, shard=shard)
 
 
 @command("split", example="ctslice split cache.h5 -o splits.json --val 0.15 --test 0.10 --seed 42")

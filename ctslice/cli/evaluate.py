@@ -34,9 +34,10 @@ def validate(
     """PSNR/SSIM/HU MAE of the model and classical baselines on every case of a split, with figures."""
     from ctslice.commands.validate import run_validate
 
-    run_validate(checkpoint, cache, splits, split=split, steps=steps, out=out, json_output=json_output, mode=mode,
-                 device_name=device, vae_checkpoint=vae_checkpoint, precision=precision.value, threads=threads,
-                 window=window)
+    with stopped_cleanly("the figures of the cases done are kept, no report was written"):
+        run_validate(checkpoint, cache, splits, split=split, steps=steps, out=out, json_output=json_output,
+                     mode=mode, device_name=device, vae_checkpoint=vae_checkpoint, precision=precision.value,
+                     threads=threads, window=window)
 
 
 @command("infer", example="ctslice infer scan.nii.gz -o thin.nii.gz; a folder: ctslice infer scans/ -o thin/ "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ctslice.cli.app import PrecisionChoice, command, precision_option, threads_option
+from ctslice.cli.app import PrecisionChoice, command, precision_option, stopped_cleanly, threads_option
 from ctslice.cli.domains import number
 
 SET_HELP = "Override a config key, e.g. --set training.max_steps=100 (repeatable)."
@@ -50,8 +50,9 @@ def inspect_memory(
     """Predict (and optionally measure) the memory a config needs, per component."""
     from ctslice.commands import inspect_memory as body
 
-    body.run(config, overrides, measure=measure, device_memory=device_memory, json_output=json_output,
-             device=device, ratio=ratio, volume=volume)
+    with stopped_cleanly("the measurement process was ended"):  # subprocess.run kills its child on the way out
+        body.run(config, overrides, measure=measure, device_memory=device_memory, json_output=json_output,
+                 device=device, ratio=ratio, volume=volume)
 
 
 @command("configs", example="ctslice configs")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -291,15 +292,27 @@ def _run_cases(sources: list[CaseSource], options: PreprocessOptions, parts: Pat
         except BrokenProcessPool:
             raise CtsliceError("a worker process died (killed for memory?); the finished cases are kept, "
                                "re-run with fewer --workers") from None
+        except BaseException:  # a stop (SIGTERM turned into an exception, Ctrl-C): abandon the cases in flight
+            _end_workers(pool)
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # stop at the first part that cannot be written
     return sorted(results, key=lambda r: r.case_id)
 
 
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the workers, so that a stop takes seconds (not the rest of a case) and leaves no orphan;
+    a case cut short leaves no part (parts are written atomically). ``terminate_workers`` from Python 3.14."""
+    for process in list((pool._processes or {}).values()):
+        process.terminate()
+
+
 def _limit_threads(workers: int) -> None:
-    """Share the cores between worker processes instead of every worker using all of them."""
+    """Share the cores between worker processes instead of every worker using all of them; Ctrl-C (sent
+    to the whole process group) is left to the main process, which ends the workers."""
     import SimpleITK as sitk
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, (os.cpu_count() or 1) // workers))
 
 

@@ -28,7 +28,7 @@ from ctslice.config import Config, save_config, with_precision
 from ctslice.data.cache import Cache
 from ctslice.data.patches import PatchDataset, PatchSource, PixelSource
 from ctslice.data.splits import read_splits
-from ctslice.errors import InputError, Preempted, first_line
+from ctslice.errors import InputError, first_line
 from ctslice.hardware import configure, resolve_device, resolve_precision
 from ctslice.io.paths import check_output
 from ctslice.models import LatentStats, SliceDiffusion, build_model
@@ -109,7 +109,7 @@ class Objective(torch.nn.Module):
 
 
 def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str | None,
-            stop_requested: Callable[[], bool] = lambda: False, threads: int | None = None,
+            check_stop: Callable[[str], None] = lambda detail: None, threads: int | None = None,
             on_progress: ProgressCallback | None = None) -> Session:
     """The steps before the first optimizer step, in order (see the module docstring)."""
     resumed = ckpt.resolve_resume(resume, run_dir) if resume else None
@@ -125,7 +125,7 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
     if init:  # before the run folder: weights that do not fit leave nothing behind
         _init_weights(model, *init)
     _create_run_dir(requested, run_dir, world)
-    source = _patch_source(config, data, codec, run_dir, world, device, stop_requested, on_progress)
+    source = _patch_source(config, data, codec, run_dir, world, device, check_stop, on_progress)
     dataset = PatchDataset(source, config.data, config.training.seed)
     optimizer = build_optimizer({"unet": model.unet}, config.training)
     total_steps, warmup_steps = _schedule_length(config, len(data.train))
@@ -184,7 +184,7 @@ def _create_run_dir(requested: Config, run_dir: Path, world: Distributed) -> Non
 
 
 def _patch_source(config: Config, data: TrainingData, codec: Codec, run_dir: Path, world: Distributed,
-                  device: torch.device, stop_requested: Callable[[], bool],
+                  device: torch.device, check_stop: Callable[[str], None],
                   on_progress: ProgressCallback | None) -> PatchSource:
     """Cached latents (each training volume encoded once, by rank 0) or pixels encoded at every step."""
     if not config.data.cache_latents:
@@ -198,10 +198,9 @@ def _patch_source(config: Config, data: TrainingData, codec: Codec, run_dir: Pat
             encoded.append(case_id)
             if on_progress:
                 on_progress(what, len(encoded), len(data.train))
-            if stop_requested() and len(encoded) < len(data.train):
-                raise Preempted(f"stopped by SIGTERM while building the latent cache ({len(encoded)} of "
-                                f"{len(data.train)} training volumes encoded, kept in {latents_path}); "
-                                "rerun with --resume latest")
+            if len(encoded) < len(data.train):
+                check_stop(f"while building the latent cache ({len(encoded)} of {len(data.train)} training "
+                           f"volumes encoded, kept in {latents_path}); rerun with --resume latest")
 
         if on_progress:
             on_progress(what, 0, len(data.train))

@@ -9,7 +9,10 @@ One optimizer step = ``grad_accumulation`` micro-batches of ``batch_size`` patch
 patch stream is a pure function of (seed, sample index) and the loss's noise comes from the global
 RNG, whose state is saved with each checkpoint, so a resumed run continues the exact loss trajectory
 of an uninterrupted one. SIGTERM (Kubernetes preemption) finishes the current step, writes a
-checkpoint and exits with code 143 so the Job reschedules the pod, which resumes with ``--resume latest``.
+checkpoint and exits with code 143 so the Job reschedules the pod, which resumes with ``--resume latest``;
+Ctrl-C does the same and exits with 130 (a second Ctrl-C stops at once, without a checkpoint). Either
+signal during a validation (periodic or final) abandons it within a U-Net window batch and checkpoints
+the last finished step, so a resumed run validates again.
 A non-finite loss skips its step; ``max_bad_steps`` of them in a row stop the run with a checkpoint.
 Running out of memory stops the run with ``OutOfMemory`` (without a checkpoint: an optimizer step cut
 short may have updated only some weights; the last periodic one stands); the command layer adds what
@@ -39,7 +42,7 @@ import torch
 
 from ctslice.checkpoint import periodic_checkpoints
 from ctslice.config import Config
-from ctslice.errors import CtsliceError, Preempted, first_line
+from ctslice.errors import CtsliceError, Interrupted, Preempted, first_line
 from ctslice.hardware import autocast, is_out_of_memory, memory_line, peak_memory_bytes
 from ctslice.training.latents import encode_batch
 from ctslice.training.progress_figure import ProgressFigure
@@ -91,10 +94,10 @@ def train(config: Config, run_dir: Path, resume: str | None = None, device_name:
     """Train ``config`` into ``run_dir``; see the module docstring. ``threads``: intra-op CPU threads
     (default: the CPUs this process may use); ``on_progress`` and ``on_step``: see the module docstring
     (rank 0 only)."""
-    stop = _SigtermFlag()
+    stop = _StopFlag()
     session = None
     try:
-        session = prepare(config, run_dir, resume, device_name, stop_requested=lambda: stop.requested,
+        session = prepare(config, run_dir, resume, device_name, check_stop=stop.check,
                           threads=threads, on_progress=on_progress)
         if not session.world.is_main:
             on_progress = on_step = None
@@ -111,7 +114,7 @@ def train(config: Config, run_dir: Path, resume: str | None = None, device_name:
             session.world.close()
 
 
-def _loop(s: Session, stop: _SigtermFlag, on_progress: ProgressCallback | None = None,
+def _loop(s: Session, stop: _StopFlag, on_progress: ProgressCallback | None = None,
           on_step: Callable[[StepReport], None] | None = None) -> TrainResult:
     on_progress, on_step = on_progress or _silent, on_step or _silent
     training, world, device = s.config.training, s.world, s.device
@@ -142,19 +145,19 @@ def _loop(s: Session, stop: _SigtermFlag, on_progress: ProgressCallback | None =
                        and time.time() - started > 60 * training.time_limit_minutes)
         finishing = step == s.total_steps or world.any_true(out_of_time, device)
         if step % training.val_interval == 0 and not finishing:
-            metrics = s.validator.run(s.model, step, s.log) if world.is_main else {}
+            metrics = _validate(s, step, stop) if world.is_main else {}
             s.best_psnr = s.saver.maybe_best(step, metrics, s.best_psnr)
             figure.redraw()
         if step % training.checkpoint_interval == 0:
             s.saver.save(step, s.best_psnr, periodic=True)
         if world.any_true(stop.requested, device):
             s.saver.save(step, s.best_psnr, periodic=True)
-            raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint saved (resume with --resume latest)")
+            raise stop.error(f"at step {step}; checkpoint saved (resume with --resume latest)")
         if finishing:
             if out_of_time:
                 log.info(f"Time limit of {training.time_limit_minutes:g} min reached at step {step}")
             break
-    final_metrics = s.validator.run(s.model, step, s.log, final=True) if world.is_main else {}
+    final_metrics = _validate(s, step, stop, final=True) if world.is_main else {}
     s.best_psnr = s.saver.maybe_best(step, final_metrics, s.best_psnr)
     figure.redraw()
     s.saver.save(step, s.best_psnr, periodic=False)
@@ -162,6 +165,16 @@ def _loop(s: Session, stop: _SigtermFlag, on_progress: ProgressCallback | None =
     if world.is_main:
         log.info(f"Training finished at step {step}: {s.run_dir / 'checkpoints' / 'final.pt'}")
     return TrainResult(s.run_dir, step, s.best_psnr, final_metrics)
+
+
+def _validate(s: Session, step: int, stop: _StopFlag, final: bool = False) -> dict:
+    """The validator's scores at ``step``; a stop during it checkpoints ``step`` (finished: validation does
+    not change the weights) and ends the run with the stop's error."""
+    try:
+        return s.validator.run(s.model, step, s.log, final=final, check_stop=stop.check)
+    except (Preempted, Interrupted) as error:
+        s.saver.save(step, s.best_psnr, periodic=True)
+        raise type(error)(f"{error}; checkpoint of step {step} saved (resume with --resume latest)") from None
 
 
 def _optimizer_step(s: Session) -> tuple[float, float | None]:
@@ -208,15 +221,36 @@ def _maybe_no_sync(objective, sync: bool):
     return objective.no_sync()
 
 
-class _SigtermFlag:
-    """Remembers a SIGTERM until the loop reaches a point where it can checkpoint."""
+class _StopFlag:
+    """Remembers SIGTERM or Ctrl-C until the run reaches a point where it can checkpoint and stop.
+
+    ``check(detail)`` raises ``Preempted`` (SIGTERM, exit 143) or ``Interrupted`` (Ctrl-C, exit 130) once one
+    has arrived. A second Ctrl-C is the user insisting: it raises ``KeyboardInterrupt`` at once.
+    """
 
     def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.signal: int | None = None
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = self.signal or signum
+
+    def check(self, detail: str) -> None:
+        if self.requested:
+            raise self.error(detail)
+
+    def error(self, detail: str) -> Preempted | Interrupted:
+        """The stop's error; SIGTERM's when the signal reached another rank (DDP) and not this one."""
+        if self.signal == signal.SIGINT:
+            return Interrupted(f"interrupted by Ctrl-C {detail}")
+        return Preempted(f"stopped by SIGTERM {detail}")
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)

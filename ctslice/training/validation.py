@@ -4,11 +4,16 @@ The whole-case metrics run the same inference pipeline and the same metric proto
 ``ctslice validate``, so the numbers in ``log.jsonl`` and in a validation report agree. Cubic
 interpolation is scored on the same cases (``cubic_psnr``, ``cubic_ssim``: the line a model has to
 beat, drawn in ``progress.png``); it does not change during a run, so it is computed once per case.
+
+A validation can take minutes (every case, every U-Net window of every DDIM step), longer than a
+preemption notice: ``check_stop`` is called between cases and after every batch of U-Net windows, and
+raises (``Preempted``/``Interrupted``) to abandon the validation when SIGTERM or Ctrl-C has arrived.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +49,10 @@ class Validator:
             self.patches = [dataset[k] for k in range(VALIDATION_PATCHES)]
 
     @torch.no_grad()
-    def run(self, model, step: int, log: RunLog, final: bool = False) -> dict:
+    def run(self, model, step: int, log: RunLog, final: bool = False,
+            check_stop: Callable[[str], None] = lambda detail: None) -> dict:
+        """Scores of ``model`` at ``step``, written to ``log``; ``check_stop(detail)`` raises to abandon the
+        validation (nothing is logged then), ``detail`` saying where it stopped."""
         if not self.case_ids:
             logger.info("no validation cases in the splits: validation skipped")
             return {}
@@ -52,12 +60,19 @@ class Validator:
         result = {"val_loss": self._loss(model)}
         interpolator = SliceInterpolator(model, self.codec, self.config, self.device, self.inplane_size)
         scores, cubic = [], []
+        where = f"during the {'final ' if final else ''}validation at step {step}"
+
+        def after_windows(stage: str, done: int, total: int) -> None:
+            check_stop(where)
+
         with Cache(self.cache_path) as cache:
             for case_id in self.case_ids:
+                check_stop(where)
                 truth = cache.volume(case_id, "thin")
                 prediction = interpolator.predict(cache.volume(case_id, "thick"), truth.spacing[2],
                                                   mode=self.config.validation.mode,
-                                                  steps=self.config.validation.val_steps, seed=step)
+                                                  steps=self.config.validation.val_steps, seed=step,
+                                                  on_step=after_windows)
                 scores.append(metrics.evaluate(prediction.volume.array, truth.array.astype(np.float32)))
                 cubic.append(self._cubic_scores(case_id, cache))
         for key in ("psnr", "ssim", "hu_mae"):
