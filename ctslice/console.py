@@ -92,10 +92,10 @@ class PlainProgress:
         for task in self.tasks.values():
             self._finish(task)
 
-    def add_task(self, description: str, total: float | None = None, **fields) -> int:
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> int:
         key = len(self.tasks)
         now = time.monotonic()
-        self.tasks[key] = {"description": description, "total": total, "completed": 0, "fields": fields,
+        self.tasks[key] = {"description": description, "total": total, "completed": completed, "fields": fields,
                            "start": now, "last": now, "printed": False, "done": False, "shown": None}
         return key
 

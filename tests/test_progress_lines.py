@@ -41,3 +41,11 @@ def test_infer_off_a_terminal_prints_timestamped_window_counts(tmp_path, cli, mo
     assert counts, result.stderr
     done, total = map(int, counts[-1])
     assert done == total > 0
+
+
+def test_fields_are_shown_but_not_the_starting_count(capsys):
+    with PlainProgress(interval=0) as bar:
+        task = bar.add_task("Training", total=10, completed=4, status="")
+        bar.update(task, completed=5, status="loss 0.12")
+    line = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"{STAMP} Training 5/10 \(50%\) loss 0.12", line), line
