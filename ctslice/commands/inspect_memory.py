@@ -25,10 +25,12 @@ def run(config: Path, overrides: list[str] | None, *, measure: bool, device_memo
     from ctslice.config import load_config
 
     settings = load_config(config, overrides)  # before torch is even imported
+    from ctslice.commands.options import flag_wording
     from ctslice.memory import inspect, to_json
 
-    inspection = inspect(settings, device=device, device_memory=device_memory, measure=measure, ratio=ratio,
-                         volume=volume)
+    with flag_wording(device="--device", device_memory="--device-memory", ratio="--ratio", volume="--volume"):
+        inspection = inspect(settings, device=device, device_memory=device_memory, measure=measure, ratio=ratio,
+                             volume=volume)
     if json_output:
         stdout.print_json(data=to_json(inspection, str(config)))
         return

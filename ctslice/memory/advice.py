@@ -73,7 +73,7 @@ def parse_device_memory(text: str, device_type: str = "cuda") -> list[DeviceMemo
         unit = match and match.group(2).lower()
         size = float(match.group(1)) * _UNITS[unit] if match and unit in _UNITS else 0
         if not 0 < size <= MAX_DEVICE_MEMORY:
-            raise InputError(f"--device-memory {shown(text)}: expected a size such as 80GB (up to "
+            raise InputError(f"device memory {shown(text)}: expected a size such as 80GB (up to "
                              f"{MAX_DEVICE_MEMORY // 2**40} TB), or several such as 24,40,80")
         memories.append(DeviceMemory(int(size), f"{size / GIB:g} GB", device_type))
     return memories

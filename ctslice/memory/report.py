@@ -48,7 +48,7 @@ def inspect(config: Config, *, device: str | None = None, device_memory: str | N
     from ctslice.hardware import configure, resolve_device
 
     name = (device or config.hardware.device).strip().lower()
-    source = "--device" if device else "hardware.device"
+    source = "device" if device else "hardware.device"
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
         raise InputError(f"{source} {shown(name)}: expected auto, cpu, cuda or cuda:N")
     measure_device = resolve_device(name, source) if measure else None
@@ -56,7 +56,7 @@ def inspect(config: Config, *, device: str | None = None, device_memory: str | N
         configure(measure_device, config.hardware.tf32)
     device_type = measure_device.type if measure_device else ("cpu" if name == "cpu" else "cuda")
     if ratio is not None and ratio <= 0:
-        raise InputError(f"--ratio {ratio}: the thick/thin spacing ratio must be positive")
+        raise InputError(f"ratio {ratio}: the thick/thin spacing ratio must be positive")
     size = _parse_volume(volume) if volume else None
     small = measure_device is not None and size is None and not Path(config.data.cache).is_file()
     geometry = resolve_geometry(config, ratio, MEASURE_VOLUME if small else size)
@@ -139,7 +139,7 @@ MAX_VOLUME_SIDE = 65_536
 def _parse_volume(text: str) -> tuple[int, int, int]:
     sizes = re.split(r"\s*[x,]\s*", text.strip().lower())
     if len(sizes) != 3 or not all(re.fullmatch(r"\d{1,6}", s) and 0 < int(s) <= MAX_VOLUME_SIDE for s in sizes):
-        raise InputError(f"--volume {shown(text)}: expected thin-slice depth x height x width from 1 to "
+        raise InputError(f"volume {shown(text)}: expected thin-slice depth x height x width from 1 to "
                          f"{MAX_VOLUME_SIDE:,} each, e.g. 300x512x512")
     return tuple(int(s) for s in sizes)
 
