@@ -161,7 +161,8 @@ def _suggestion_table(inspection: Inspection) -> Table:
     for column in ("Change", "Options", "Training", "Inference", "Fits"):
         table.add_column(column, justify="right" if column in ("Training", "Inference") else "left")
     for s in inspection.suggestions:
-        table.add_row(s.change, s.set_options, _number(s.training_peak), _number(s.inference_peak),
+        options = " ".join(f"--set {setting}" for setting in s.settings)
+        table.add_row(s.change, options, _number(s.training_peak), _number(s.inference_peak),
                       "[green]yes[/]" if s.fits else "no")
     return table
 

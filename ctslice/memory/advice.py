@@ -53,10 +53,6 @@ class Suggestion:
         """``section.key=value`` for each change, as ``--set`` takes them."""
         return _settings(self.overrides)
 
-    @property
-    def set_options(self) -> str:
-        return " ".join(f"--set {setting}" for setting in self.settings)
-
 
 def device_memories(sizes: list[int], device_type: str = "cuda") -> list[DeviceMemory]:
     """Device memories of ``sizes`` bytes, labelled in GB (2^30 bytes, as nvidia-smi's)."""

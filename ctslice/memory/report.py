@@ -62,8 +62,9 @@ def inspect(config: Config, *, device: str | None = None, device_memory: list[in
     small = measure_device is not None and size is None and not Path(config.data.cache).is_file()
     geometry = resolve_geometry(config, ratio, MEASURE_VOLUME if small else size)
     if small:  # measuring the assumed 300 x 512 x 512 volume on a CPU would take many minutes
-        geometry = replace(geometry, source=f"no cache at {config.data.cache} and no --volume, so --measure predicts "
-                           f"and measures a small {_size(MEASURE_VOLUME)} volume (--volume DxHxW for another)")
+        geometry = replace(geometry, source=f"no cache at {config.data.cache} and no volume given, so the measurement "
+                           f"predicts and measures a small {_size(MEASURE_VOLUME)} volume (give a volume DxHxW "
+                           "for another)")
     devices = device_memories(device_memory, device_type) if device_memory else default_devices(device_type)
     estimate = estimate_memory(config, geometry, device_type)
     verdicts = judge(estimate, devices)
