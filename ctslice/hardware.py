@@ -36,10 +36,11 @@ CGROUP = Path("/sys/fs/cgroup")
 FAST_BF16_CAPABILITIES = ("AVX512",)  # ATen's kernel level; its BF16 paths need AVX512-BF16/AMX at this level
 
 
-def resolve_device(requested: str | None, source: str = "--device") -> torch.device:
+def resolve_device(requested: str | None, source: str = "device") -> torch.device:
     """The device for ``requested`` (auto, cpu, cuda, cuda:N), CUDA always with its index.
 
-    ``source`` names where the request came from (``--device`` or ``hardware.device``) in the one-line
+    ``source`` names where the request came from (the caller's label: "device", "hardware.device"; the
+    command layer passes its flag) in the one-line
     error for a device that does not exist or is not available.
     """
     name = (requested or "auto").strip().lower()
@@ -51,7 +52,7 @@ def resolve_device(requested: str | None, source: str = "--device") -> torch.dev
     if device.type == "cpu":
         return device
     if not torch.cuda.is_available():
-        raise InputError(f"{source} {requested}: CUDA requested but no GPU is visible; use --device cpu")
+        raise InputError(f"{source} {requested}: CUDA requested but no GPU is visible; use cpu")
     if device.index is None:
         return _current_cuda()
     count = torch.cuda.device_count()
@@ -98,7 +99,7 @@ def resolve_precision(requested: str | None, device: torch.device | str) -> Prec
     """
     name = (requested or "auto").strip().lower()
     if name not in PRECISIONS:
-        raise InputError(f"--precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+        raise InputError(f"precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
     kind = torch.device(device).type
     if kind == "cuda":
         native = not torch.cuda.is_available() or torch.cuda.is_bf16_supported(including_emulation=False)
@@ -146,7 +147,7 @@ def _cgroup_quota(cgroup: Path) -> float | None:
 def resolve_threads(requested: int | None = None) -> int:
     """Intra-op threads: ``requested``, else the CPUs this process may use."""
     if requested is not None and requested < 1:
-        raise InputError(f"--threads {requested}: must be at least 1")
+        raise InputError(f"threads {requested}: must be at least 1")
     return requested or available_cpus()
 
 

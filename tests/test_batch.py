@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from ctslice.data.shards import parse_shard
+from ctslice.commands.options import parse_shard
 from ctslice.errors import InputError, Preempted
 from ctslice.inference.batch import plan_batch, run_batch
 from ctslice.io import read_volume, write_volume

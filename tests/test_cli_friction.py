@@ -150,6 +150,6 @@ def test_measure_without_a_cache_runs_on_a_small_volume_and_says_so(tmp_path, mo
     assert inspection.estimate.geometry == geometry  # the prediction it is compared with is for the same volume
     assert "small 80 x 128 x 128 volume" in geometry.source and "no cache" in geometry.source
     measured.clear()
-    report.inspect(config, device="cpu", measure=True, volume="40x96x96")
+    report.inspect(config, device="cpu", measure=True, volume=(40, 96, 96))
     assert measured[0].largest == (40, 96, 96)  # --volume still decides
     assert report.inspect(config, device="cpu").estimate.geometry.largest == (300, 512, 512)  # predictions alone

@@ -79,7 +79,7 @@ def test_no_checkpoint_at_all_says_how_to_give_one():
     with pytest.raises(InputError, match=CHECKPOINT_ENV) as caught:
         build_codec("maisi")
     assert caught.value.exit_code == 2
-    assert "--vae-checkpoint" in str(caught.value)
+    assert "codec.checkpoint" in str(caught.value)
 
 
 def _corrupt(state: dict, how: str) -> dict:

@@ -81,10 +81,11 @@ def test_shipped_configs_are_valid(path):
 ])
 def test_gpu_configs_fit_their_gpu(name, memory, volume):
     """What the configs promise, by the memory model of `ctslice inspect-memory` (a 50 -> 300 slice scan)."""
+    from ctslice.commands.inspect_memory import parse_device_memory, parse_volume
     from ctslice.memory import inspect
 
-    inspection = inspect(load_config(CONFIG_DIR / name), device="cuda", device_memory=memory, ratio=5,
-                         volume=volume)
+    inspection = inspect(load_config(CONFIG_DIR / name), device="cuda", device_memory=parse_device_memory(memory),
+                         ratio=5, volume=parse_volume(volume))
     [verdict] = inspection.verdicts
     assert verdict.training_fits and verdict.inference_fits
 
@@ -94,5 +95,5 @@ def test_the_full_config_does_not_fit_40gb():
     from ctslice.memory import inspect
 
     inspection = inspect(load_config(CONFIG_DIR / "slice_interpolation_full_medium.yaml"), device="cuda",
-                         device_memory="40GB", ratio=5, volume="300x512x512")
+                         device_memory=[40 * 2**30], ratio=5, volume=(300, 512, 512))
     assert not inspection.verdicts[0].inference_fits

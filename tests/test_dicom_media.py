@@ -258,7 +258,7 @@ def test_tilt_correction_can_be_refused(tmp_path, cli):
     result = cli("infer", tmp_path / "tilted", "-o", tmp_path / "out.nii.gz", "--method", "cubic",
                  "--no-tilt-correction")
     assert result.exit_code == 2 and len(result.output.splitlines()) == 1
-    assert "is tilted" in result.output and "--no-tilt-correction" in result.output
+    assert "is tilted" in result.output and "turn tilt correction on" in result.output
 
 
 def test_preprocess_corrects_a_tilted_series_with_a_note_unless_told_not_to(tmp_path, cli):

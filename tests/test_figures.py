@@ -46,15 +46,15 @@ def test_no_window_is_the_wide_default_and_a_window_passes_through():
 
 @pytest.mark.parametrize("text", ["", "wide", "brain", "400", "400,40,1", "0,40", "-400,40", "nan,40", "400,inf",
                                   "a,b", "1e999,0", "400;40", ",40"])
-def test_a_bad_window_is_an_input_error_naming_the_option(text):
-    with pytest.raises(InputError, match=r"^--window .*lung, soft, bone, or W,L"):
+def test_a_bad_window_is_an_input_error_naming_the_setting(text):
+    with pytest.raises(InputError, match=r"^window .*lung, soft, bone, or W,L"):
         parse_window(text)
 
 
 def test_validate_refuses_a_bad_window_before_any_work(tmp_path):
     from ctslice.commands.validate import run_validate
 
-    with pytest.raises(InputError, match="--window"):  # before the (missing) cache or checkpoint is looked at
+    with pytest.raises(InputError, match="^--window"):  # before the (missing) cache or checkpoint is looked at
         run_validate(tmp_path / "none.pt", tmp_path / "none.h5", tmp_path / "none.json", out=tmp_path / "report",
                      window="wide")
     assert not (tmp_path / "report").exists()

@@ -32,7 +32,7 @@ from ctslice.training.distributed import Distributed
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny_cpu.yaml"
-NO_GPU = "CUDA requested but no GPU is visible; use --device cpu"
+NO_GPU = "CUDA requested but no GPU is visible; use cpu"
 
 
 @pytest.fixture
@@ -94,13 +94,13 @@ def test_auto_is_the_cpu_without_cuda(gpus):
 @pytest.mark.parametrize("name", ["cuda", "cuda:0"])
 def test_cuda_without_a_gpu_is_one_clear_line(gpus, name):
     gpus(count=0)
-    with pytest.raises(InputError, match=f"--device {name}: {NO_GPU}"):
+    with pytest.raises(InputError, match=f"^device {name}: {NO_GPU}"):
         resolve_device(name)
 
 
 def test_a_gpu_index_that_does_not_exist_names_the_visible_ones(gpus):
     gpus(count=2)
-    with pytest.raises(InputError, match=r"--device cuda:2: no such GPU \(2 visible: cuda:0 to cuda:1\)"):
+    with pytest.raises(InputError, match=r"^device cuda:2: no such GPU \(2 visible: cuda:0 to cuda:1\)"):
         resolve_device("cuda:2")
 
 
@@ -180,7 +180,7 @@ def test_an_explicit_precision_is_kept_and_slow_bf16_is_flagged(cpu_features):
     assert resolve_precision("fp32", "cpu").line == "Precision: fp32 (requested)"
     bf16 = resolve_precision("BF16", "cpu")
     assert bf16.name == "bf16" and "many times slower" in bf16.reason
-    with pytest.raises(InputError, match="--precision 'fp16': choose one of auto, bf16, fp32"):
+    with pytest.raises(InputError, match="^precision 'fp16': choose one of auto, bf16, fp32"):
         resolve_precision("fp16", "cpu")
 
 
@@ -254,7 +254,7 @@ def test_configure_sets_the_threads(monkeypatch, threads_restored):
     assert resolve_threads(None) == 1 and resolve_threads(3) == 3
     assert configure(torch.device("cpu")) == 1 and torch.get_num_threads() == 1
     assert configure(torch.device("cpu"), threads=2) == 2 and torch.get_num_threads() == 2
-    with pytest.raises(InputError, match="--threads 0"):
+    with pytest.raises(InputError, match="^threads 0: must be at least 1"):
         resolve_threads(0)
 
 

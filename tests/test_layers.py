@@ -9,6 +9,7 @@ it has no exceptions.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ctslice"
@@ -138,6 +139,30 @@ def test_only_the_command_layer_prints():
             offences += [f"{where}:{node.lineno}: imports {module}" for module in imported
                          if any(module == lib or module.startswith(lib + ".") for lib in PRINTING_LIBRARIES)]
     assert not offences, "printing outside the command layer:\n" + "\n".join(dict.fromkeys(offences))
+
+
+FLAG = re.compile(r"--[a-z]")
+
+
+def _flags_in_raises(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, text) of every string constant (f-string parts included) inside a ``raise`` that names a flag."""
+    return [(raised.lineno, text.value) for raised in ast.walk(tree) if isinstance(raised, ast.Raise)
+            for text in ast.walk(raised)
+            if isinstance(text, ast.Constant) and isinstance(text.value, str) and FLAG.search(text.value)]
+
+
+def test_only_the_command_layer_words_errors_as_flags():
+    """Library errors name the setting in plain words ("thin spacing 0: ..."); only the command layer, which
+    parses the flags, says which flag (issue 14)."""
+    offences = [f"{path.relative_to(PACKAGE.parent)}:{line}: {text!r}" for name, path in MODULES.items()
+                if _owner(name)[0] != 1
+                for line, text in _flags_in_raises(ast.parse(path.read_text(encoding="utf-8"), str(path)))]
+    assert not offences, "flag-worded errors outside the command layer:\n" + "\n".join(offences)
+
+
+def test_the_flag_check_sees_f_strings_inside_raises_only():
+    tree = ast.parse('x = "--keep"\nraise InputError(f"--size {n}: too big")\nraise ValueError("size 3")\n')
+    assert _flags_in_raises(tree) == [(2, "--size ")]
 
 
 def test_the_walk_sees_imports_inside_functions_and_resolves_relative_ones(tmp_path):

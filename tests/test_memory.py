@@ -20,10 +20,10 @@ from ctslice.data.pairs import simulate_pair
 from ctslice.errors import InputError
 from ctslice.io.volume import Volume
 from ctslice.memory import (
+    device_memories,
     estimate_memory,
     inspect,
     measure_memory,
-    parse_device_memory,
     resolve_geometry,
     with_overrides,
 )
@@ -185,7 +185,7 @@ def test_auto_precision_is_predicted_as_the_target_device_resolves_it(cli, monke
 
 def test_a_config_that_does_not_fit_gets_suggestions_that_lower_its_peak(tiny):
     fp32 = with_overrides(tiny, {"training.precision": "fp32"})
-    inspection = inspect(fp32, device_memory="0.2GB", volume="20x48x48")  # needs 0.26 GB, 0.18 GB usable
+    inspection = inspect(fp32, device_memory=[int(0.2 * GIB)], volume=(20, 48, 48))  # needs 0.26 GB, 0.18 GB usable
     training, inference = inspection.estimate.training_peak.total, inspection.estimate.inference_peak.total
     assert not inspection.verdicts[0].training_fits
     changes = [s.change for s in inspection.suggestions]
@@ -193,7 +193,7 @@ def test_a_config_that_does_not_fit_gets_suggestions_that_lower_its_peak(tiny):
     for suggestion in inspection.suggestions:  # each lowers a peak that does not fit, none raises the other
         assert suggestion.training_peak < training or suggestion.inference_peak < inference, suggestion
         assert suggestion.training_peak <= training and suggestion.inference_peak <= inference, suggestion
-        assert suggestion.set_options.startswith("--set ")
+        assert suggestion.settings and all("=" in setting for setting in suggestion.settings)
 
 
 def test_geometry_comes_from_the_options_else_typical_values(tiny, tmp_path):
@@ -221,11 +221,18 @@ def test_geometry_comes_from_the_cache_when_there_is_one(tiny, tmp_path):
 
 
 def test_device_memory_text():
-    assert [m.bytes for m in parse_device_memory("80GB")] == [80 * GIB]
-    assert [m.bytes for m in parse_device_memory("24, 40GiB,512MB")] == [24 * GIB, 40 * GIB, 512 * 2**20]
+    """The command layer parses ``--device-memory``; the library takes bytes."""
+    from ctslice.commands.inspect_memory import parse_device_memory, parse_volume
+
+    assert parse_device_memory("80GB") == [80 * GIB]
+    assert parse_device_memory("24, 40GiB,512MB") == [24 * GIB, 40 * GIB, 512 * 2**20]
+    assert [m.label for m in device_memories([24 * GIB, 512 * 2**20])] == ["24 GB", "0.5 GB"]
     for bad in ("", "eighty", "80XB", "-4GB", "80GB,"):
-        with pytest.raises(InputError, match="--device-memory"):
+        with pytest.raises(InputError, match="^--device-memory .*expected a size such as 80GB"):
             parse_device_memory(bad)
+    assert parse_volume(" 300x512, 512 ") == (300, 512, 512)
+    with pytest.raises(InputError, match="^--volume '300x512': expected thin-slice depth"):
+        parse_volume("300x512")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -246,7 +253,7 @@ def test_bad_options_exit_2_with_one_line(cli, args, message):
 def test_measuring_cuda_without_cuda_is_a_usage_error(cli):
     result = cli("inspect-memory", "--config", TINY, "--device", "cuda", "--measure")
     assert result.exit_code == 2
-    assert "--device cuda: CUDA requested but no GPU is visible; use --device cpu" in result.output
+    assert "--device cuda: CUDA requested but no GPU is visible; use cpu" in result.output
 
 
 def test_the_codec_halo_and_strategy_in_the_config_set_the_predicted_codec_peaks():

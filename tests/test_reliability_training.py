@@ -119,8 +119,8 @@ def test_sigterm_during_train_writes_a_checkpoint_and_exits_143(dataset, tmp_pat
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143
     stderr = (tmp_path / "stderr.txt").read_text(encoding="utf-8", errors="replace")  # progress bars
-    stopped = re.search(r"error: stopped by SIGTERM at step (\d+); checkpoint saved \(resume with --resume latest\)",
-                        stderr)
+    stopped = re.search(r"error: stopped by SIGTERM at step (\d+); checkpoint saved "
+                        r"\(resume from the latest checkpoint\)", stderr)
     assert stopped, stderr
     step = int(stopped.group(1))
     assert read_checkpoint(run / "checkpoints" / "latest.pt")["step"] == step
@@ -161,7 +161,7 @@ def test_a_signal_during_a_periodic_validation_stops_it_and_checkpoints_the_step
     assert process.returncode == code
     stderr = (tmp_path / "stderr.txt").read_text(encoding="utf-8", errors="replace")
     assert error_line(stderr) == (f"error: {words} during the validation at step 2; checkpoint of step 2 saved "
-                                  "(resume with --resume latest)")
+                                  "(resume from the latest checkpoint)")
     assert read_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 2
     assert logged_steps(run) == [1, 2]
     assert not [r for r in read_log(run) if r["kind"] == "validation"]
@@ -176,7 +176,7 @@ def test_ctrl_c_during_the_final_validation_keeps_the_last_step_for_a_resume(dat
     assert process.returncode == 130
     stderr = (tmp_path / "stderr.txt").read_text(encoding="utf-8", errors="replace")
     assert error_line(stderr) == ("error: interrupted by Ctrl-C during the final validation at step 2; checkpoint "
-                                  "of step 2 saved (resume with --resume latest)")
+                                  "of step 2 saved (resume from the latest checkpoint)")
     assert read_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 2
     assert not (run / "checkpoints" / "final.pt").exists()
 

@@ -84,7 +84,7 @@ def load_maisi(
     if not path:
         raise InputError(
             "the MAISI codec needs the pretrained VAE weights (autoencoder_v1.pt from the MONAI model zoo, "
-            f"non-commercial licence): pass --vae-checkpoint, set codec.checkpoint, or set ${CHECKPOINT_ENV}"
+            f"non-commercial licence): give its path (codec.checkpoint) or set ${CHECKPOINT_ENV}"
         )
     state = read_state_dict(path)
     network = build_network("cpu")

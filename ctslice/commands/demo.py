@@ -62,7 +62,7 @@ def run_demo(out: Path, inputs: list[Path] | None = None, minutes: float = 3.0, 
         f"training.lr={FINE_TUNING_LR}", f"training.warmup_steps={FINE_TUNING_WARMUP}", "training.max_steps=100000",
         f"training.time_limit_minutes={minutes}", "training.val_interval=100000", f"hardware.device={device}",
         f"training.precision={precision}"])
-    resolve_device(device)  # a device that is not there fails before any work
+    resolve_device(device, "--device")  # a device that is not there fails before any work
     out.mkdir(parents=True, exist_ok=True)  # the config (--device, --minutes) is checked before any work
     raw = list(inputs) if inputs else [_synthesise(out / "raw")]
 

@@ -96,7 +96,7 @@ class _Engine:
 
     @classmethod
     def start(cls, choices: Choices, device_name, threads, vae_checkpoint, precision) -> _Engine:
-        device = resolve_device("cpu" if choices.method else device_name)
+        device = resolve_device("cpu" if choices.method else device_name, "--device")
         configure(device, threads=threads)
         return cls(choices, device, vae_checkpoint, precision)
 
@@ -231,9 +231,10 @@ def infer_command(input: Path, output: Path, *, output_type: str | None, ext: st
                   shard: str | None, std_out: Path | None, tilt_correction: bool, z_spacing: float | None,
                   **choices) -> None:
     """``ctslice infer``: one scan (``run_infer``) or, for a folder of cases (``is_batch``), ``run_infer_folder``."""
-    from ctslice.data.shards import parse_shard
+    from ctslice.commands.options import flag_wording, parse_shard
 
-    read_options = ReadOptions(tilt_correction=tilt_correction, z_spacing=z_spacing)
+    with flag_wording(z_spacing="--z-spacing"):
+        read_options = ReadOptions(tilt_correction=tilt_correction, z_spacing=z_spacing)
     if is_batch(input):
         if std_out is not None:
             raise InputError("--std-out is for one scan; a folder of scans writes one output per case")

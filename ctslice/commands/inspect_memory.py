@@ -7,11 +7,13 @@ the device must hold. GB means 2^30 bytes throughout (nvidia-smi's MiB / 1024).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from rich.table import Table
 
 from ctslice.console import stdout
+from ctslice.errors import InputError, shown
 from ctslice.memory.estimate import COMPONENTS, GIB, MemoryEstimate, Stage
 from ctslice.memory.report import Inspection, _measured_peak, _predicted, _ratio, _size
 from ctslice.memory.workload import ATTENTION, DECODE, ENCODE, GRADIENTS, UNET_WEIGHTS, VAE_WEIGHTS, WINDOWS
@@ -25,10 +27,13 @@ def run(config: Path, overrides: list[str] | None, *, measure: bool, device_memo
     from ctslice.config import load_config
 
     settings = load_config(config, overrides)  # before torch is even imported
+    from ctslice.commands.options import flag_wording
     from ctslice.memory import inspect, to_json
 
-    inspection = inspect(settings, device=device, device_memory=device_memory, measure=measure, ratio=ratio,
-                         volume=volume)
+    sizes = parse_device_memory(device_memory) if device_memory else None
+    shape = parse_volume(volume) if volume else None
+    with flag_wording(device="--device", ratio="--ratio"):
+        inspection = inspect(settings, device=device, device_memory=sizes, measure=measure, ratio=ratio, volume=shape)
     if json_output:
         stdout.print_json(data=to_json(inspection, str(config)))
         return
@@ -36,6 +41,34 @@ def run(config: Path, overrides: list[str] | None, *, measure: bool, device_memo
         stdout.print(renderable)
         stdout.print()
 
+
+UNITS = {"": GIB, "g": GIB, "gb": GIB, "gib": GIB, "m": 2**20, "mb": 2**20, "mib": 2**20, "t": 2**40,
+         "tb": 2**40, "tib": 2**40}
+MAX_DEVICE_MEMORY = 1024 * 2**40  # bytes: a petabyte is no device
+MAX_VOLUME_SIDE = 65_536
+
+
+def parse_device_memory(text: str) -> list[int]:
+    """``--device-memory`` '80GB', '80', '40GiB', '24,40,80' -> bytes (GB here means 2^30 bytes, as nvidia-smi's)."""
+    sizes = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d{1,9}(?:\.\d{1,9})?)\s*([a-zA-Z]*)\s*", part)
+        unit = match and match.group(2).lower()
+        size = float(match.group(1)) * UNITS[unit] if match and unit in UNITS else 0
+        if not 0 < size <= MAX_DEVICE_MEMORY:
+            raise InputError(f"--device-memory {shown(text)}: expected a size such as 80GB (up to "
+                             f"{MAX_DEVICE_MEMORY // 2**40} TB), or several such as 24,40,80")
+        sizes.append(int(size))
+    return sizes
+
+
+def parse_volume(text: str) -> tuple[int, int, int]:
+    """``--volume`` '300x512x512' -> the thin-slice (depth, height, width)."""
+    sizes = re.split(r"\s*[x,]\s*", text.strip().lower())
+    if len(sizes) != 3 or not all(re.fullmatch(r"\d{1,6}", s) and 0 < int(s) <= MAX_VOLUME_SIDE for s in sizes):
+        raise InputError(f"--volume {shown(text)}: expected thin-slice depth x height x width from 1 to "
+                         f"{MAX_VOLUME_SIDE:,} each, e.g. 300x512x512")
+    return tuple(int(s) for s in sizes)
 
 def render(inspection: Inspection, label: str) -> list:
     """Rich renderables, in the order they are printed."""
@@ -128,7 +161,8 @@ def _suggestion_table(inspection: Inspection) -> Table:
     for column in ("Change", "Options", "Training", "Inference", "Fits"):
         table.add_column(column, justify="right" if column in ("Training", "Inference") else "left")
     for s in inspection.suggestions:
-        table.add_row(s.change, s.set_options, _number(s.training_peak), _number(s.inference_peak),
+        options = " ".join(f"--set {setting}" for setting in s.settings)
+        table.add_row(s.change, options, _number(s.training_peak), _number(s.inference_peak),
                       "[green]yes[/]" if s.fits else "no")
     return table
 

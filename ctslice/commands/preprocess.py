@@ -7,9 +7,9 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from ctslice.commands.options import flag_wording, parse_shard
 from ctslice.console import progress_callback, stdout
 from ctslice.data.preprocess import CaseResult, PreprocessOptions, preprocess_cases, raise_for_environment, run_merge
-from ctslice.data.shards import parse_shard
 from ctslice.errors import CtsliceError
 
 
@@ -17,6 +17,8 @@ def run(inputs: list[Path], output: Path, options: PreprocessOptions, workers: i
     """Preprocess ``inputs`` into ``output``, print the excluded cases and the summary, and end with exit 1
     when a case failed for a reason other than its input or when no case could be used."""
     chosen = parse_shard(shard)
+    with flag_wording(thick_spacing="--thick-spacing", size="--size", profile="--profile", z_spacing="--z-spacing"):
+        options.check()  # the settings as the flags the user typed, before any work
     with progress_callback() as on_progress:
         results = preprocess_cases(inputs, output, options, workers=workers, shard=chosen, on_progress=on_progress)
     print_summary(results)

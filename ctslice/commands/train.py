@@ -11,12 +11,14 @@ def run(config: Path, overrides: list[str] | None, out: Path | None, *, resume: 
 
     chosen = [f"training.precision={precision}"] if precision else []
     settings = load_config(config, [*with_vae(overrides, vae_checkpoint), *chosen])  # before torch is imported
+    from ctslice.commands.options import flag_wording
     from ctslice.commands.train_display import training_display, with_memory_advice
     from ctslice.errors import CtsliceError
     from ctslice.training.trainer import OutOfMemory
     from ctslice.training.trainer import train as run_training
 
-    with training_display(settings.training.log_interval) as display:
+    flags = flag_wording(device="--device", threads="--threads")
+    with training_display(settings.training.log_interval) as display, flags:
         try:
             run_training(settings, out or Path("runs") / config.stem, resume=resume, device_name=device,
                          threads=threads, on_progress=display.progress, on_step=display.step)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ctslice.commands.options import flag_wording
 from ctslice.commands.validation_table import table
 from ctslice.console import console, progress_callback, stdout
 from ctslice.evaluation.report import to_json, write_json
@@ -18,7 +19,8 @@ def run_validate(checkpoint: Path | None, cache_path: Path, splits_path: Path, s
 
     ``window``: the figures' HU window (``--window lung|soft|bone|W,L``). Returns the report.
     """
-    with progress_callback() as on_progress:
+    with progress_callback() as on_progress, flag_wording(device="--device", window="--window", precision="--precision",
+                                                          threads="--threads"):
         report, out = validate_split(checkpoint, cache_path, splits_path, split=split, steps=steps, out=out, mode=mode,
                                      device_name=device_name, vae_checkpoint=vae_checkpoint, precision=precision,
                                      threads=threads, window=window, on_progress=on_progress)

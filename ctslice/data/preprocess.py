@@ -30,7 +30,6 @@ from ctslice.data.checks import check_ct_volume
 from ctslice.data.discover import CaseSource, find_cases
 from ctslice.data.lock import writer_lock
 from ctslice.data.pairs import Pair, real_pair, simulate_pair
-from ctslice.data.shards import parse_shard as parse_shard  # re-exported: the command layer imports it here
 from ctslice.data.shards import select_shard
 from ctslice.errors import CtsliceError, InputError, first_line, shown
 from ctslice.io import ReadOptions, extracted, find_series, read_volume
@@ -74,12 +73,12 @@ class PreprocessOptions:
 
     def check(self) -> None:
         if self.thin_spacing <= 0 or self.thick_spacing <= self.thin_spacing:
-            raise InputError(f"--thick-spacing ({self.thick_spacing}) must be larger than --thin-spacing "
-                             f"({self.thin_spacing}) and both positive")
+            raise InputError(f"thick spacing {self.thick_spacing} mm must be larger than the thin spacing "
+                             f"{self.thin_spacing} mm and both positive")
         if self.size < 0 or self.size in (1, 2, 3):
-            raise InputError(f"--size {self.size}: give 0 (keep the matrix) or a matrix size such as 512")
+            raise InputError(f"size {self.size}: give 0 (keep the matrix) or a matrix size such as 512")
         if self.profile not in ("slab", "gaussian"):
-            raise InputError(f"--profile {shown(self.profile)}: use slab or gaussian")
+            raise InputError(f"profile {shown(self.profile)}: use slab or gaussian")
         check_z_spacing(self.z_spacing)
 
 
@@ -291,7 +290,7 @@ def _run_cases(sources: list[CaseSource], options: PreprocessOptions, parts: Pat
                 on_progress("Preprocessing", len(results), len(sources))
         except BrokenProcessPool:
             raise CtsliceError("a worker process died (killed for memory?); the finished cases are kept, "
-                               "re-run with fewer --workers") from None
+                               "re-run with fewer workers") from None
         except BaseException:  # a stop (SIGTERM turned into an exception, Ctrl-C): abandon the cases in flight
             _end_workers(pool)
             raise

@@ -1,4 +1,4 @@
-"""``--shard I/N``: the share of the cases one of N parallel workers (a Kubernetes Indexed Job pod) takes.
+"""A shard (I, N): the share of the cases one of N parallel workers (a Kubernetes Indexed Job pod) takes.
 
 Cases are ordered by id and worker I takes every N-th from the I-th, so the N shards partition the
 cases (each exactly once) whatever order they were found in, and ``preprocess`` and ``infer`` split
@@ -10,27 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
-from ctslice.errors import InputError, shown
-
 
 class _HasCaseId(Protocol):
     case_id: str
 
 
 Case = TypeVar("Case", bound=_HasCaseId)
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"I/N"`` -> (I, N) with 0 <= I < N."""
-    if not text:
-        return None
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise InputError(f"--shard {shown(text)}: expected I/N, e.g. 0/4") from None
-    if not 0 <= index < count:
-        raise InputError(f"--shard {shown(text)}: need 0 <= I < N")
-    return index, count
 
 
 def select_shard(cases: Sequence[Case], shard: tuple[int, int] | None) -> list[Case]:

@@ -99,7 +99,8 @@ def write_split(cache_path: Path, output: Path, val: float, test: float,
                 seed: int) -> tuple[dict[str, list[str]], int]:
     """``run_split`` that also returns the number of patients (for the command layer's ``summary``)."""
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise InputError(f"--val {val} and --test {test} must be fractions that leave some training data")
+        raise InputError(f"validation fraction {val} and test fraction {test} must be fractions that leave some "
+                         "training data")
     check_output(output, inputs=(cache_path,))
     with Cache(cache_path) as cache:
         patients = {case_id: cache.info(case_id).patient for case_id in cache.case_ids()}

@@ -63,7 +63,7 @@ def parse_window(text: str | Window | None) -> Window:
     except ValueError:
         width = level = math.nan
     if not (math.isfinite(width) and math.isfinite(level) and width > 0):
-        raise InputError(f"--window {shown(text)}: give lung, soft, bone, or W,L in HU with a width above 0 "
+        raise InputError(f"window {shown(text)}: give lung, soft, bone, or W,L in HU with a width above 0 "
                          "(e.g. 1500,-600)")
     return Window(width, level)
 

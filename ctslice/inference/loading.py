@@ -39,7 +39,7 @@ def default_model_path() -> Path:
     """The model bundled with the package (``ctslice/default_model/default.pt``)."""
     path = bundled_model_path()
     if not path.exists():
-        raise CtsliceError("this installation has no bundled default model: pass --checkpoint CKPT or --method cubic")
+        raise CtsliceError("this installation has no bundled default model: give a checkpoint or use the cubic method")
     return path
 
 

@@ -61,7 +61,7 @@ Z_SPACING_RANGE = (0.05, 20.0)
 def check_z_spacing(value: float | None) -> None:
     """``InputError`` unless ``value`` is None or a finite spacing within ``Z_SPACING_RANGE``."""
     if value is not None and not (math.isfinite(value) and Z_SPACING_RANGE[0] <= value <= Z_SPACING_RANGE[1]):
-        raise InputError(f"--z-spacing {value}: give a slice spacing between {Z_SPACING_RANGE[0]:g} and "
+        raise InputError(f"z spacing {value}: give a slice spacing between {Z_SPACING_RANGE[0]:g} and "
                          f"{Z_SPACING_RANGE[1]:g} mm")
 
 
@@ -237,11 +237,11 @@ class DicomSeries:
     def _check_tilt(self, layout: SliceLayout) -> None:
         if layout.tilted:
             raise InputError(f"{self.label} is tilted: the slices are sheared by {layout.tilt_degrees:.1f} degrees "
-                             "(gantry tilt); drop --no-tilt-correction to resample it, or correct the tilt (for "
+                             "(gantry tilt); turn tilt correction on to resample it, or correct the tilt (for "
                              "example with dcm2niix) and pass the result as NIfTI")
         if abs(self.gantry_tilt) > 1e-3:
             raise InputError(f"{self.label} was acquired with a gantry tilt of {self.gantry_tilt:g} degrees "
-                             "(GantryDetectorTilt); drop --no-tilt-correction to read it as its slice positions "
+                             "(GantryDetectorTilt); turn tilt correction on to read it as its slice positions "
                              "place it, or correct the tilt (for example with dcm2niix) and pass the result as NIfTI")
 
 

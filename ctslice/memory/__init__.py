@@ -14,8 +14,8 @@ from ctslice.memory.advice import (
     Suggestion,
     Verdict,
     default_devices,
+    device_memories,
     judge,
-    parse_device_memory,
     suggest,
 )
 from ctslice.memory.estimate import MemoryEstimate, Stage, estimate_memory, resolve_geometry, with_overrides
@@ -25,6 +25,6 @@ from ctslice.memory.workload import PARTS, Geometry
 
 __all__ = [
     "PARTS", "DeviceMemory", "Geometry", "Inspection", "Measurement", "MemoryEstimate", "Stage", "Suggestion",
-    "Verdict", "default_devices", "estimate_memory", "inspect", "judge", "measure_memory", "parse_device_memory",
+    "Verdict", "default_devices", "estimate_memory", "inspect", "judge", "measure_memory", "device_memories",
     "resolve_geometry", "suggest", "to_json", "with_overrides",
 ]

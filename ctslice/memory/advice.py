@@ -8,11 +8,9 @@ each one is the model re-run with that one change (traces of unchanged stages ar
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ctslice.config import DOMAINS, Config
-from ctslice.errors import InputError, shown
 from ctslice.memory.estimate import GIB, MemoryEstimate, changes_parts, estimate_memory, with_overrides
 from ctslice.memory.workload import config_codec
 from ctslice.models.unet import size_multiple
@@ -21,8 +19,6 @@ USABLE_FRACTION = 0.9
 CUDA_RESERVE = 0.5 * GIB
 COMMON_GPUS = ((24, "RTX 4090, A10, L4"), (40, "A100 40GB"), (48, "A6000, L40S"), (80, "A100/H100 80GB"),
                (141, "H200"))
-_UNITS = {"": GIB, "g": GIB, "gb": GIB, "gib": GIB, "m": 2**20, "mb": 2**20, "mib": 2**20, "t": 2**40,
-          "tb": 2**40, "tib": 2**40}
 
 
 @dataclass(frozen=True)
@@ -57,26 +53,10 @@ class Suggestion:
         """``section.key=value`` for each change, as ``--set`` takes them."""
         return _settings(self.overrides)
 
-    @property
-    def set_options(self) -> str:
-        return " ".join(f"--set {setting}" for setting in self.settings)
 
-
-MAX_DEVICE_MEMORY = 1024 * 2**40  # bytes: a petabyte is no device
-
-
-def parse_device_memory(text: str, device_type: str = "cuda") -> list[DeviceMemory]:
-    """'80GB', '80', '40GiB', '24,40,80' -> device memories (GB here means 2^30 bytes, as nvidia-smi's)."""
-    memories = []
-    for part in text.split(","):
-        match = re.fullmatch(r"\s*(\d{1,9}(?:\.\d{1,9})?)\s*([a-zA-Z]*)\s*", part)
-        unit = match and match.group(2).lower()
-        size = float(match.group(1)) * _UNITS[unit] if match and unit in _UNITS else 0
-        if not 0 < size <= MAX_DEVICE_MEMORY:
-            raise InputError(f"--device-memory {shown(text)}: expected a size such as 80GB (up to "
-                             f"{MAX_DEVICE_MEMORY // 2**40} TB), or several such as 24,40,80")
-        memories.append(DeviceMemory(int(size), f"{size / GIB:g} GB", device_type))
-    return memories
+def device_memories(sizes: list[int], device_type: str = "cuda") -> list[DeviceMemory]:
+    """Device memories of ``sizes`` bytes, labelled in GB (2^30 bytes, as nvidia-smi's)."""
+    return [DeviceMemory(size, f"{size / GIB:g} GB", device_type) for size in sizes]
 
 
 def default_devices(device_type: str) -> list[DeviceMemory]:

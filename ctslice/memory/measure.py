@@ -177,7 +177,7 @@ def _reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError as error:
         raise InputError(f"cannot reset the peak resident set on this system ({error}); "
-                         "--measure on the CPU needs Linux") from None
+                         "measuring on the CPU needs Linux") from None
 
 
 def _warm_up_config(config: Config) -> tuple[Config, Geometry]:

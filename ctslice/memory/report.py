@@ -19,8 +19,8 @@ from ctslice.memory.advice import (
     Suggestion,
     Verdict,
     default_devices,
+    device_memories,
     judge,
-    parse_device_memory,
     suggest,
 )
 from ctslice.memory.estimate import GIB, MemoryEstimate, Stage, estimate_memory, resolve_geometry
@@ -38,9 +38,10 @@ class Inspection:
     measured_on: str | None = None
 
 
-def inspect(config: Config, *, device: str | None = None, device_memory: str | None = None, measure: bool = False,
-            ratio: float | None = None, volume: str | None = None) -> Inspection:
-    """Everything ``inspect-memory`` reports; options as the command takes them (errors are ``InputError``).
+def inspect(config: Config, *, device: str | None = None, device_memory: list[int] | None = None, measure: bool = False,
+            ratio: float | None = None, volume: tuple[int, int, int] | None = None) -> Inspection:
+    """Everything ``inspect-memory`` reports (errors are ``InputError``): ``device_memory`` in bytes (one
+    verdict each), ``volume`` the thin-slice (depth, height, width).
 
     The prediction is for CUDA unless the device (``device``, else ``hardware.device``) is the CPU; with
     ``measure`` it is for the device the measurement runs on.
@@ -48,7 +49,7 @@ def inspect(config: Config, *, device: str | None = None, device_memory: str | N
     from ctslice.hardware import configure, resolve_device
 
     name = (device or config.hardware.device).strip().lower()
-    source = "--device" if device else "hardware.device"
+    source = "device" if device else "hardware.device"
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
         raise InputError(f"{source} {shown(name)}: expected auto, cpu, cuda or cuda:N")
     measure_device = resolve_device(name, source) if measure else None
@@ -56,14 +57,15 @@ def inspect(config: Config, *, device: str | None = None, device_memory: str | N
         configure(measure_device, config.hardware.tf32)
     device_type = measure_device.type if measure_device else ("cpu" if name == "cpu" else "cuda")
     if ratio is not None and ratio <= 0:
-        raise InputError(f"--ratio {ratio}: the thick/thin spacing ratio must be positive")
-    size = _parse_volume(volume) if volume else None
+        raise InputError(f"ratio {ratio}: the thick/thin spacing ratio must be positive")
+    size = volume
     small = measure_device is not None and size is None and not Path(config.data.cache).is_file()
     geometry = resolve_geometry(config, ratio, MEASURE_VOLUME if small else size)
     if small:  # measuring the assumed 300 x 512 x 512 volume on a CPU would take many minutes
-        geometry = replace(geometry, source=f"no cache at {config.data.cache} and no --volume, so --measure predicts "
-                           f"and measures a small {_size(MEASURE_VOLUME)} volume (--volume DxHxW for another)")
-    devices = parse_device_memory(device_memory, device_type) if device_memory else default_devices(device_type)
+        geometry = replace(geometry, source=f"no cache at {config.data.cache} and no volume given, so the measurement "
+                           f"predicts and measures a small {_size(MEASURE_VOLUME)} volume (give a volume DxHxW "
+                           "for another)")
+    devices = device_memories(device_memory, device_type) if device_memory else default_devices(device_type)
     estimate = estimate_memory(config, geometry, device_type)
     verdicts = judge(estimate, devices)
     failing = [v.device for v in verdicts if not (v.training_fits and v.inference_fits)]
@@ -133,15 +135,6 @@ def _ratio(measurement: Measurement, estimate: MemoryEstimate) -> float | None:
     return round(measurement.bytes / max(1, _predicted(estimate, measurement.part)), 3)
 
 
-MAX_VOLUME_SIDE = 65_536
-
-
-def _parse_volume(text: str) -> tuple[int, int, int]:
-    sizes = re.split(r"\s*[x,]\s*", text.strip().lower())
-    if len(sizes) != 3 or not all(re.fullmatch(r"\d{1,6}", s) and 0 < int(s) <= MAX_VOLUME_SIDE for s in sizes):
-        raise InputError(f"--volume {shown(text)}: expected thin-slice depth x height x width from 1 to "
-                         f"{MAX_VOLUME_SIDE:,} each, e.g. 300x512x512")
-    return tuple(int(s) for s in sizes)
 
 
 def _stages_json(stages: list[Stage], peak: Stage) -> dict:

@@ -44,8 +44,8 @@ class Distributed:
             return device
         if self.local_rank >= torch.cuda.device_count():
             raise InputError(f"torchrun rank {self.rank}: LOCAL_RANK {self.local_rank} has no GPU "
-                             f"({torch.cuda.device_count()} visible); use --nproc_per_node "
-                             f"{torch.cuda.device_count()} or fewer")
+                             f"({torch.cuda.device_count()} visible); start "
+                             f"{torch.cuda.device_count()} or fewer processes per node")
         return torch.device("cuda", self.local_rank)
 
     def barrier(self) -> None:

@@ -150,7 +150,7 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
 
 def _device(config: Config, device_name: str | None, threads: int | None) -> tuple[torch.device, Distributed]:
     """The device (this rank's under DDP), configured (TF32, CPU threads)."""
-    device = resolve_device(device_name or config.hardware.device, "--device" if device_name else "hardware.device")
+    device = resolve_device(device_name or config.hardware.device, "device" if device_name else "hardware.device")
     world = Distributed.from_environment(device.type)
     device = world.device_for(device)
     configure(device, config.hardware.tf32, threads)

@@ -152,7 +152,7 @@ def _loop(s: Session, stop: _StopFlag, on_progress: ProgressCallback | None = No
             s.saver.save(step, s.best_psnr, periodic=True)
         if world.any_true(stop.requested, device):
             s.saver.save(step, s.best_psnr, periodic=True)
-            raise stop.error(f"at step {step}; checkpoint saved (resume with --resume latest)")
+            raise stop.error(f"at step {step}; checkpoint saved (resume from the latest checkpoint)")
         if finishing:
             if out_of_time:
                 log.info(f"Time limit of {training.time_limit_minutes:g} min reached at step {step}")
@@ -174,7 +174,7 @@ def _validate(s: Session, step: int, stop: _StopFlag, final: bool = False) -> di
         return s.validator.run(s.model, step, s.log, final=final, check_stop=stop.check)
     except (Preempted, Interrupted) as error:
         s.saver.save(step, s.best_psnr, periodic=True)
-        raise type(error)(f"{error}; checkpoint of step {step} saved (resume with --resume latest)") from None
+        raise type(error)(f"{error}; checkpoint of step {step} saved (resume from the latest checkpoint)") from None
 
 
 def _optimizer_step(s: Session) -> tuple[float, float | None]:
