@@ -135,8 +135,6 @@ def _ratio(measurement: Measurement, estimate: MemoryEstimate) -> float | None:
     return round(measurement.bytes / max(1, _predicted(estimate, measurement.part)), 3)
 
 
-
-
 def _stages_json(stages: list[Stage], peak: Stage) -> dict:
     return {"stages": {s.name: {"components_gb": {k: _gb(v) for k, v in s.components.items()},
                                 "total_gb": _gb(s.total), "note": s.note or None} for s in stages},
@@ -150,7 +148,3 @@ def _jsonable(facts: dict) -> dict:
 
 def _gb(value: int) -> float:
     return round(value / GIB, 4)
-
-
-def _size(size) -> str:
-    return " x ".join(str(n) for n in size)
