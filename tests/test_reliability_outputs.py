@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,17 @@ def test_check_output_accepts_a_new_file_in_a_new_folder_and_refuses_the_reverse
     assert not (tmp_path / "new").exists()
 
 
+@contextmanager
+def tmpfs(folder, options: str, why_skipped: str):
+    """A tmpfs mounted on ``folder`` with ``options`` for the block (skips the test where it cannot be mounted)."""
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip(why_skipped)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
 @pytest.fixture
 def read_only_folder(tmp_path):
     """A folder this user cannot write in: chmod 555, or (as root, whom modes do not stop) a read-only tmpfs."""
@@ -104,13 +116,8 @@ def read_only_folder(tmp_path):
         yield folder
         folder.chmod(0o755)
         return
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("running as root and cannot mount a read-only tmpfs")
-    try:
+    with tmpfs(folder, "ro,size=1m", "running as root and cannot mount a read-only tmpfs"):
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def _commands(dataset, inputs: Path, checkpoint: Path, where: Path) -> dict[str, list]:
@@ -202,13 +209,10 @@ def full_disk(tmp_path):
     """A 1 MB tmpfs filled to its last bytes (needs root; skipped elsewhere: the monkeypatched test covers CI)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
+    if os.geteuid() != 0:
         pytest.skip("needs root to mount a small tmpfs")
-    try:
+    with tmpfs(disk, "size=1m", "needs root to mount a small tmpfs"):
         yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha", ".mhd"])
