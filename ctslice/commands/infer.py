@@ -50,6 +50,11 @@ FLAGS = {"method ": "--method ", "mode ": "--mode ", "samples ": "--samples ", "
 """The library's neutral wording of a choice (``Choices.checked``) -> the flag the user typed."""
 
 
+def _check_output_type(kind: str) -> None:
+    if kind not in OUTPUT_TYPES:
+        raise InputError(f"--output-type {kind!r}: choose one of {', '.join(OUTPUT_TYPES)}")
+
+
 def output_type(output: Path, requested: str | None) -> str:
     """The output type for ``output``: ``requested`` (checked against the name), else the one its suffix names."""
     name = str(output).lower()
@@ -64,8 +69,7 @@ def output_type(output: Path, requested: str | None) -> str:
         return requested
     if requested is None or requested == by_suffix:
         return by_suffix
-    if requested not in VOLUME_TYPES:
-        raise InputError(f"--output-type {requested!r}: choose one of {', '.join(OUTPUT_TYPES)}")
+    _check_output_type(requested)
     raise InputError(f"--output-type {requested}: {shown(output)} does not end in "
                      f"{' or '.join(VOLUME_TYPES[requested])}")
 
@@ -279,8 +283,8 @@ def run_infer_folder(input: Path, output: Path, *, ext: str | None = None, kind:
     chooses the outputs, default ``.nii.gz``. A case whose output exists is skipped unless ``overwrite``;
     one that fails is one line and the others go on; ``CtsliceError`` (exit 1) at the end if any failed.
     """
-    if kind is not None and kind not in OUTPUT_TYPES:
-        raise InputError(f"--output-type {kind!r}: choose one of {', '.join(OUTPUT_TYPES)}")
+    if kind is not None:
+        _check_output_type(kind)
     if ext is not None and ext not in EXTENSION_CHOICES:
         raise InputError(f"--ext {ext!r}: choose one of {', '.join(EXTENSION_CHOICES)}")
     if ext is not None and kind is not None and _ext_type(ext) != kind:
