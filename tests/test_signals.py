@@ -13,11 +13,15 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 
+from ctslice.cli.stops import stopped_cleanly
 from ctslice.data.phantom import make_phantom
+from ctslice.data.preprocess import _start_worker
+from ctslice.errors import Interrupted, Preempted
 from ctslice.io import write_volume
 from tests.tiny import TINY, tiny_config
 
@@ -139,3 +143,47 @@ def test_a_signal_during_preprocess_with_workers_leaves_no_worker_behind(signum,
     assert process.returncode == code
     assert error_lines(stderr) == [f"error: {words}; the worker processes were ended; the finished cases are kept, "
                                    "rerun to go on"]
+
+
+@pytest.mark.parametrize("signum, expected", [(signal.SIGTERM, Preempted), (signal.SIGINT, Interrupted)])
+def test_a_stop_that_lands_in_a_finalizer_is_raised_again_at_an_ordinary_line(signum, expected, capsys):
+    """A signal's exception raised inside a weakref callback cannot propagate (Python prints it and goes on);
+    ``stopped_cleanly`` raises it again, so the stop is neither lost nor printed as a traceback."""
+
+    class Resource:
+        pass
+
+    def signalled_while_finalizing(_):
+        os.kill(os.getpid(), signum)  # the handler runs here, inside the callback
+        for _ in range(1000):
+            pass
+
+    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM), sys.unraisablehook)
+    with pytest.raises(expected, match="cleaned up"), stopped_cleanly("cleaned up"):
+        resource = Resource()
+        reference = weakref.ref(resource, signalled_while_finalizing)
+        del resource
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the retried stop ends this loop long before the deadline
+            pass
+    assert reference() is None
+    assert "Exception ignored" not in capsys.readouterr().err
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM), sys.unraisablehook) == before
+
+
+def test_preprocess_workers_leave_ctrl_c_to_the_main_process_and_die_at_once_on_sigterm():
+    """A forked worker must not inherit the main process's SIGTERM handler (which raises): ending it would
+    then print a traceback whenever the signal lands in a finalizer."""
+    import SimpleITK as sitk
+
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    previous = {signum: signal.signal(signum, lambda *_: None) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _start_worker(2)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == max(1, (os.cpu_count() or 1) // 2)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)

@@ -12,14 +12,12 @@ import contextlib
 import enum
 import functools
 import inspect
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from ctslice.errors import CtsliceError, Interrupted, Preempted
+from ctslice.errors import CtsliceError
 from ctslice.version import __version__
 
 
@@ -106,33 +104,6 @@ def guarded(function: Callable) -> Callable:
             raise typer.Exit(130) from None
 
     return wrapper
-
-
-class _Terminated(BaseException):
-    """SIGTERM turned into an exception, so that ``finally`` blocks (staging files) run before the exit."""
-
-
-@contextmanager
-def stopped_cleanly(cleaned: str) -> Iterator[None]:
-    """Make SIGTERM and Ctrl-C unwind the block (removing what it left unfinished) and end in one line.
-
-    By default SIGTERM kills the process on the spot and leaves staging files behind; here it raises,
-    the block's own cleanup runs, and the run ends with ``Preempted`` (exit 143) or ``Interrupted``
-    (exit 130) saying ``cleaned``.
-    """
-
-    def terminate(signum, frame):
-        raise _Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    except _Terminated:
-        raise Preempted(f"stopped by SIGTERM; {cleaned}") from None
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; {cleaned}") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def command(name: str, example: str | None = None, **kwargs) -> Callable:

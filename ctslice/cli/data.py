@@ -7,8 +7,9 @@ from typing import Literal
 
 import typer
 
-from ctslice.cli.app import command, stopped_cleanly
+from ctslice.cli.app import command
 from ctslice.cli.domains import SEED, SPACING, number
+from ctslice.cli.stops import stopped_cleanly
 
 
 @command("preprocess", example="ctslice preprocess scans/ study.zip -o cache.h5 --thick-spacing 5 --thin-spacing 1 "

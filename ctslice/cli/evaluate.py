@@ -7,8 +7,9 @@ from typing import Literal
 
 import typer
 
-from ctslice.cli.app import PrecisionChoice, command, precision_option, stopped_cleanly, threads_option
+from ctslice.cli.app import PrecisionChoice, command, precision_option, threads_option
 from ctslice.cli.domains import SEED, SPACING, number
+from ctslice.cli.stops import stopped_cleanly
 
 
 @command("validate", example="ctslice validate --checkpoint runs/tiny/checkpoints/best.pt --cache cache.h5 "

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ctslice.cli.app import PrecisionChoice, command, precision_option, stopped_cleanly, threads_option
+from ctslice.cli.app import PrecisionChoice, command, precision_option, threads_option
 from ctslice.cli.domains import number
+from ctslice.cli.stops import stopped_cleanly
 
 SET_HELP = "Override a config key, e.g. --set training.max_steps=100 (repeatable)."
 CONFIG_HELP = "YAML config: a file, or the name of a shipped one (`ctslice configs` lists them)."

@@ -93,7 +93,8 @@ def _discover_folder(folder: Path) -> tuple[list[tuple[CaseSource, str]], int]:
         study_dir = Path(os.path.commonpath([str(s.directory) for s in members]))
         key = f"{study_dir.relative_to(folder).as_posix()}#{study}" if study_dir != folder else f"{folder.name}#{study}"
         found.append((CaseSource(case_name(study_dir), study_dir, tuple(members)), key))
-    return found, len(scan.skipped)
+    volumes = {source.path for source, _ in found}
+    return found, sum(file not in volumes for file in scan.skipped)  # a NIfTI file is not a skipped file
 
 
 def case_name(path: Path) -> str:

@@ -213,7 +213,7 @@ def preprocess_cases(inputs: list[Path], output: Path, options: PreprocessOption
         log.info(f"Preprocessing {len(sources)} case(s) -> {output} (thick {options.thick_spacing} mm, "
                  f"thin {options.thin_spacing} mm, {workers} worker(s))")
         if found.skipped:
-            _note(f"skipped {found.skipped} file(s) beside the DICOM series that are not images (DICOMDIR, index "
+            _note(f"skipped {found.skipped} file(s) that are not images (DICOMDIR, index "
                   "files, OS litter, DICOM objects without pixels)")
         try:
             results = _run_cases(sources, options, parts, known, workers, on_progress or no_progress)
@@ -282,7 +282,7 @@ def _run_cases(sources: list[CaseSource], options: PreprocessOptions, parts: Pat
             results.append(process_case(source, options, parts, known.get(source.case_id)))
             on_progress("Preprocessing", len(results), len(sources))
         return results
-    with ProcessPoolExecutor(max_workers=workers, initializer=_limit_threads, initargs=(workers,)) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker, initargs=(workers,)) as pool:
         futures = [pool.submit(process_case, s, options, parts, known.get(s.case_id)) for s in sources]
         try:
             for future in as_completed(futures):
@@ -306,12 +306,18 @@ def _end_workers(pool: ProcessPoolExecutor) -> None:
         process.terminate()
 
 
-def _limit_threads(workers: int) -> None:
-    """Share the cores between worker processes instead of every worker using all of them; Ctrl-C (sent
-    to the whole process group) is left to the main process, which ends the workers."""
+def _start_worker(workers: int) -> None:
+    """Share the cores between worker processes instead of every worker using all of them.
+
+    Signals: Ctrl-C (sent to the whole process group) is left to the main process, which ends the
+    workers; SIGTERM (how the main process ends them) kills a worker on the spot. A forked worker would
+    otherwise inherit the main process's SIGTERM handler, which raises, and an exception raised inside
+    a finalizer cannot propagate: Python prints it as a traceback instead.
+    """
     import SimpleITK as sitk
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, (os.cpu_count() or 1) // workers))
 
 
