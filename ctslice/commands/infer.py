@@ -36,7 +36,7 @@ from ctslice.inference.thinning import (
 from ctslice.io import ReadOptions, read_scan, write_volume
 from ctslice.io.dicom_output import input_study_tags, write_dicom_series
 from ctslice.io.intensity import cast_rounded
-from ctslice.io.paths import check_output, ensure_space, shown
+from ctslice.io.paths import check_output, ensure_space, printable
 from ctslice.io.volume import Volume
 from ctslice.io.writer import output_bytes
 
@@ -61,16 +61,16 @@ def output_type(output: Path, requested: str | None) -> str:
     by_suffix = next((kind for kind, suffixes in VOLUME_TYPES.items() if name.endswith(suffixes)), None)
     if requested is None and by_suffix is None:
         suffixes = ", ".join(s for group in VOLUME_TYPES.values() for s in group)
-        raise InputError(f"{shown(output)}: unknown output format; use one of {suffixes}, or --output-type dicom "
+        raise InputError(f"{printable(output)}: unknown output format; use one of {suffixes}, or --output-type dicom "
                          "for a folder holding a DICOM series")
     if requested == "dicom":
         if by_suffix is not None:
-            raise InputError(f"--output-type dicom writes a folder; {shown(output)} is named like a volume file")
+            raise InputError(f"--output-type dicom writes a folder; {printable(output)} is named like a volume file")
         return requested
     if requested is None or requested == by_suffix:
         return by_suffix
     _check_output_type(requested)
-    raise InputError(f"--output-type {requested}: {shown(output)} does not end in "
+    raise InputError(f"--output-type {requested}: {printable(output)} does not end in "
                      f"{' or '.join(VOLUME_TYPES[requested])}")
 
 
@@ -130,7 +130,7 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
     """
     kind = output_type(output, kind)
     if std_out is not None and output_type(std_out, None) not in VOLUME_TYPES:
-        raise InputError(f"--std-out {shown(std_out)}: write the spread as a volume file")
+        raise InputError(f"--std-out {printable(std_out)}: write the spread as a volume file")
     choices = checked_choices(Choices(method, checkpoint, mode, samples, thin_spacing, steps, seed))
     if std_out is not None and choices.samples < 2:
         raise InputError("--std-out needs --samples 2 or more (the spread between samples)")
@@ -139,7 +139,7 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
     if std_out is not None:
         check_output(std_out, inputs=inputs)
     if kind == "dicom" and output.exists() and not overwrite:
-        raise InputError(f"{shown(output)} exists; choose another folder for the DICOM series or pass --overwrite")
+        raise InputError(f"{printable(output)} exists; choose another folder for the DICOM series or pass --overwrite")
     engine = _Engine.start(choices, device_name, threads, vae_checkpoint, precision)
     return _infer_case(engine, Path(input), Path(output), kind, std_out, read_options)
 
@@ -247,7 +247,8 @@ def infer_command(input: Path, output: Path, *, output_type: str | None, ext: st
         return
     for flag, value in (("--ext", ext), ("--shard", shard)):
         if value is not None:
-            raise InputError(f"{flag} is for a folder of scans; {shown(input)} is one scan (name the output with -o)")
+            raise InputError(f"{flag} is for a folder of scans; {printable(input)} is one scan "
+                             "(name the output with -o)")
     run_infer(input, output, std_out=std_out, kind=output_type, overwrite=overwrite, read_options=read_options,
               **choices)
 
@@ -291,13 +292,13 @@ def run_infer_folder(input: Path, output: Path, *, ext: str | None = None, kind:
         raise InputError(f"--ext {ext} and --output-type {kind} disagree; give one of them")
     ext = ext or EXTENSIONS[kind or "nifti"]
     if str(output).lower().endswith(tuple(s for group in VOLUME_TYPES.values() for s in group)):
-        raise InputError(f"{shown(output)}: {shown(input)} is a folder of scans, written one output per case into a "
-                         "folder; give -o a folder (and --ext for the format)")
+        raise InputError(f"{printable(output)}: {printable(input)} is a folder of scans, written one output per case "
+                         "into a folder; give -o a folder (and --ext for the format)")
     choices = checked_choices(Choices(method, checkpoint, mode, samples, thin_spacing, steps, seed))
     plan = plan_batch(input, output, ext=ext, overwrite=overwrite, shard=shard)
     engine = _Engine.start(choices, device_name, threads, vae_checkpoint, precision)
     pending = plan.pending
-    console.print(f"{len(plan.cases)} case(s) in {shown(input)}: {len(pending)} to do, "
+    console.print(f"{len(plan.cases)} case(s) in {printable(input)}: {len(pending)} to do, "
                   f"{len(plan.cases) - len(pending)} with an output already (skipped; --overwrite redoes them)")
     if pending and not choices.method:
         engine.model()  # once, before the first case: a bad checkpoint stops the run, not every case
@@ -305,7 +306,7 @@ def run_infer_folder(input: Path, output: Path, *, ext: str | None = None, kind:
 
     def infer_one(source: Path, target: Path) -> None:
         number, case_id = numbers[target]
-        console.print(f"Case {case_id} ({number}/{len(pending)}): {shown(source)}")
+        console.print(f"Case {case_id} ({number}/{len(pending)}): {printable(source)}")
         _infer_case(engine, source, target, _ext_type(ext), None, read_options, case=f"{case_id}: ")
 
     def on_case(result: CaseResult) -> None:
@@ -329,7 +330,7 @@ def _ext_type(ext: str) -> str:
 
 def summary_table(results: list[CaseResult]) -> Table:
     """One row per case (status; its output, or why it failed) and a caption counting done, skipped and failed."""
-    folder = shown(results[0].case.output.parent) if results else ""
+    folder = printable(results[0].case.output.parent) if results else ""
     table = Table(title=f"Folder inference into {folder}", title_justify="left")
     for column in ("case", "status", "output / reason"):
         table.add_column(column, overflow="fold")

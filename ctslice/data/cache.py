@@ -39,7 +39,7 @@ import numpy as np
 
 from ctslice.data.pairs import Pair
 from ctslice.errors import CtsliceError, InputError, first_line
-from ctslice.io.paths import shown
+from ctslice.io.paths import printable
 from ctslice.io.volume import Grid, Volume
 from ctslice.parsing import load_json
 from ctslice.version import __version__
@@ -90,7 +90,7 @@ def write_part(folder: Path, case_id: str, pair: Pair, *, source: str, content_h
     image = io.BytesIO()
     with h5py.File(image, "w") as file:
         group = file.create_group(f"cases/{case_id}")
-        group.attrs.update({"source": shown(source), "content_hash": content_hash, "pair_kind": pair.kind,
+        group.attrs.update({"source": printable(source), "content_hash": content_hash, "pair_kind": pair.kind,
                             "patient": patient, "ratio": pair.ratio, "options": json.dumps(options)})
         _write_volume(group, "thin", pair.thin)
         _write_volume(group, "thick", pair.thick)
@@ -173,7 +173,8 @@ def _consolidate(temporary: Path, sources: list[Path], failures: Iterable[Failur
         kept.update(new_failures)
         failed = out.create_group("failures")
         for case_id, failure in sorted(kept.items()):
-            record = {"source": shown(failure.source), "reason": shown(failure.reason)}  # names may not be UTF-8
+            # names may not be UTF-8
+            record = {"source": printable(failure.source), "reason": printable(failure.reason)}
             failed.create_group(case_id).attrs.update(record)
 
 

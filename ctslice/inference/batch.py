@@ -18,7 +18,7 @@ from pathlib import Path
 from ctslice.data.discover import find_cases
 from ctslice.data.shards import select_shard
 from ctslice.errors import CtsliceError, InputError, Interrupted, Preempted, first_line
-from ctslice.io.paths import check_output, shown
+from ctslice.io.paths import check_output, printable
 
 OUTPUT_TYPES = (".nii.gz", ".nii", ".nrrd", ".mha", "dicom")
 """``ext`` choices: a volume file per case, or ``dicom``: a folder holding one DICOM series per case."""
@@ -68,13 +68,13 @@ def plan_batch(input_dir: Path, output_dir: Path, *, ext: str = ".nii.gz", overw
     if ext not in OUTPUT_TYPES:
         raise InputError(f"output type {ext!r}: choose one of {', '.join(OUTPUT_TYPES)}")
     if not input_dir.is_dir():
-        raise InputError(f"{shown(input_dir)}: not a folder; folder inference takes a folder of scans")
+        raise InputError(f"{printable(input_dir)}: not a folder; folder inference takes a folder of scans")
     check_output(output_dir, inputs=[input_dir], folder=True)
     found = find_cases([input_dir])
     sources = select_shard(found.sources, shard)
     if not sources:
         where = f" for shard {shard[0]}/{shard[1]}" if shard and found.sources else ""
-        raise InputError(f"{shown(input_dir)}: no scans found{where} (volume files, DICOM series folders or zips)")
+        raise InputError(f"{printable(input_dir)}: no scans found{where} (volume files, DICOM series folders or zips)")
     cases = []
     for source in sources:
         output = output_dir / (source.case_id if ext == "dicom" else f"{source.case_id}{ext}")

@@ -42,7 +42,7 @@ from ctslice.io.archive import extracted
 from ctslice.io.dicom import scan_series
 from ctslice.io.failures import captured_stderr, sitk_reason
 from ctslice.io.intensity import cast_rounded
-from ctslice.io.paths import check_name, shown, staging_folder
+from ctslice.io.paths import check_name, printable, staging_folder
 from ctslice.io.reader import _select_ct as select_ct  # the reader's choice among a folder's series
 from ctslice.io.volume import Volume
 
@@ -82,7 +82,7 @@ def study_tags(files: Sequence[Path]) -> StudyTags:
             return StudyTags(**{name: str(dataset.get(name, "") or "") for name in names})
     except (OSError, pydicom.errors.InvalidDicomError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else "not a readable DICOM file"
-        raise InputError(f"{shown(first)}: could not read its study tags ({reason})") from None
+        raise InputError(f"{printable(first)}: could not read its study tags ({reason})") from None
 
 
 def input_study_tags(path: Path) -> StudyTags | None:
@@ -110,9 +110,9 @@ def write_dicom_series(volume: Volume, folder: Path, *, description: str, source
     folder = check_name(Path(folder))
     _check_description(description)
     if folder.exists() and not folder.is_dir():
-        raise InputError(f"{shown(folder)} is a file; a DICOM series is written as a folder")
+        raise InputError(f"{printable(folder)} is a file; a DICOM series is written as a folder")
     if folder.exists() and not overwrite:
-        raise InputError(f"{shown(folder)} exists; choose another folder or overwrite it")
+        raise InputError(f"{printable(folder)} exists; choose another folder or overwrite it")
     volume = _right_handed(volume)
     pixels = cast_rounded(volume.array, np.int16)
     staging = staging_folder(folder)
@@ -121,10 +121,12 @@ def write_dicom_series(volume: Volume, folder: Path, *, description: str, source
             series_uid = _write_slices(volume, pixels, staging, description, source or _anonymous())
         problem = _unlike_written(staging, series_uid, pixels)
         if problem:
-            raise CtsliceError(f"could not write {shown(folder)}: {problem} (is the disk full?); nothing was written")
+            raise CtsliceError(f"could not write {printable(folder)}: {problem} (is the disk full?); "
+                               "nothing was written")
         _replace(staging, folder)
     except OSError as error:
-        raise CtsliceError(f"could not write {shown(folder)}: {error.strerror or error}; nothing was written") from None
+        raise CtsliceError(f"could not write {printable(folder)}: {error.strerror or error}; "
+                           "nothing was written") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -21,7 +21,7 @@ from ctslice.errors import CtsliceError, InputError
 MHD_COMPANIONS = (".raw", ".zraw")  # a MetaImage .mhd header writes its voxels beside it under these names
 
 
-def shown(path: Path | str) -> str:
+def printable(path: Path | str) -> str:
     """``path`` as printable text: bytes that are not UTF-8 appear as ``\\xff`` escapes."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
@@ -31,7 +31,7 @@ def check_name(path: Path | str) -> Path:
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
-        raise InputError(f"{shown(path)}: the name is not valid UTF-8 (bytes shown as \\x..); rename it with "
+        raise InputError(f"{printable(path)}: the name is not valid UTF-8 (bytes shown as \\x..); rename it with "
                          "UTF-8 characters") from None
     return Path(path)
 
@@ -54,17 +54,18 @@ def check_output(path: Path, *, inputs: Iterable[Path | None] = (), folder: bool
         source = source.resolve()
         if source in written or (source.is_dir() and target.is_relative_to(source)) or (
                 folder and source.is_dir() and source.is_relative_to(target)):
-            raise InputError(f"{shown(path)}: the output would overwrite the input {shown(source)}; choose another "
-                             "output path")
+            raise InputError(f"{printable(path)}: the output would overwrite the input {printable(source)}; "
+                             "choose another output path")
     if folder and target.exists() and not target.is_dir():
-        raise InputError(f"{shown(path)} is a file, not a folder; choose a folder for the output")
+        raise InputError(f"{printable(path)} is a file, not a folder; choose a folder for the output")
     if not folder and target.is_dir():
-        raise InputError(f"{shown(path)} is a folder; give the output a file name")
+        raise InputError(f"{printable(path)} is a folder; give the output a file name")
     existing = _nearest_existing(target if folder else target.parent)
     if not existing.is_dir():
-        raise InputError(f"{shown(path)}: cannot write there, {shown(existing)} is a file, not a folder")
+        raise InputError(f"{printable(path)}: cannot write there, {printable(existing)} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{shown(path)}: cannot write there, the folder {shown(existing)} is read-only for this user")
+        raise InputError(f"{printable(path)}: cannot write there, the folder {printable(existing)} is read-only "
+                         "for this user")
     ensure_space(path, needed_bytes)
     return path
 
@@ -75,7 +76,7 @@ def ensure_space(path: Path, needed_bytes: int) -> None:
         return
     free = shutil.disk_usage(_nearest_existing(Path(path).resolve())).free
     if free < needed_bytes:
-        raise InputError(f"{shown(path)}: not enough free space ({_size(free)} free, the output needs about "
+        raise InputError(f"{printable(path)}: not enough free space ({_size(free)} free, the output needs about "
                          f"{_size(needed_bytes)}); free some space or write elsewhere")
 
 
@@ -97,4 +98,4 @@ def staging_folder(target: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     except OSError as error:
-        raise CtsliceError(f"could not write {shown(target)}: {error.strerror or error}") from None
+        raise CtsliceError(f"could not write {printable(target)}: {error.strerror or error}") from None
