@@ -70,6 +70,22 @@ def test_the_model_is_loaded_once_for_a_folder(scan_folder, tmp_path, cli, monke
     assert result.output.count("Precision: ") == 1 and result.output.count("Stages: read") == 3
 
 
+def test_a_folder_is_searched_once(scan_folder, tmp_path, cli, monkeypatch):
+    """Deciding "one scan or a folder of scans" and planning the folder share one search (DICOM headers
+    are read in it)."""
+    from ctslice.commands import infer
+    from ctslice.data import discover
+    from ctslice.inference import batch
+
+    searches = []
+    counting = lambda inputs: searches.append(inputs) or discover.find_cases(inputs)  # noqa: E731
+    for module in (infer, batch):
+        monkeypatch.setattr(module, "find_cases", counting)
+    result = cli("infer", scan_folder, "-o", tmp_path / "thin", "--method", "cubic")
+    assert result.exit_code == 1 and "done 3, skipped 0, failed 1" in " ".join(result.stdout.split()), result.output
+    assert searches == [[scan_folder]]
+
+
 @pytest.mark.parametrize("args, message", [
     (["-o", "{tmp}/thin.nii.gz"], "is a folder of scans, written one output per case into a folder"),
     (["-o", "{tmp}/thin", "--std-out", "{tmp}/std.nii.gz", "--samples", "2"], "--std-out is for one scan"),
@@ -84,13 +100,14 @@ def test_a_bad_folder_command_is_one_line_before_any_work(scan_folder, tmp_path,
 
 
 def test_a_dicom_series_folder_is_one_scan_not_a_batch(tmp_path, cli):
-    from ctslice.commands.infer import is_batch
+    from ctslice.commands.infer import batch_cases
 
     write_input_series(thick_phantom(3), tmp_path / "series")
-    assert not is_batch(tmp_path / "series")
+    assert batch_cases(tmp_path / "series") is None
     write_volume(thick_phantom(1), tmp_path / "one" / "scan.nii.gz")
-    assert is_batch(tmp_path / "one")  # a folder holding one volume file is a folder of (one) scan
-    assert not is_batch(tmp_path / "one" / "scan.nii.gz")
+    found = batch_cases(tmp_path / "one")  # a folder holding one volume file is a folder of (one) scan
+    assert [source.path for source in found.sources] == [tmp_path / "one" / "scan.nii.gz"]
+    assert batch_cases(tmp_path / "one" / "scan.nii.gz") is None
     result = cli("infer", tmp_path / "series", "-o", tmp_path / "thin.nii.gz", "--method", "cubic", "--ext", ".nrrd")
     assert result.exit_code == 2 and "--ext is for a folder of scans" in result.output
 

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from ctslice import __version__
 from ctslice.console import console, note, progress, stdout
+from ctslice.data.discover import Discovery, find_cases
 from ctslice.errors import CtsliceError, InputError
 from ctslice.hardware import configure, memory_line, reset_peak_memory, resolve_device
 from ctslice.inference.batch import OUTPUT_TYPES as EXTENSION_CHOICES
@@ -234,16 +235,17 @@ def _stages_line(seconds: dict[str, float], device) -> str:
 def infer_command(input: Path, output: Path, *, output_type: str | None, ext: str | None, overwrite: bool,
                   shard: str | None, std_out: Path | None, tilt_correction: bool, z_spacing: float | None,
                   **choices) -> None:
-    """``ctslice infer``: one scan (``run_infer``) or, for a folder of cases (``is_batch``), ``run_infer_folder``."""
+    """``ctslice infer``: one scan (``run_infer``) or, for a folder of cases (``batch_cases``), ``run_infer_folder``."""
     from ctslice.commands.options import flag_wording, parse_shard
 
     with flag_wording(z_spacing="--z-spacing"):
         read_options = ReadOptions(tilt_correction=tilt_correction, z_spacing=z_spacing)
-    if is_batch(input):
+    found = batch_cases(input)
+    if found is not None:
         if std_out is not None:
             raise InputError("--std-out is for one scan; a folder of scans writes one output per case")
         run_infer_folder(input, output, ext=ext, kind=output_type, overwrite=overwrite, shard=parse_shard(shard),
-                         read_options=read_options, **choices)
+                         read_options=read_options, found=found, **choices)
         return
     for flag, value in (("--ext", ext), ("--shard", shard)):
         if value is not None:
@@ -256,20 +258,20 @@ def infer_command(input: Path, output: Path, *, output_type: str | None, ext: st
 # ---- a folder of cases
 
 
-def is_batch(input: Path) -> bool:
-    """Whether ``input`` is a folder of cases rather than one scan.
+def batch_cases(input: Path) -> Discovery | None:
+    """The cases of ``input`` when it is a folder of cases; None when it is one scan.
 
     A folder is one scan when the only case ``preprocess`` finds in it is a DICOM study (its series
     anywhere below it, as ``infer`` has always read a DICOM folder). A folder holding volume files, zips,
     or the series of several studies is a batch. A folder without any scan is read as one scan, which
-    says why it is not one.
+    says why it is not one. The cases are returned so that the folder is searched once (DICOM headers are
+    read for it).
     """
-    from ctslice.data.discover import find_cases
-
     if not Path(input).is_dir():
-        return False
-    sources = find_cases([Path(input)]).sources
-    return bool(sources) and not (len(sources) == 1 and sources[0].series)
+        return None
+    found = find_cases([Path(input)])
+    sources = found.sources
+    return found if sources and not (len(sources) == 1 and sources[0].series) else None
 
 
 def run_infer_folder(input: Path, output: Path, *, ext: str | None = None, kind: str | None = None,
@@ -277,12 +279,13 @@ def run_infer_folder(input: Path, output: Path, *, ext: str | None = None, kind:
                      method: str | None = None, mode: str = "mean", samples: int = 1, thin_spacing: float | None = None,
                      steps: int | None = None, seed: int = 0, device_name: str | None = None,
                      vae_checkpoint: Path | None = None, precision: str | None = None, threads: int | None = None,
-                     read_options: ReadOptions | None = None) -> list[CaseResult]:
+                     read_options: ReadOptions | None = None, found: Discovery | None = None) -> list[CaseResult]:
     """Every case in the folder ``input`` -> ``output/<case><ext>``, the model loaded once; prints a summary.
 
     ``ext`` (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha`` or ``dicom``) or ``kind`` (an ``--output-type``)
     chooses the outputs, default ``.nii.gz``. A case whose output exists is skipped unless ``overwrite``;
     one that fails is one line and the others go on; ``CtsliceError`` (exit 1) at the end if any failed.
+    ``found``: the folder's cases when the caller has searched it already (``batch_cases``).
     """
     if kind is not None:
         _check_output_type(kind)
@@ -295,7 +298,7 @@ def run_infer_folder(input: Path, output: Path, *, ext: str | None = None, kind:
         raise InputError(f"{printable(output)}: {printable(input)} is a folder of scans, written one output per case "
                          "into a folder; give -o a folder (and --ext for the format)")
     choices = checked_choices(Choices(method, checkpoint, mode, samples, thin_spacing, steps, seed))
-    plan = plan_batch(input, output, ext=ext, overwrite=overwrite, shard=shard)
+    plan = plan_batch(input, output, ext=ext, overwrite=overwrite, shard=shard, found=found)
     engine = _Engine.start(choices, device_name, threads, vae_checkpoint, precision)
     pending = plan.pending
     console.print(f"{len(plan.cases)} case(s) in {printable(input)}: {len(pending)} to do, "

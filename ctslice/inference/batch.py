@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctslice.data.discover import find_cases
+from ctslice.data.discover import Discovery, find_cases
 from ctslice.data.shards import select_shard
 from ctslice.errors import CtsliceError, InputError, Interrupted, Preempted, first_line
 from ctslice.io.paths import check_output, printable
@@ -57,12 +57,13 @@ class CaseResult:
 
 
 def plan_batch(input_dir: Path, output_dir: Path, *, ext: str = ".nii.gz", overwrite: bool = False,
-               shard: tuple[int, int] | None = None) -> BatchPlan:
+               shard: tuple[int, int] | None = None, found: Discovery | None = None) -> BatchPlan:
     """The plan for every case in ``input_dir`` (of ``shard`` (I, N) if given) -> ``output_dir/<case id><ext>``.
 
     ``ext`` is one of ``OUTPUT_TYPES``. A case whose output exists is skipped unless ``overwrite``.
     ``InputError`` for a missing input folder, an output folder that is (or is inside) the input
-    folder, an unknown ``ext``, or a folder (or shard) without cases.
+    folder, an unknown ``ext``, or a folder (or shard) without cases. ``found``: the cases of ``input_dir``
+    when the caller has found them already (``find_cases``), so that DICOM headers are read once.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if ext not in OUTPUT_TYPES:
@@ -70,7 +71,7 @@ def plan_batch(input_dir: Path, output_dir: Path, *, ext: str = ".nii.gz", overw
     if not input_dir.is_dir():
         raise InputError(f"{printable(input_dir)}: not a folder; folder inference takes a folder of scans")
     check_output(output_dir, inputs=[input_dir], folder=True)
-    found = find_cases([input_dir])
+    found = found or find_cases([input_dir])
     sources = select_shard(found.sources, shard)
     if not sources:
         where = f" for shard {shard[0]}/{shard[1]}" if shard and found.sources else ""
