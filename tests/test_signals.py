@@ -20,7 +20,7 @@ import pytest
 
 from ctslice.cli.stops import stopped_cleanly
 from ctslice.data.phantom import make_phantom
-from ctslice.data.preprocess import _start_worker
+from ctslice.data.preprocess import _start_worker, _stops_held_back
 from ctslice.errors import Interrupted, Preempted
 from ctslice.io import write_volume
 from tests.tiny import TINY, tiny_config
@@ -172,14 +172,17 @@ def test_a_stop_that_lands_in_a_finalizer_is_raised_again_at_an_ordinary_line(si
 
 
 def test_preprocess_workers_leave_ctrl_c_to_the_main_process_and_die_at_once_on_sigterm():
-    """A forked worker must not inherit the main process's SIGTERM handler (which raises): ending it would
-    then print a traceback whenever the signal lands in a finalizer."""
+    """A forked worker must not run the main process's SIGTERM handler (which raises): ending it would
+    print a traceback. Stops are held back while workers start, and released once their handlers are set."""
     import SimpleITK as sitk
 
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     previous = {signum: signal.signal(signum, lambda *_: None) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _start_worker(2)
+        with _stops_held_back():
+            assert {signal.SIGINT, signal.SIGTERM} <= signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            _start_worker(2)  # as a worker forked here would
+            assert not {signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, [])
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == max(1, (os.cpu_count() or 1) // 2)

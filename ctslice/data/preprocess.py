@@ -18,8 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -283,8 +285,9 @@ def _run_cases(sources: list[CaseSource], options: PreprocessOptions, parts: Pat
             on_progress("Preprocessing", len(results), len(sources))
         return results
     with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker, initargs=(workers,)) as pool:
-        futures = [pool.submit(process_case, s, options, parts, known.get(s.case_id)) for s in sources]
         try:
+            with _stops_held_back():  # the workers are started here, and take their own handlers first
+                futures = [pool.submit(process_case, s, options, parts, known.get(s.case_id)) for s in sources]
             for future in as_completed(futures):
                 results.append(future.result())
                 on_progress("Preprocessing", len(results), len(sources))
@@ -306,18 +309,34 @@ def _end_workers(pool: ProcessPoolExecutor) -> None:
         process.terminate()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def _stops_held_back() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back while worker processes are forked; a stop that arrives meanwhile is
+    delivered when the block ends. A worker inherits the held-back mask, so no stop reaches it before
+    ``_start_worker`` has replaced the main process's handlers."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _start_worker(workers: int) -> None:
     """Share the cores between worker processes instead of every worker using all of them.
 
     Signals: Ctrl-C (sent to the whole process group) is left to the main process, which ends the
     workers; SIGTERM (how the main process ends them) kills a worker on the spot. A forked worker would
-    otherwise inherit the main process's SIGTERM handler, which raises, and an exception raised inside
-    a finalizer cannot propagate: Python prints it as a traceback instead.
+    otherwise run the main process's SIGTERM handler, which raises: a traceback, or none of it when the
+    exception lands in a finalizer. Stops are held back until these handlers are set (``_stops_held_back``).
     """
     import SimpleITK as sitk
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, (os.cpu_count() or 1) // workers))
 
 
