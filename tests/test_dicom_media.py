@@ -390,3 +390,23 @@ def test_inconsistent_slices_are_named(tmp_path, change, expected):
     assert re.search(expected, message), message
     assert "\n" not in message
     assert_private(message)
+
+
+def test_slices_without_the_part10_preamble_read_as_the_same_series(tmp_path):
+    """Older exports write each data set from its first byte (no 128-byte preamble, no ``DICM``, no file
+    meta): they are the same slices. A file that only starts like one (group 0008, then garbage) is skipped."""
+    files = write_series(tmp_path / "part10", np.arange(6) * 2.0)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for file in files:
+        dataset = pydicom.dcmread(file)
+        dataset.file_meta, dataset.preamble = pydicom.dataset.FileMetaDataset(), None
+        pydicom.dcmwrite(bare / file.name, dataset, enforce_file_format=False, implicit_vr=True, little_endian=True)
+        assert (bare / file.name).read_bytes()[:2] == b"\x08\x00"
+    (bare / "LOOKALIKE").write_bytes(b"\x08\x00\x05\x00" + bytes(range(256)) * 4)
+    expected, scan = read_scan(tmp_path / "part10"), read_scan(bare)
+    assert scan.skipped == 1
+    assert scan.volume.array.shape == (6, SIZE, SIZE)
+    np.testing.assert_array_equal(scan.volume.array, expected.volume.array)
+    np.testing.assert_allclose(scan.volume.origin, expected.volume.origin, atol=1e-6)
+    np.testing.assert_allclose(scan.volume.spacing, expected.volume.spacing, atol=1e-6)

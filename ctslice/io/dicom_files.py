@@ -14,6 +14,7 @@ they leave this module.
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import warnings
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ _TAGS = ["SOPClassUID", "Modality", "ImageType", "PatientID", "StudyInstanceUID"
          "ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns",
          "NumberOfFrames", "GantryDetectorTilt", 0x7FE00010]
 _PIXEL_DATA = 0x7FE00010
+BARE_PREFIX = 64 * 1024  # bytes parsed to tell a bare DICOM data set from other binary files
 
 
 def pseudonym(value: str | None) -> str | None:
@@ -62,14 +64,26 @@ class SliceHeader:
 
 
 def read_slice(file: Path) -> SliceHeader | str:
-    """The header of an image file, or ``NOT_AN_IMAGE`` / ``UNREADABLE`` (see the module docstring)."""
+    """The header of an image file, or ``NOT_AN_IMAGE`` / ``UNREADABLE`` (see the module docstring).
+
+    Files without the Part 10 preamble (older exports: the data set from its first byte) are read too
+    when they are bare image data sets (``_is_bare_image``).
+    """
     try:
         ds = pydicom.dcmread(file, specific_tags=_TAGS, defer_size=1024)  # pixels: position and length only
-    except InvalidDicomError:  # no DICM signature: not a DICOM Part 10 file at all
-        return NOT_AN_IMAGE
+    except InvalidDicomError:  # no DICM signature: a bare data set, or not DICOM at all
+        if not _is_bare_image(file):
+            return NOT_AN_IMAGE
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom warns about values that break the standard's rules
+                ds = pydicom.dcmread(file, specific_tags=_TAGS, defer_size=1024, force=True)
+        except Exception:  # noqa: BLE001 -- an image by its first bytes, damaged further on
+            return UNREADABLE
     except Exception:  # noqa: BLE001 -- pydicom raises many kinds on a damaged file; all mean the same here
         return UNREADABLE if _has_dicom_signature(file) else NOT_AN_IMAGE
-    sop_class = _text(ds, "SOPClassUID") or str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or "")
+    meta = getattr(ds, "file_meta", None)  # a bare data set has none
+    sop_class = _text(ds, "SOPClassUID") or str(getattr(meta, "MediaStorageSOPClassUID", "") or "")
     image_class = "Image Storage" in (UID(sop_class).name if sop_class else "")
     if not image_class and _get(ds, "Rows") is None:
         return NOT_AN_IMAGE
@@ -139,6 +153,27 @@ def dicomdir_series(dicomdir: Path) -> dict[str, list[Path]] | None:
         return found
     except Exception:  # noqa: BLE001 -- any failure means: fall back to the folders
         return None
+
+
+def _is_bare_image(path: Path) -> bool:
+    """Whether a file without the Part 10 preamble is a bare image data set: it starts with a
+    little-endian tag of group 0002 (file meta) or 0008 (identification), and its first ``BARE_PREFIX``
+    bytes name an image storage SOP class. Only that prefix is parsed, so a large binary file that
+    happens to start with those two bytes (raw voxels, say) costs next to nothing."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(BARE_PREFIX)
+    except OSError:
+        return False
+    if head[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # about what force=True makes of bytes that are not DICOM
+            ds = pydicom.dcmread(io.BytesIO(head), force=True, specific_tags=["SOPClassUID"], stop_before_pixels=True)
+        return "Image Storage" in UID(_text(ds, "SOPClassUID")).name
+    except Exception:  # noqa: BLE001 -- bytes that are not DICOM make pydicom raise many kinds
+        return False
 
 
 def _has_dicom_signature(path: Path) -> bool:
