@@ -118,7 +118,7 @@ def _loop(s: Session, stop: _StopFlag, on_progress: ProgressCallback | None = No
           on_step: Callable[[StepReport], None] | None = None) -> TrainResult:
     on_progress, on_step = on_progress or _silent, on_step or _silent
     training, world, device = s.config.training, s.world, s.device
-    step, bad_steps, started = s.start_step, 0, time.time()
+    step, bad_steps, started, saved = s.start_step, 0, time.time(), False
     figure = ProgressFigure(s.run_dir, enabled=world.is_main)  # <run>/progress.png, redrawn at each validation
     on_progress("Training", step, s.total_steps)
     while step < s.total_steps:
@@ -145,19 +145,21 @@ def _loop(s: Session, stop: _StopFlag, on_progress: ProgressCallback | None = No
                        and time.time() - started > 60 * training.time_limit_minutes)
         finishing = step == s.total_steps or world.any_true(out_of_time, device)
         if step % training.val_interval == 0 and not finishing:
-            metrics = _validate(s, step, stop) if world.is_main else {}
-            s.best_psnr = s.saver.maybe_best(step, metrics, s.best_psnr)
-            figure.redraw()
-        if step % training.checkpoint_interval == 0:
+            metrics = _validate(s, step, stop)
+            if metrics is not None:
+                s.best_psnr = s.saver.maybe_best(step, metrics, s.best_psnr)
+                figure.redraw()
+        saved = step % training.checkpoint_interval == 0
+        if saved:
             s.saver.save(step, s.best_psnr, periodic=True)
-        if world.any_true(stop.requested, device):
-            s.saver.save(step, s.best_psnr, periodic=True)
-            raise stop.error(f"at step {step}; checkpoint saved (resume from the latest checkpoint)")
+        _stop_together(s, step, stop, saved)
         if finishing:
             if out_of_time:
                 log.info(f"Time limit of {training.time_limit_minutes:g} min reached at step {step}")
             break
-    final_metrics = _validate(s, step, stop, final=True) if world.is_main else {}
+    final_metrics = _validate(s, step, stop, final=True)
+    _stop_together(s, step, stop, saved)
+    final_metrics = final_metrics or {}
     s.best_psnr = s.saver.maybe_best(step, final_metrics, s.best_psnr)
     figure.redraw()
     s.saver.save(step, s.best_psnr, periodic=False)
@@ -167,14 +169,42 @@ def _loop(s: Session, stop: _StopFlag, on_progress: ProgressCallback | None = No
     return TrainResult(s.run_dir, step, s.best_psnr, final_metrics)
 
 
-def _validate(s: Session, step: int, stop: _StopFlag, final: bool = False) -> dict:
-    """The validator's scores at ``step``; a stop during it checkpoints ``step`` (finished: validation does
-    not change the weights) and ends the run with the stop's error."""
-    try:
-        return s.validator.run(s.model, step, s.log, final=final, check_stop=stop.check)
-    except (Preempted, Interrupted) as error:
+def _validate(s: Session, step: int, stop: _StopFlag, final: bool = False) -> dict | None:
+    """The validator's scores at ``step`` on rank 0; None on the other ranks, which wait for rank 0 (see
+    ``Distributed.on_main``), and when a stop abandoned the validation. Rank 0 does not leave the loop then:
+    it records where it stopped (``stop.where``) and every rank acts on the stop in ``_stop_together``.
+    A stop heard by another rank while it waits abandons rank 0's validation too."""
+
+    def check(where: str) -> None:
+        if not stop.requested:
+            stop.adopt(s.world.signal_elsewhere())
+        stop.check(where)
+
+    def validate() -> dict | None:
+        try:
+            return s.validator.run(s.model, step, s.log, final=final, check_stop=check)
+        except (Preempted, Interrupted):
+            return None
+
+    return s.world.on_main(f"{'final ' if final else ''}validation {step}", validate, lambda: stop.signal)
+
+
+def _stop_together(s: Session, step: int, stop: _StopFlag, saved: bool) -> None:
+    """Called by every rank at the same point: when SIGTERM or Ctrl-C reached any rank, every rank stops with
+    the same error (SIGTERM's if both arrived) within seconds, shown by rank 0 only. Rank 0 checkpoints
+    ``step`` (finished: a validation does not change the weights) unless it ``saved`` it just now, and the
+    others wait until it has."""
+    signum = s.world.largest(stop.signal or 0, s.device)
+    if not signum:
+        return
+    stop.adopt(signum)
+    if not saved:
         s.saver.save(step, s.best_psnr, periodic=True)
-        raise type(error)(f"{error}; checkpoint of step {step} saved (resume from the latest checkpoint)") from None
+    s.world.barrier()
+    detail = f"{stop.where}; checkpoint of step {step} saved" if stop.where else f"at step {step}; checkpoint saved"
+    error = stop.error(f"{detail} (resume from the latest checkpoint)")
+    error.silent = not s.world.is_main
+    raise error
 
 
 def _optimizer_step(s: Session) -> tuple[float, float | None]:
@@ -225,11 +255,13 @@ class _StopFlag:
     """Remembers SIGTERM or Ctrl-C until the run reaches a point where it can checkpoint and stop.
 
     ``check(detail)`` raises ``Preempted`` (SIGTERM, exit 143) or ``Interrupted`` (Ctrl-C, exit 130) once one
-    has arrived. A second Ctrl-C is the user insisting: it raises ``KeyboardInterrupt`` at once.
+    has arrived, and keeps ``detail`` as ``where``. A second Ctrl-C is the user insisting: it raises
+    ``KeyboardInterrupt`` at once. Under DDP a rank ``adopt``s a signal that reached another rank.
     """
 
     def __init__(self):
         self.signal: int | None = None
+        self.where: str | None = None
         self._previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     @property
@@ -241,12 +273,17 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.signal = self.signal or signum
 
+    def adopt(self, signum: int | None) -> None:
+        """Stop for ``signum`` (one the ranks agreed on, or one another rank heard); None changes nothing."""
+        if signum:
+            self.signal = signum
+
     def check(self, detail: str) -> None:
         if self.requested:
+            self.where = detail
             raise self.error(detail)
 
     def error(self, detail: str) -> Preempted | Interrupted:
-        """The stop's error; SIGTERM's when the signal reached another rank (DDP) and not this one."""
         if self.signal == signal.SIGINT:
             return Interrupted(f"interrupted by Ctrl-C {detail}")
         return Preempted(f"stopped by SIGTERM {detail}")
