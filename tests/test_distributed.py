@@ -1,5 +1,5 @@
 """DDP training on the CPU with the gloo backend: two ranks, identical weights, only rank 0 writes; a signal
-to either rank or to both during rank 0's validation ends both together."""
+to either rank or to both during rank 0's validation or latent cache ends both together."""
 
 from __future__ import annotations
 
@@ -11,17 +11,22 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ctslice.checkpoint import read_checkpoint
 from ctslice.config import config_from_dict
-from ctslice.training import trainer
+from ctslice.errors import CtsliceError
+from ctslice.training import distributed, latents, trainer
 from ctslice.training.run_log import read_log
 from ctslice.training.session import prepare
+from ctslice.training.stops import StopFlag
 from tests.tiny import TINY, tiny_config
 
 
@@ -38,7 +43,7 @@ def rank_worker(rank: int, port: int, config: dict, run_dirs: list[str], dumps: 
     torch.set_num_threads(1)
     session = prepare(config_from_dict(config), Path(run_dirs[rank]), None, "cpu")
     try:
-        trainer._loop(session, trainer._StopFlag())
+        trainer._loop(session, StopFlag())
         torch.save(session.model.state_dict(), dumps[rank])
     finally:
         session.close()
@@ -163,3 +168,45 @@ def test_ctrl_c_on_rank_1_during_training_stops_every_rank_with_130(dataset, tmp
     assert stderr_lines(tmp_path, 1) == []
     assert read_checkpoint(run / "checkpoints" / "latest.pt")["step"] == step
     assert train_steps(run) == list(range(1, step + 1))
+
+
+def latent_cache_worker(rank: int, port: int, config: dict, run_dir: str, outcomes: list[str]) -> None:
+    """A rank that gets SIGTERM (rank 1, before anything) or builds the latent cache (rank 0, whose first
+    volume waits until rank 1 has passed its signal on, so that the signal surely arrives during the build)."""
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": "2", "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    encode = latents.encode_volume
+
+    def encode_once_told(*args):
+        dist.distributed_c10d._get_default_store().wait([distributed.STOP_KEY], timedelta(seconds=60))
+        return encode(*args)
+
+    latents.encode_volume = encode_once_told
+    stop = StopFlag()
+    stop.listen()
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+    try:
+        prepare(config_from_dict(config), Path(run_dir), None, "cpu", stop=stop)
+        outcome = {"error": None}
+    except CtsliceError as error:
+        outcome = {"error": type(error).__name__, "message": str(error), "silent": error.silent}
+    finally:
+        stop.restore()
+        dist.destroy_process_group()
+    Path(outcomes[rank]).write_text(json.dumps(outcome), encoding="utf-8")
+
+
+def test_sigterm_on_rank_1_while_rank_0_builds_the_latent_cache_stops_both_after_the_volume_in_hand(dataset, tmp_path):
+    config = tiny_config(dataset, "data.cache_latents=true", "validation.val_samples=0")
+    run, outcomes = tmp_path / "run", [str(tmp_path / "outcome0.json"), str(tmp_path / "outcome1.json")]
+    mp.spawn(latent_cache_worker, args=(free_port(), config.to_dict(), str(run), outcomes), nprocs=2, join=True)
+
+    first, second = (json.loads(Path(path).read_text(encoding="utf-8")) for path in outcomes)
+    assert first == {"error": "Preempted", "silent": False,
+                     "message": f"stopped by SIGTERM while building the latent cache (1 of 3 training volumes encoded, "
+                                f"kept in {run / 'latents.h5'}); rerun with --resume latest"}
+    assert second["error"] == "Preempted" and second["silent"] is True
+    with h5py.File(run / "latents.h5", "r") as store:
+        assert len(store) == 1

@@ -12,7 +12,8 @@ of an uninterrupted one. SIGTERM (Kubernetes preemption) finishes the current st
 checkpoint and exits with code 143 so the Job reschedules the pod, which resumes with ``--resume latest``;
 Ctrl-C does the same and exits with 130 (a second Ctrl-C stops at once, without a checkpoint). Either
 signal during a validation (periodic or final) abandons it within a U-Net window batch and checkpoints
-the last finished step, so a resumed run validates again.
+the last finished step, so a resumed run validates again. Under DDP a signal reaching any rank ends every
+rank together, with one exit code and one line (``stops``).
 A non-finite loss skips its step; ``max_bad_steps`` of them in a row stop the run with a checkpoint.
 Running out of memory stops the run with ``OutOfMemory`` (without a checkpoint: an optimizer step cut
 short may have updated only some weights; the last periodic one stands); the command layer adds what
@@ -32,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,11 +42,12 @@ import torch
 
 from ctslice.checkpoint import periodic_checkpoints
 from ctslice.config import Config
-from ctslice.errors import CtsliceError, Interrupted, Preempted, first_line
+from ctslice.errors import CtsliceError, first_line
 from ctslice.hardware import autocast, is_out_of_memory, memory_line, peak_memory_bytes
 from ctslice.training.latents import encode_batch
 from ctslice.training.progress_figure import ProgressFigure
 from ctslice.training.session import ProgressCallback, Session, prepare
+from ctslice.training.stops import StopFlag, on_main, stop_together
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,11 @@ def train(config: Config, run_dir: Path, resume: str | None = None, device_name:
     """Train ``config`` into ``run_dir``; see the module docstring. ``threads``: intra-op CPU threads
     (default: the CPUs this process may use); ``on_progress`` and ``on_step``: see the module docstring
     (rank 0 only)."""
-    stop = _StopFlag()
+    stop = StopFlag()
+    stop.listen()
     session = None
     try:
-        session = prepare(config, run_dir, resume, device_name, check_stop=stop.check,
-                          threads=threads, on_progress=on_progress)
+        session = prepare(config, run_dir, resume, device_name, stop=stop, threads=threads, on_progress=on_progress)
         if not session.world.is_main:
             on_progress = on_step = None
         return _loop(session, stop, on_progress, on_step)
@@ -114,7 +115,7 @@ def train(config: Config, run_dir: Path, resume: str | None = None, device_name:
             session.world.close()
 
 
-def _loop(s: Session, stop: _StopFlag, on_progress: ProgressCallback | None = None,
+def _loop(s: Session, stop: StopFlag, on_progress: ProgressCallback | None = None,
           on_step: Callable[[StepReport], None] | None = None) -> TrainResult:
     on_progress, on_step = on_progress or _silent, on_step or _silent
     training, world, device = s.config.training, s.world, s.device
@@ -169,42 +170,25 @@ def _loop(s: Session, stop: _StopFlag, on_progress: ProgressCallback | None = No
     return TrainResult(s.run_dir, step, s.best_psnr, final_metrics)
 
 
-def _validate(s: Session, step: int, stop: _StopFlag, final: bool = False) -> dict | None:
-    """The validator's scores at ``step`` on rank 0; None on the other ranks, which wait for rank 0 (see
-    ``Distributed.on_main``), and when a stop abandoned the validation. Rank 0 does not leave the loop then:
-    it records where it stopped (``stop.where``) and every rank acts on the stop in ``_stop_together``.
-    A stop heard by another rank while it waits abandons rank 0's validation too."""
-
-    def check(where: str) -> None:
-        if not stop.requested:
-            stop.adopt(s.world.signal_elsewhere())
-        stop.check(where)
-
-    def validate() -> dict | None:
-        try:
-            return s.validator.run(s.model, step, s.log, final=final, check_stop=check)
-        except (Preempted, Interrupted):
-            return None
-
-    return s.world.on_main(f"{'final ' if final else ''}validation {step}", validate, lambda: stop.signal)
+def _validate(s: Session, step: int, stop: StopFlag, final: bool = False) -> dict | None:
+    """The validator's scores at ``step`` on rank 0; None on the other ranks and when a stop abandoned the
+    validation (``stops.on_main``: every rank acts on the stop in ``_stop_together``)."""
+    return on_main(s.world, stop, f"{'final ' if final else ''}validation {step}",
+                   lambda check: s.validator.run(s.model, step, s.log, final=final, check_stop=check))
 
 
-def _stop_together(s: Session, step: int, stop: _StopFlag, saved: bool) -> None:
-    """Called by every rank at the same point: when SIGTERM or Ctrl-C reached any rank, every rank stops with
-    the same error (SIGTERM's if both arrived) within seconds, shown by rank 0 only. Rank 0 checkpoints
-    ``step`` (finished: a validation does not change the weights) unless it ``saved`` it just now, and the
-    others wait until it has."""
-    signum = s.world.largest(stop.signal or 0, s.device)
-    if not signum:
-        return
-    stop.adopt(signum)
-    if not saved:
-        s.saver.save(step, s.best_psnr, periodic=True)
-    s.world.barrier()
-    detail = f"{stop.where}; checkpoint of step {step} saved" if stop.where else f"at step {step}; checkpoint saved"
-    error = stop.error(f"{detail} (resume from the latest checkpoint)")
-    error.silent = not s.world.is_main
-    raise error
+def _stop_together(s: Session, step: int, stop: StopFlag, saved: bool) -> None:
+    """Every rank, after each step and after the final validation: when a stop reached any rank, rank 0
+    checkpoints ``step`` (finished: a validation does not change the weights) unless it ``saved`` it just
+    now, and every rank ends with the stop's error (``stops.stop_together``)."""
+
+    def checkpoint() -> str:
+        if not saved:
+            s.saver.save(step, s.best_psnr, periodic=True)
+        done = f"{stop.where}; checkpoint of step {step} saved" if stop.where else f"at step {step}; checkpoint saved"
+        return f"{done} (resume from the latest checkpoint)"
+
+    stop_together(s.world, s.device, stop, checkpoint)
 
 
 def _optimizer_step(s: Session) -> tuple[float, float | None]:
@@ -249,45 +233,3 @@ def _maybe_no_sync(objective, sync: bool):
     if sync or not hasattr(objective, "no_sync"):
         return contextlib.nullcontext()
     return objective.no_sync()
-
-
-class _StopFlag:
-    """Remembers SIGTERM or Ctrl-C until the run reaches a point where it can checkpoint and stop.
-
-    ``check(detail)`` raises ``Preempted`` (SIGTERM, exit 143) or ``Interrupted`` (Ctrl-C, exit 130) once one
-    has arrived, and keeps ``detail`` as ``where``. A second Ctrl-C is the user insisting: it raises
-    ``KeyboardInterrupt`` at once. Under DDP a rank ``adopt``s a signal that reached another rank.
-    """
-
-    def __init__(self):
-        self.signal: int | None = None
-        self.where: str | None = None
-        self._previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGTERM, signal.SIGINT)}
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    def _handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self.signal == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = self.signal or signum
-
-    def adopt(self, signum: int | None) -> None:
-        """Stop for ``signum`` (one the ranks agreed on, or one another rank heard); None changes nothing."""
-        if signum:
-            self.signal = signum
-
-    def check(self, detail: str) -> None:
-        if self.requested:
-            self.where = detail
-            raise self.error(detail)
-
-    def error(self, detail: str) -> Preempted | Interrupted:
-        if self.signal == signal.SIGINT:
-            return Interrupted(f"interrupted by Ctrl-C {detail}")
-        return Preempted(f"stopped by SIGTERM {detail}")
-
-    def restore(self) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
