@@ -3,11 +3,12 @@
 ``torchrun`` sets RANK, WORLD_SIZE and LOCAL_RANK; with WORLD_SIZE > 1 this joins the process group
 (NCCL on CUDA, gloo on CPU) and each rank uses GPU LOCAL_RANK.
 
-Work that only rank 0 does (validation) runs under ``on_main``: the other ranks wait for it by polling
-the process group's key-value store, not inside a collective, because Python runs a signal handler only
-between bytecodes and a rank blocked in a collective could not hear SIGTERM or Ctrl-C. A rank that hears
-one while waiting tells rank 0 through the store (``signal_elsewhere``), so rank 0 can abandon the work
-at once, and every rank then stops at the same collective (``largest`` of the ranks' signals).
+Work that only rank 0 does (the latent cache, validation) runs under ``on_main``: the other ranks wait for
+it by polling the process group's key-value store, not inside a collective, because Python runs a signal
+handler only between bytecodes, never while a rank is blocked in a collective (nor does a long validation
+then run into the collective timeout). A rank that hears a signal while waiting tells rank 0 through the
+store (``signal_elsewhere``), so rank 0 can abandon the work at once; ``ctslice.training.stops`` has every
+rank stop together at the next collective (``largest`` of the ranks' signals).
 """
 
 from __future__ import annotations
