@@ -22,8 +22,8 @@ import torch.multiprocessing as mp
 
 from ctslice.checkpoint import read_checkpoint
 from ctslice.config import config_from_dict
-from ctslice.errors import CtsliceError
-from ctslice.training import distributed, latents, trainer
+from ctslice.errors import CtsliceError, Preempted
+from ctslice.training import distributed, latents, state, trainer
 from ctslice.training.run_log import read_log
 from ctslice.training.session import prepare
 from ctslice.training.stops import StopFlag
@@ -210,3 +210,21 @@ def test_sigterm_on_rank_1_while_rank_0_builds_the_latent_cache_stops_both_after
     assert second["error"] == "Preempted" and second["silent"] is True
     with h5py.File(run / "latents.h5", "r") as store:
         assert len(store) == 1
+
+
+def test_a_stop_at_a_checkpoint_step_writes_that_checkpoint_once(dataset, tmp_path, monkeypatch):
+    """SIGTERM during step 2 of a run checkpointing every 2 steps: the periodic checkpoint is the stop's too."""
+    written = []
+    write = state.ckpt.write_checkpoint
+    monkeypatch.setattr(state.ckpt, "write_checkpoint", lambda document, path: written.append(path.name) or
+                        write(document, path))
+    config = tiny_config(dataset, "training.max_steps=10000", "training.checkpoint_interval=2",
+                         "validation.val_samples=0", "data.cache_latents=false")
+
+    def preempt_at_step_2(report: trainer.StepReport) -> None:
+        if report.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Preempted, match=r"^stopped by SIGTERM at step 2; checkpoint saved"):
+        trainer.train(config, tmp_path / "run", on_step=preempt_at_step_2)
+    assert written == ["step_2.pt"]
