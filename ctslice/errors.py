@@ -26,9 +26,14 @@ def first_line(error: BaseException, limit: int | None = None) -> str:
 
 
 class CtsliceError(Exception):
-    """A failure the tool expected and can explain in one line (exit code 1)."""
+    """A failure the tool expected and can explain in one line (exit code 1).
+
+    ``silent``: another process shows the line (a DDP rank other than 0 stopping with rank 0); exit with the
+    code, print nothing.
+    """
 
     exit_code = 1
+    silent = False
 
 
 class InputError(CtsliceError):

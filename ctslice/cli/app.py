@@ -97,7 +97,8 @@ def guarded(function: Callable) -> Callable:
         try:
             return function(*args, **kwargs)
         except CtsliceError as error:
-            print_error(str(error))
+            if not error.silent:
+                print_error(str(error))
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             print_error("interrupted")

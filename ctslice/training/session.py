@@ -37,6 +37,7 @@ from ctslice.training.latents import LatentSource, build_latent_cache, encode_ba
 from ctslice.training.optim import build_optimizer, warmup_cosine
 from ctslice.training.run_log import RunLog
 from ctslice.training.state import Saver, restore_rng, seed_everything
+from ctslice.training.stops import StopFlag, on_main, stop_together
 from ctslice.training.validation import Validator
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class Objective(torch.nn.Module):
 
 
 def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str | None,
-            check_stop: Callable[[str], None] = lambda detail: None, threads: int | None = None,
+            stop: StopFlag | None = None, threads: int | None = None,
             on_progress: ProgressCallback | None = None) -> Session:
     """The steps before the first optimizer step, in order (see the module docstring)."""
     resumed = ckpt.resolve_resume(resume, run_dir) if resume else None
@@ -125,7 +126,7 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
     if init:  # before the run folder: weights that do not fit leave nothing behind
         _init_weights(model, *init)
     _create_run_dir(requested, run_dir, world)
-    source = _patch_source(config, data, codec, run_dir, world, device, check_stop, on_progress)
+    source = _patch_source(config, data, codec, run_dir, world, device, stop or StopFlag(), on_progress)
     dataset = PatchDataset(source, config.data, config.training.seed)
     optimizer = build_optimizer({"unet": model.unet}, config.training)
     total_steps, warmup_steps = _schedule_length(config, len(data.train))
@@ -184,13 +185,14 @@ def _create_run_dir(requested: Config, run_dir: Path, world: Distributed) -> Non
 
 
 def _patch_source(config: Config, data: TrainingData, codec: Codec, run_dir: Path, world: Distributed,
-                  device: torch.device, check_stop: Callable[[str], None],
-                  on_progress: ProgressCallback | None) -> PatchSource:
-    """Cached latents (each training volume encoded once, by rank 0) or pixels encoded at every step."""
+                  device: torch.device, stop: StopFlag, on_progress: ProgressCallback | None) -> PatchSource:
+    """Cached latents (each training volume encoded once, by rank 0; a stop ends every rank after the volume
+    in hand, keeping those encoded) or pixels encoded at every step."""
     if not config.data.cache_latents:
         return PixelSource(Path(config.data.cache), data.train, codec.compression)
     latents_path = run_dir / "latents.h5"
-    if world.is_main:
+
+    def build(check_stop: Callable[[str], None]) -> None:
         encoded: list[str] = []
         what = "Encoding training volumes"
 
@@ -206,7 +208,10 @@ def _patch_source(config: Config, data: TrainingData, codec: Codec, run_dir: Pat
             on_progress(what, 0, len(data.train))
         build_latent_cache(Path(config.data.cache), data.train, codec, codec_fingerprint(config), latents_path,
                            device, on_case=after_case)
-    world.barrier()
+
+    on_main(world, stop, "latent cache", build)
+    kept = f"after building the latent cache (kept in {latents_path}); rerun with --resume latest"
+    stop_together(world, device, stop, lambda: stop.where or kept)
     return LatentSource(latents_path, data.train, type(codec))
 
 

@@ -12,7 +12,8 @@ of an uninterrupted one. SIGTERM (Kubernetes preemption) finishes the current st
 checkpoint and exits with code 143 so the Job reschedules the pod, which resumes with ``--resume latest``;
 Ctrl-C does the same and exits with 130 (a second Ctrl-C stops at once, without a checkpoint). Either
 signal during a validation (periodic or final) abandons it within a U-Net window batch and checkpoints
-the last finished step, so a resumed run validates again.
+the last finished step, so a resumed run validates again. Under DDP a signal reaching any rank ends every
+rank together, with one exit code and one line (``stops``).
 A non-finite loss skips its step; ``max_bad_steps`` of them in a row stop the run with a checkpoint.
 Running out of memory stops the run with ``OutOfMemory`` (without a checkpoint: an optimizer step cut
 short may have updated only some weights; the last periodic one stands); the command layer adds what
@@ -32,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,11 +42,12 @@ import torch
 
 from ctslice.checkpoint import periodic_checkpoints
 from ctslice.config import Config
-from ctslice.errors import CtsliceError, Interrupted, Preempted, first_line
+from ctslice.errors import CtsliceError, first_line
 from ctslice.hardware import autocast, is_out_of_memory, memory_line, peak_memory_bytes
 from ctslice.training.latents import encode_batch
 from ctslice.training.progress_figure import ProgressFigure
 from ctslice.training.session import ProgressCallback, Session, prepare
+from ctslice.training.stops import StopFlag, on_main, stop_together
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,11 @@ def train(config: Config, run_dir: Path, resume: str | None = None, device_name:
     """Train ``config`` into ``run_dir``; see the module docstring. ``threads``: intra-op CPU threads
     (default: the CPUs this process may use); ``on_progress`` and ``on_step``: see the module docstring
     (rank 0 only)."""
-    stop = _StopFlag()
+    stop = StopFlag()
+    stop.listen()
     session = None
     try:
-        session = prepare(config, run_dir, resume, device_name, check_stop=stop.check,
-                          threads=threads, on_progress=on_progress)
+        session = prepare(config, run_dir, resume, device_name, stop=stop, threads=threads, on_progress=on_progress)
         if not session.world.is_main:
             on_progress = on_step = None
         return _loop(session, stop, on_progress, on_step)
@@ -114,11 +115,11 @@ def train(config: Config, run_dir: Path, resume: str | None = None, device_name:
             session.world.close()
 
 
-def _loop(s: Session, stop: _StopFlag, on_progress: ProgressCallback | None = None,
+def _loop(s: Session, stop: StopFlag, on_progress: ProgressCallback | None = None,
           on_step: Callable[[StepReport], None] | None = None) -> TrainResult:
     on_progress, on_step = on_progress or _silent, on_step or _silent
     training, world, device = s.config.training, s.world, s.device
-    step, bad_steps, started = s.start_step, 0, time.time()
+    step, bad_steps, started, saved = s.start_step, 0, time.time(), False
     figure = ProgressFigure(s.run_dir, enabled=world.is_main)  # <run>/progress.png, redrawn at each validation
     on_progress("Training", step, s.total_steps)
     while step < s.total_steps:
@@ -145,19 +146,21 @@ def _loop(s: Session, stop: _StopFlag, on_progress: ProgressCallback | None = No
                        and time.time() - started > 60 * training.time_limit_minutes)
         finishing = step == s.total_steps or world.any_true(out_of_time, device)
         if step % training.val_interval == 0 and not finishing:
-            metrics = _validate(s, step, stop) if world.is_main else {}
-            s.best_psnr = s.saver.maybe_best(step, metrics, s.best_psnr)
-            figure.redraw()
-        if step % training.checkpoint_interval == 0:
+            metrics = _validate(s, step, stop)
+            if metrics is not None:
+                s.best_psnr = s.saver.maybe_best(step, metrics, s.best_psnr)
+                figure.redraw()
+        saved = step % training.checkpoint_interval == 0
+        if saved:
             s.saver.save(step, s.best_psnr, periodic=True)
-        if world.any_true(stop.requested, device):
-            s.saver.save(step, s.best_psnr, periodic=True)
-            raise stop.error(f"at step {step}; checkpoint saved (resume from the latest checkpoint)")
+        _stop_together(s, step, stop, saved)
         if finishing:
             if out_of_time:
                 log.info(f"Time limit of {training.time_limit_minutes:g} min reached at step {step}")
             break
-    final_metrics = _validate(s, step, stop, final=True) if world.is_main else {}
+    final_metrics = _validate(s, step, stop, final=True)
+    _stop_together(s, step, stop, saved)
+    final_metrics = final_metrics or {}
     s.best_psnr = s.saver.maybe_best(step, final_metrics, s.best_psnr)
     figure.redraw()
     s.saver.save(step, s.best_psnr, periodic=False)
@@ -167,14 +170,25 @@ def _loop(s: Session, stop: _StopFlag, on_progress: ProgressCallback | None = No
     return TrainResult(s.run_dir, step, s.best_psnr, final_metrics)
 
 
-def _validate(s: Session, step: int, stop: _StopFlag, final: bool = False) -> dict:
-    """The validator's scores at ``step``; a stop during it checkpoints ``step`` (finished: validation does
-    not change the weights) and ends the run with the stop's error."""
-    try:
-        return s.validator.run(s.model, step, s.log, final=final, check_stop=stop.check)
-    except (Preempted, Interrupted) as error:
-        s.saver.save(step, s.best_psnr, periodic=True)
-        raise type(error)(f"{error}; checkpoint of step {step} saved (resume from the latest checkpoint)") from None
+def _validate(s: Session, step: int, stop: StopFlag, final: bool = False) -> dict | None:
+    """The validator's scores at ``step`` on rank 0; None on the other ranks and when a stop abandoned the
+    validation (``stops.on_main``: every rank acts on the stop in ``_stop_together``)."""
+    return on_main(s.world, stop, f"{'final ' if final else ''}validation {step}",
+                   lambda check: s.validator.run(s.model, step, s.log, final=final, check_stop=check))
+
+
+def _stop_together(s: Session, step: int, stop: StopFlag, saved: bool) -> None:
+    """Every rank, after each step and after the final validation: when a stop reached any rank, rank 0
+    checkpoints ``step`` (finished: a validation does not change the weights) unless it ``saved`` it just
+    now, and every rank ends with the stop's error (``stops.stop_together``)."""
+
+    def checkpoint() -> str:
+        if not saved:
+            s.saver.save(step, s.best_psnr, periodic=True)
+        done = f"{stop.where}; checkpoint of step {step} saved" if stop.where else f"at step {step}; checkpoint saved"
+        return f"{done} (resume from the latest checkpoint)"
+
+    stop_together(s.world, s.device, stop, checkpoint)
 
 
 def _optimizer_step(s: Session) -> tuple[float, float | None]:
@@ -219,38 +233,3 @@ def _maybe_no_sync(objective, sync: bool):
     if sync or not hasattr(objective, "no_sync"):
         return contextlib.nullcontext()
     return objective.no_sync()
-
-
-class _StopFlag:
-    """Remembers SIGTERM or Ctrl-C until the run reaches a point where it can checkpoint and stop.
-
-    ``check(detail)`` raises ``Preempted`` (SIGTERM, exit 143) or ``Interrupted`` (Ctrl-C, exit 130) once one
-    has arrived. A second Ctrl-C is the user insisting: it raises ``KeyboardInterrupt`` at once.
-    """
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGTERM, signal.SIGINT)}
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    def _handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self.signal == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = self.signal or signum
-
-    def check(self, detail: str) -> None:
-        if self.requested:
-            raise self.error(detail)
-
-    def error(self, detail: str) -> Preempted | Interrupted:
-        """The stop's error; SIGTERM's when the signal reached another rank (DDP) and not this one."""
-        if self.signal == signal.SIGINT:
-            return Interrupted(f"interrupted by Ctrl-C {detail}")
-        return Preempted(f"stopped by SIGTERM {detail}")
-
-    def restore(self) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
