@@ -35,7 +35,7 @@ from ctslice.inference.thinning import (
     thin_by_model,
 )
 from ctslice.io import ReadOptions, read_scan, write_volume
-from ctslice.io.dicom_output import input_study_tags, write_dicom_series
+from ctslice.io.dicom_output import check_replaceable, input_study_tags, write_dicom_series
 from ctslice.io.intensity import cast_rounded
 from ctslice.io.paths import check_output, ensure_space, printable
 from ctslice.io.volume import Volume
@@ -141,6 +141,8 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
         check_output(std_out, inputs=inputs)
     if kind == "dicom" and output.exists() and not overwrite:
         raise InputError(f"{printable(output)} exists; choose another folder for the DICOM series or pass --overwrite")
+    if kind == "dicom":
+        check_replaceable(output)
     engine = _Engine.start(choices, device_name, threads, vae_checkpoint, precision)
     return _infer_case(engine, Path(input), Path(output), kind, std_out, read_options)
 

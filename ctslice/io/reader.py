@@ -66,6 +66,9 @@ def read_scan(path: Path, options: ReadOptions | None = None) -> Scan:
             return _read_dicom(path, options)
     if not path.exists():
         raise InputError(f"{path} does not exist")
+    if not path.is_file():  # a FIFO named scan.nii.gz would block the read forever; a device never ends
+        raise InputError(f"{path} is not a regular file (a pipe, socket or device); pass a volume file, a DICOM "
+                         "series folder or a zip of one")
     if is_volume_file(path):
         return Scan(_read_file(path))
     if path.suffix.lower() in (".dcm", ".ima"):
