@@ -50,6 +50,13 @@ class Choices:
             raise InputError(f"steps {self.steps!r}: must be a whole number, at least 1")
         if not _is_int(self.seed):
             raise InputError(f"seed {self.seed!r}: must be a whole number")
+        if self.method is not None:  # silently ignoring them would hand back a baseline the user did not ask for
+            given = (("samples", self.samples, 1), ("steps", self.steps, None), ("mode", self.mode, "mean"))
+            unused = [(name, value) for name, value, default in given if value != default]
+            if unused:
+                name, value = unused[0]
+                raise InputError(f"{name} {value!r}: for a model; the method {self.method} (a classical baseline) is "
+                                 "deterministic")
         spacing = self.thin_spacing
         if spacing is not None and (isinstance(spacing, bool) or not isinstance(spacing, (int, float, np.floating))
                                     or not math.isfinite(spacing) or spacing <= 0):
@@ -94,6 +101,17 @@ class OutOfMemory(CtsliceError):
         self.reason = reason
 
 
+def checked_steps(loaded, choices: Choices) -> int:
+    """The DDIM steps ``choices`` ask of ``loaded`` (default: its config), refused beyond its training timesteps."""
+    config = loaded.interpolator.config
+    steps = choices.steps or config.inference.steps
+    timesteps = config.diffusion.num_train_timesteps
+    if choices.mode == "sample" and steps > timesteps:
+        raise InputError(f"steps {steps}: this model was trained with {timesteps} diffusion timesteps; ask for at "
+                         f"most {timesteps}")
+    return steps
+
+
 def thin_by_model(loaded, thick: Volume, choices: Choices,
                   on_step: Callable[[str, int, int], None] | None = None) -> Thinned:
     """``thick`` made thin by ``loaded`` (a ``LoadedModel``); ``on_step(stage, done, total)`` reports progress.
@@ -104,7 +122,8 @@ def thin_by_model(loaded, thick: Volume, choices: Choices,
     from ctslice.hardware import is_out_of_memory  # torch: only where a model runs
 
     spacing = choices.thin_spacing or loaded.default_thin_spacing(thick.spacing[2])
-    steps = choices.steps or loaded.interpolator.config.inference.steps
+    steps = checked_steps(loaded, choices)
+    thin_grid(thick.grid, spacing)  # within limits: the model's default spacing is known only now
     try:
         prediction = loaded.interpolator.predict(thick, spacing, mode=choices.mode, samples=choices.samples,
                                                  steps=steps, seed=choices.seed, on_step=on_step)

@@ -65,10 +65,18 @@ def checked_depth(extent: float, thin_spacing: float, inplane: tuple[int, int]) 
     depth = extent / thin_spacing + 1e-6
     size = depth * inplane[0] * inplane[1] * 2
     if not depth <= MAX_THIN_SLICES or not size <= MAX_THIN_BYTES:
-        raise InputError(f"a thin spacing of {thin_spacing:g} mm over this scan's {extent:g} mm makes {depth:,.0f} "
-                         f"slices of {inplane[0]} x {inplane[1]} ({size / 2**30:,.2f} GiB as int16); at most "
+        raise InputError(f"a thin spacing of {thin_spacing:g} mm over this scan's {extent:g} mm makes {_count(depth)} "
+                         f"slices of {inplane[0]} x {inplane[1]} ({_count(size / 2**30, 2)} GiB as int16); at most "
                          f"{MAX_THIN_SLICES:,} slices and {MAX_THIN_BYTES / 2**30:g} GiB are allowed")
+    if depth < 2:
+        raise InputError(f"a thin spacing of {thin_spacing:g} mm over this scan's {extent:g} mm makes "
+                         f"{int(depth)} slice(s); a thin volume needs at least 2: choose a smaller thin spacing")
     return depth
+
+
+def _count(value: float, decimals: int = 0) -> str:
+    """``value`` with thousands separators, or in scientific notation when that would be a screenful of digits."""
+    return f"{value:,.{decimals}f}" if value < 1e12 else f"{value:.2e}"
 
 
 def slice_ratio(thick_spacing: float, thin_spacing: float) -> int | None:
