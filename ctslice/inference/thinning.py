@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctslice.data.checks import check_ct_volume
+from ctslice.data.checks import check_ct_volume, check_geometry
 from ctslice.errors import CtsliceError, InputError, first_line
 from ctslice.io.geometry import METHODS, interpolate, thin_grid
 from ctslice.io.volume import Volume
@@ -71,6 +71,7 @@ def _is_int(value) -> bool:
 def check_input(thick: Volume, thin_spacing: float | None) -> None:
     """``InputError`` unless ``thick`` is plausible CT and its thin grid (if the spacing is known) within limits."""
     check_ct_volume(thick, "input")
+    check_geometry(thick, "input")
     if thin_spacing is not None:
         thin_grid(thick.grid, thin_spacing)
 
