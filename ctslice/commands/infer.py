@@ -281,14 +281,17 @@ def batch_cases(input: Path) -> Discovery | None:
 
     A folder is one scan when the only case ``preprocess`` finds in it is a DICOM study (its series
     anywhere below it, as ``infer`` has always read a DICOM folder). A folder holding volume files, zips,
-    or the series of several studies is a batch. A folder without any scan is read as one scan, which
-    says why it is not one. The cases are returned so that the folder is searched once (DICOM headers are
-    read for it).
+    or the series of several studies is a batch. A folder without any scan is refused here, before the
+    output is judged (as a file or a folder) for a scan that is not there. The cases are returned so that
+    the folder is searched once (DICOM headers are read for it).
     """
     if not Path(input).is_dir():
         return None
     found = find_cases([Path(input)])
     sources = found.sources
+    if not sources:
+        skipped = f"; {found.skipped} file(s) that are not images skipped" if found.skipped else ""
+        raise InputError(f"{printable(input)}: no scans found (volume files, DICOM series folders or zips){skipped}")
     return found if sources and not (len(sources) == 1 and sources[0].series) else None
 
 
