@@ -22,6 +22,9 @@ from ctslice.io.volume import Volume
 
 DEFAULT_THIN_SPACING = 1.0  # mm, for a baseline; a model knows the ratio it was trained for
 MODES = ("mean", "sample")
+MAX_SAMPLES = 100  # each sample is a whole diffusion run: more is a typo, not a request (as --samples says)
+MAX_STEPS = 10_000
+MAX_SEED = 2**32 - 1  # what NumPy and torch generators take
 
 
 @dataclass(frozen=True)
@@ -44,12 +47,12 @@ class Choices:
             raise InputError(f"method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.mode not in MODES:
             raise InputError(f"mode {self.mode!r}: choose mean or sample")
-        if not _is_int(self.samples) or self.samples < 1:
-            raise InputError(f"samples {self.samples!r}: must be a whole number, at least 1")
-        if self.steps is not None and (not _is_int(self.steps) or self.steps < 1):
-            raise InputError(f"steps {self.steps!r}: must be a whole number, at least 1")
-        if not _is_int(self.seed):
-            raise InputError(f"seed {self.seed!r}: must be a whole number")
+        if not _is_int(self.samples) or not 1 <= self.samples <= MAX_SAMPLES:
+            raise InputError(f"samples {self.samples!r}: must be a whole number, at least 1 and at most {MAX_SAMPLES}")
+        if self.steps is not None and (not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS):
+            raise InputError(f"steps {self.steps!r}: must be a whole number, at least 1 and at most {MAX_STEPS:,}")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"seed {self.seed!r}: must be a whole number from 0 to {MAX_SEED:,}")
         if self.method is not None:  # silently ignoring them would hand back a baseline the user did not ask for
             given = (("samples", self.samples, 1), ("steps", self.steps, None), ("mode", self.mode, "mean"))
             unused = [(name, value) for name, value, default in given if value != default]
