@@ -279,3 +279,17 @@ def test_api_refuses_a_masked_array():
     with pytest.raises(InputError, match=r"^image: a masked array; fill the masked voxels first "
                                          r"\(image.filled\(-1024\) for air\)$"):
         ctslice.interpolate(np.ma.masked_array(GOOD, GOOD > 100), method="cubic", spacing=(1, 1, 5))
+
+
+def test_an_output_whose_data_file_is_the_inputs_is_refused(tmp_path, cli):
+    """``a.mhd`` keeps its voxels in ``o.zraw``; ``-o o.mhd`` would write its own voxels over them."""
+    image = sitk.ReadImage(str(scan(tmp_path / "a.nii.gz")))
+    sitk.WriteImage(image, str(tmp_path / "a.mhd"), useCompression=True)
+    (tmp_path / "a.zraw").rename(tmp_path / "o.zraw")
+    header = tmp_path / "a.mhd"
+    header.write_text(header.read_text().replace("a.zraw", "o.zraw"))
+    data = (tmp_path / "o.zraw").read_bytes()
+    line = error_line(cli("infer", header, "-o", tmp_path / "o.mhd", *CUBIC))
+    assert line == (f"error: {tmp_path / 'o.mhd'}: the output would overwrite the input {tmp_path / 'o.zraw'}; "
+                    "choose another output path")
+    assert (tmp_path / "o.zraw").read_bytes() == data and not (tmp_path / "o.mhd").exists()

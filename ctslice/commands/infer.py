@@ -41,6 +41,7 @@ from ctslice.io import ReadOptions, read_scan, write_volume
 from ctslice.io.dicom_output import check_replaceable, input_study_tags, write_dicom_series
 from ctslice.io.intensity import cast_rounded
 from ctslice.io.paths import check_output, ensure_space, printable, resolved
+from ctslice.io.reader import data_files
 from ctslice.io.volume import Volume
 from ctslice.io.writer import output_bytes
 
@@ -148,7 +149,7 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
     choices = checked_choices(Choices(method, checkpoint, mode, samples, thin_spacing, steps, seed))
     if std_out is not None and choices.samples < 2:
         raise InputError("--std-out needs --samples 2 or more (the spread between samples)")
-    inputs = (input, checkpoint, vae_checkpoint)
+    inputs = (input, *data_files(input), checkpoint, vae_checkpoint)
     check_output(output, inputs=inputs, folder=kind == "dicom")
     if std_out is not None:
         check_output(std_out, inputs=inputs)

@@ -185,6 +185,19 @@ def _check_data_size(path: Path, reader: sitk.ImageFileReader) -> None:
                          f"{max(available, 0)} bytes of compressed data can hold; its header is wrong")
 
 
+def data_files(path: Path) -> list[Path]:
+    """The files besides ``path`` that reading it reads: the data file of a NRRD or MetaImage header that
+    keeps its voxels apart (``a.mhd`` -> ``a.zraw``), so that no output is written over it."""
+    path = Path(path)
+    if not (path.is_file() and path.name.lower().endswith((".nrrd", ".nhdr", ".mha", ".mhd"))):
+        return []
+    try:
+        layout = _data_layout(path)
+    except OSError:
+        return []  # reading it will say why
+    return [layout[0]] if layout is not None and layout[0] != path else []
+
+
 def _data_layout(path: Path) -> tuple[Path, int, str] | None:
     """Where a NRRD's or MetaImage's voxels are (file, byte offset) and how they are encoded, from its text header.
 
