@@ -293,3 +293,16 @@ def test_an_output_whose_data_file_is_the_inputs_is_refused(tmp_path, cli):
     assert line == (f"error: {tmp_path / 'o.mhd'}: the output would overwrite the input {tmp_path / 'o.zraw'}; "
                     "choose another output path")
     assert (tmp_path / "o.zraw").read_bytes() == data and not (tmp_path / "o.mhd").exists()
+
+
+def test_a_folder_named_like_a_cases_output_is_not_taken_for_it(tmp_path, cli):
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        scan(tmp_path / "in" / f"{name}.nii.gz")
+    (tmp_path / "out" / "a.nii.gz").mkdir(parents=True)
+    (tmp_path / "out" / "a.nii.gz" / "keep").write_text("kept")
+    result = cli("infer", tmp_path / "in", "-o", tmp_path / "out", *CUBIC)
+    assert result.exit_code == 1, result.output
+    assert "failed: a: could not write " in result.stderr  # not "skipped (exists)"
+    assert (tmp_path / "out" / "a.nii.gz" / "keep").read_text() == "kept"
+    assert (tmp_path / "out" / "b.nii.gz").is_file()
