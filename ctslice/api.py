@@ -11,6 +11,7 @@ reads a file. Every bad input is an ``InputError`` of one line, raised before an
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,8 @@ def interpolate(image, *, thin_spacing: float | None = None, method: str | None 
     cuda, cuda:N) in ``precision`` (auto, bf16, fp32): the ``mode="mean"`` estimate, or the mean of
     ``samples`` DDIM samples of ``steps`` steps from ``seed``.
     """
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise InputError(f"checkpoint={_short(checkpoint)}: expected the path of a checkpoint file")
     choices = Choices(method, None if checkpoint is None else Path(checkpoint), mode, samples, thin_spacing, steps,
                       seed).checked()
     thick = _as_volume(image, spacing, origin, direction)
@@ -67,6 +70,8 @@ def _as_volume(image, spacing, origin, direction) -> Volume:
             raise InputError(f"image: {image.GetNumberOfComponentsPerPixel()} components per voxel; expected "
                              "one (HU)")
         volume = Volume.from_image(image)
+    elif isinstance(image, np.ma.MaskedArray):  # its mask would be dropped without a word
+        raise InputError("image: a masked array; fill the masked voxels first (image.filled(-1024) for air)")
     elif isinstance(image, np.ndarray):
         if spacing is None:
             raise InputError("a NumPy array needs spacing=(x, y, z) in mm (and origin=, direction= unless the "
@@ -96,8 +101,15 @@ def _numbers(name: str, values, count: int) -> tuple[float, ...]:
     """``values`` as ``count`` finite floats, or an ``InputError`` naming the keyword."""
     try:
         numbers = tuple(float(v) for v in np.asarray(values, dtype=np.float64).ravel())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         numbers = ()
     if len(numbers) != count or not all(map(math.isfinite, numbers)):
-        raise InputError(f"{name}={values!r}: expected {count} finite numbers")
+        raise InputError(f"{name}={_short(values)}: expected {count} finite numbers")
     return numbers
+
+
+def _short(value) -> str:
+    """``repr(value)``, cut to a readable length: an error line must not print a whole array."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+

@@ -25,6 +25,7 @@ import logging
 import os
 import pickle
 import re
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -69,10 +70,16 @@ def write_checkpoint(state: dict[str, Any], path: Path) -> Path:
 def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely; a missing, damaged or foreign file is a ``CheckpointError``."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file in it (for example checkpoints/best.pt)")
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file (a pipe, socket or device); give a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        document = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files before refusing them
+            warnings.simplefilter("ignore")
+            document = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         code = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", str(error), re.IGNORECASE)
         if code is None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,13 +33,15 @@ from ctslice.inference.thinning import (
     Choices,
     OutOfMemory,
     check_input,
+    checked_steps,
     thin_by_method,
     thin_by_model,
 )
 from ctslice.io import ReadOptions, read_scan, write_volume
-from ctslice.io.dicom_output import input_study_tags, write_dicom_series
+from ctslice.io.dicom_output import check_replaceable, input_study_tags, write_dicom_series
 from ctslice.io.intensity import cast_rounded
-from ctslice.io.paths import check_output, ensure_space, printable
+from ctslice.io.paths import check_output, ensure_space, printable, resolved
+from ctslice.io.reader import data_files
 from ctslice.io.volume import Volume
 from ctslice.io.writer import output_bytes
 
@@ -77,8 +81,15 @@ def output_type(output: Path, requested: str | None) -> str:
 
 def checked_choices(choices: Choices) -> Choices:
     """``choices.checked()``, its one-line refusal worded with the flags."""
-    try:
+    with _flag_wording():
         return choices.checked()
+
+
+@contextmanager
+def _flag_wording() -> Iterator[None]:
+    """The library's one-line refusal of a choice (``FLAGS``), re-raised worded with the flag the user typed."""
+    try:
+        yield
     except InputError as error:
         message = str(error)
         for neutral, flag in FLAGS.items():
@@ -111,7 +122,10 @@ class _Engine:
             from ctslice.inference.loading import load_model
 
             reset_peak_memory(self.device)
-            self.loaded = load_model(self.choices.checkpoint, self.device, self.vae_checkpoint, self.precision)
+            loaded = load_model(self.choices.checkpoint, self.device, self.vae_checkpoint, self.precision)
+            with _flag_wording():  # before any case: more steps than the model has timesteps
+                checked_steps(loaded, self.choices)
+            self.loaded = loaded
             path = self.loaded.path
             self.source = (f"checkpoint {path}" if self.choices.checkpoint
                            else f"the bundled default model ({path.name})")
@@ -135,12 +149,17 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
     choices = checked_choices(Choices(method, checkpoint, mode, samples, thin_spacing, steps, seed))
     if std_out is not None and choices.samples < 2:
         raise InputError("--std-out needs --samples 2 or more (the spread between samples)")
-    inputs = (input, checkpoint, vae_checkpoint)
+    inputs = (input, *data_files(input), checkpoint, vae_checkpoint)
     check_output(output, inputs=inputs, folder=kind == "dicom")
     if std_out is not None:
         check_output(std_out, inputs=inputs)
+        if resolved(std_out) == resolved(output):
+            raise InputError(f"--std-out {printable(std_out)} is the -o file; the spread would replace the thin "
+                             "volume: give it another name")
     if kind == "dicom" and output.exists() and not overwrite:
         raise InputError(f"{printable(output)} exists; choose another folder for the DICOM series or pass --overwrite")
+    if kind == "dicom":
+        check_replaceable(output)
     engine = _Engine.start(choices, device_name, threads, vae_checkpoint, precision)
     return _infer_case(engine, Path(input), Path(output), kind, std_out, read_options)
 
@@ -263,14 +282,17 @@ def batch_cases(input: Path) -> Discovery | None:
 
     A folder is one scan when the only case ``preprocess`` finds in it is a DICOM study (its series
     anywhere below it, as ``infer`` has always read a DICOM folder). A folder holding volume files, zips,
-    or the series of several studies is a batch. A folder without any scan is read as one scan, which
-    says why it is not one. The cases are returned so that the folder is searched once (DICOM headers are
-    read for it).
+    or the series of several studies is a batch. A folder without any scan is refused here, before the
+    output is judged (as a file or a folder) for a scan that is not there. The cases are returned so that
+    the folder is searched once (DICOM headers are read for it).
     """
     if not Path(input).is_dir():
         return None
     found = find_cases([Path(input)])
     sources = found.sources
+    if not sources:
+        skipped = f"; {found.skipped} file(s) that are not images skipped" if found.skipped else ""
+        raise InputError(f"{printable(input)}: no scans found (volume files, DICOM series folders or zips){skipped}")
     return found if sources and not (len(sources) == 1 and sources[0].series) else None
 
 

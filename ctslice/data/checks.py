@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ctslice.errors import InputError
@@ -28,3 +30,31 @@ def check_ct_volume(volume: Volume, role: str) -> None:
     if high < -200:
         raise InputError(f"the {role} series has no tissue (99th percentile {high:.0f} HU): an empty field of "
                          "view, not a CT scan")
+
+
+SPACING_RANGE = (1e-3, 100.0)  # mm per voxel: from micro-CT to the thickest clinical slab, with margin
+MAX_ORIGIN = 1e6  # mm from the scanner's origin (a kilometre): beyond it the header is damaged
+_ORTHONORMAL_TOLERANCE = 1e-3
+
+
+def check_geometry(volume: Volume, role: str) -> None:
+    """Raise InputError if the header geometry of ``volume`` cannot be a CT scan's.
+
+    A header that says 1e-9 mm or 1e9 mm per voxel, a NaN origin or sheared axes makes every grid built on
+    it (the thin grid, DICOM positions) meaningless, or empty, or a crash deep in the resampling.
+    """
+    low, high = SPACING_RANGE
+    if not all(math.isfinite(s) and low <= s <= high for s in volume.spacing):
+        raise InputError(f"the {role} series has a voxel spacing of {_numbers(volume.spacing)} mm; each must be from "
+                         f"{low:g} to {high:g} mm (is the header damaged?)")
+    if not all(math.isfinite(o) and abs(o) <= MAX_ORIGIN for o in volume.origin):
+        raise InputError(f"the {role} series has its origin at {_numbers(volume.origin)} mm, not finite numbers "
+                         f"within {MAX_ORIGIN:g} mm (is the header damaged?)")
+    axes = np.asarray(volume.direction, dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(axes)) or not np.allclose(axes.T @ axes, np.eye(3), atol=_ORTHONORMAL_TOLERANCE):
+        raise InputError(f"the {role} series has a direction matrix {_numbers(volume.direction)} whose axes are not "
+                         "perpendicular unit vectors (is the header damaged?)")
+
+
+def _numbers(values) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"

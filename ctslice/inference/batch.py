@@ -60,7 +60,8 @@ def plan_batch(input_dir: Path, output_dir: Path, *, ext: str = ".nii.gz", overw
                shard: tuple[int, int] | None = None, found: Discovery | None = None) -> BatchPlan:
     """The plan for every case in ``input_dir`` (of ``shard`` (I, N) if given) -> ``output_dir/<case id><ext>``.
 
-    ``ext`` is one of ``OUTPUT_TYPES``. A case whose output exists is skipped unless ``overwrite``.
+    ``ext`` is one of ``OUTPUT_TYPES``. A case whose output exists is skipped unless ``overwrite`` (an output of
+    the wrong kind, a folder where a file goes or the reverse, is not one: the case runs and fails on it).
     ``InputError`` for a missing input folder, an output folder that is (or is inside) the input
     folder, an unknown ``ext``, or a folder (or shard) without cases. ``found``: the cases of ``input_dir``
     when the caller has found them already (``find_cases``), so that DICOM headers are read once.
@@ -79,7 +80,8 @@ def plan_batch(input_dir: Path, output_dir: Path, *, ext: str = ".nii.gz", overw
     cases = []
     for source in sources:
         output = output_dir / (source.case_id if ext == "dicom" else f"{source.case_id}{ext}")
-        cases.append(BatchCase(source.case_id, source.path, output, output.exists() and not overwrite))
+        done = output.is_dir() if ext == "dicom" else output.is_file()  # a folder named a.nii.gz is no output
+        cases.append(BatchCase(source.case_id, source.path, output, done and not overwrite))
     return BatchPlan(tuple(cases), output_dir, found.skipped)
 
 

@@ -7,6 +7,7 @@ they may not be redistributed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from ctslice.errors import CtsliceError
 from ctslice.hardware import Precision, resolve_precision
 from ctslice.inference.pipeline import SliceInterpolator
 from ctslice.models import build_model
+
+_REQUIRED = object()  # an entry without a default must be present
 
 
 @dataclass
@@ -59,14 +62,47 @@ def load_model(checkpoint: Path | None, device: torch.device | str, vae_checkpoi
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint has no '{key}' entry; was it written by `ctslice train`?")
     config = with_precision(config_from_dict(state["config"], where=f"{path} (config)"), resolved.name)
+    thin, ratio, inplane, channels = _data_entries(state, path)
     codec = codec_for(config.codec, device, vae_checkpoint)
-    if codec.latent_channels != state["codec"]["latent_channels"]:
-        raise CheckpointError(f"{path}: trained with {state['codec']['latent_channels']} latent channels, "
-                              f"the {codec.name} codec has {codec.latent_channels}")
+    if codec.latent_channels != channels:
+        raise CheckpointError(f"{path}: trained with {channels} latent channels, the {codec.name} codec has "
+                              f"{codec.latent_channels}")
     model = build_model(config, codec.latent_channels, device)
+    _check_finite(state["model"], path)
     load_weights(model, state["model"], path)
-    data = state["data"]
-    interpolator = SliceInterpolator(model, codec, config, device, int(data.get("inplane_size", 0)))
-    thin = data.get("thin_spacing")
-    return LoadedModel(interpolator, path, None if thin is None else float(thin), float(data["ratio"]),
-                       int(state.get("step", 0)), resolved)
+    interpolator = SliceInterpolator(model, codec, config, device, inplane)
+    return LoadedModel(interpolator, path, thin, ratio, int(state.get("step", 0)), resolved)
+
+
+def _data_entries(state: dict, path: Path) -> tuple[float | None, float, int, int]:
+    """The checkpoint's thin spacing (None: mixed), slice ratio, in-plane matrix (0: none) and latent channels,
+    each within its domain, or one ``CheckpointError`` line: they size every grid inference makes."""
+    data, codec = state["data"], state["codec"]
+    if not isinstance(data, dict) or not isinstance(codec, dict):
+        raise CheckpointError(f"{path}: its data and codec entries are not mappings; was it written by ctslice train?")
+
+    def entry(section: dict, key: str, low: float, high: float, default=_REQUIRED, integer: bool = False):
+        value = section.get(key, default)
+        if value is None and default is None:
+            return None
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or not low <= value <= high or (integer and value != int(value)):
+            kind = "an integer" if integer else "a number"
+            raise CheckpointError(f"{path}: its {key} entry is {value!r}, not {kind} from {low:g} to {high:g}; the "
+                                  "file is damaged or was not written by `ctslice train`")
+        return int(value) if integer else float(value)
+
+    thin = entry(data, "thin_spacing", 1e-3, 100.0, default=None)
+    return (thin, entry(data, "ratio", 1.0, 100.0), entry(data, "inplane_size", 0, 4096, default=0, integer=True),
+            entry(codec, "latent_channels", 1, 1024, integer=True))
+
+
+def _check_finite(weights, path: Path) -> None:
+    """``CheckpointError`` if a weight is NaN or infinite: every output would be, after minutes of work."""
+    if not isinstance(weights, dict):
+        return  # load_weights says what is wrong with it
+    bad = next((name for name, tensor in weights.items() if isinstance(tensor, torch.Tensor)
+                and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: parameter {bad} holds NaN or infinite values (a diverged training run?); "
+                              "use an earlier checkpoint")

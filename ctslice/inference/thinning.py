@@ -15,13 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ctslice.data.checks import check_ct_volume
+from ctslice.data.checks import check_ct_volume, check_geometry
 from ctslice.errors import CtsliceError, InputError, first_line
 from ctslice.io.geometry import METHODS, interpolate, thin_grid
 from ctslice.io.volume import Volume
 
 DEFAULT_THIN_SPACING = 1.0  # mm, for a baseline; a model knows the ratio it was trained for
 MODES = ("mean", "sample")
+MAX_SAMPLES = 100  # each sample is a whole diffusion run: more is a typo, not a request (as --samples says)
+MAX_STEPS = 10_000
+MAX_SEED = 2**32 - 1  # what NumPy and torch generators take
 
 
 @dataclass(frozen=True)
@@ -44,12 +47,19 @@ class Choices:
             raise InputError(f"method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.mode not in MODES:
             raise InputError(f"mode {self.mode!r}: choose mean or sample")
-        if not _is_int(self.samples) or self.samples < 1:
-            raise InputError(f"samples {self.samples!r}: must be a whole number, at least 1")
-        if self.steps is not None and (not _is_int(self.steps) or self.steps < 1):
-            raise InputError(f"steps {self.steps!r}: must be a whole number, at least 1")
-        if not _is_int(self.seed):
-            raise InputError(f"seed {self.seed!r}: must be a whole number")
+        if not _is_int(self.samples) or not 1 <= self.samples <= MAX_SAMPLES:
+            raise InputError(f"samples {self.samples!r}: must be a whole number, at least 1 and at most {MAX_SAMPLES}")
+        if self.steps is not None and (not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS):
+            raise InputError(f"steps {self.steps!r}: must be a whole number, at least 1 and at most {MAX_STEPS:,}")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"seed {self.seed!r}: must be a whole number from 0 to {MAX_SEED:,}")
+        if self.method is not None:  # silently ignoring them would hand back a baseline the user did not ask for
+            given = (("samples", self.samples, 1), ("steps", self.steps, None), ("mode", self.mode, "mean"))
+            unused = [(name, value) for name, value, default in given if value != default]
+            if unused:
+                name, value = unused[0]
+                raise InputError(f"{name} {value!r}: for a model; the method {self.method} (a classical baseline) is "
+                                 "deterministic")
         spacing = self.thin_spacing
         if spacing is not None and (isinstance(spacing, bool) or not isinstance(spacing, (int, float, np.floating))
                                     or not math.isfinite(spacing) or spacing <= 0):
@@ -64,6 +74,7 @@ def _is_int(value) -> bool:
 def check_input(thick: Volume, thin_spacing: float | None) -> None:
     """``InputError`` unless ``thick`` is plausible CT and its thin grid (if the spacing is known) within limits."""
     check_ct_volume(thick, "input")
+    check_geometry(thick, "input")
     if thin_spacing is not None:
         thin_grid(thick.grid, thin_spacing)
 
@@ -94,6 +105,17 @@ class OutOfMemory(CtsliceError):
         self.reason = reason
 
 
+def checked_steps(loaded, choices: Choices) -> int:
+    """The DDIM steps ``choices`` ask of ``loaded`` (default: its config), refused beyond its training timesteps."""
+    config = loaded.interpolator.config
+    steps = choices.steps or config.inference.steps
+    timesteps = config.diffusion.num_train_timesteps
+    if choices.mode == "sample" and steps > timesteps:
+        raise InputError(f"steps {steps}: this model was trained with {timesteps} diffusion timesteps; ask for at "
+                         f"most {timesteps}")
+    return steps
+
+
 def thin_by_model(loaded, thick: Volume, choices: Choices,
                   on_step: Callable[[str, int, int], None] | None = None) -> Thinned:
     """``thick`` made thin by ``loaded`` (a ``LoadedModel``); ``on_step(stage, done, total)`` reports progress.
@@ -104,7 +126,8 @@ def thin_by_model(loaded, thick: Volume, choices: Choices,
     from ctslice.hardware import is_out_of_memory  # torch: only where a model runs
 
     spacing = choices.thin_spacing or loaded.default_thin_spacing(thick.spacing[2])
-    steps = choices.steps or loaded.interpolator.config.inference.steps
+    steps = checked_steps(loaded, choices)
+    thin_grid(thick.grid, spacing)  # within limits: the model's default spacing is known only now
     try:
         prediction = loaded.interpolator.predict(thick, spacing, mode=choices.mode, samples=choices.samples,
                                                  steps=steps, seed=choices.seed, on_step=on_step)

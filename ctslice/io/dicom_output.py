@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ from ctslice.io.volume import Volume
 
 MAX_DESCRIPTION = 64  # SeriesDescription is a DICOM LO: at most 64 characters
 _ORTHOGONAL_TOLERANCE = 1e-4
+SLICE_NAME = re.compile(r"CT\d{6,}\.dcm")  # the files ``_write_slices`` names, one per slice
 
 
 @dataclass(frozen=True, repr=False)
@@ -113,6 +115,7 @@ def write_dicom_series(volume: Volume, folder: Path, *, description: str, source
         raise InputError(f"{printable(folder)} is a file; a DICOM series is written as a folder")
     if folder.exists() and not overwrite:
         raise InputError(f"{printable(folder)} exists; choose another folder or overwrite it")
+    check_replaceable(folder)
     volume = _right_handed(volume)
     pixels = cast_rounded(volume.array, np.int16)
     staging = staging_folder(folder)
@@ -130,6 +133,21 @@ def write_dicom_series(volume: Volume, folder: Path, *, description: str, source
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def check_replaceable(folder: Path) -> None:
+    """``InputError`` unless ``folder`` is missing or holds nothing but a series this module wrote (``CT*.dcm``).
+
+    Replacing a folder removes everything in it: an ``-o`` that names a folder of other files (a home
+    folder, a study export, ``.``) must not be emptied by ``--overwrite``.
+    """
+    if not folder.is_dir():
+        return
+    foreign = next((entry.name for entry in sorted(folder.iterdir())
+                    if not (SLICE_NAME.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink())), None)
+    if foreign is not None:
+        raise InputError(f"{printable(folder)} holds other files than a ctslice DICOM series (such as "
+                         f"{printable(foreign)}); overwriting would delete them: choose another folder")
 
 
 def _check_description(description: str) -> None:
@@ -228,11 +246,12 @@ def _replace(staging: Path, folder: Path) -> None:
         os.replace(staging, folder)
         return
     old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-    os.replace(folder, old / folder.name)
-    try:
-        os.replace(staging, folder)
-    except OSError:
-        os.replace(old / folder.name, folder)
-        raise
+    try:  # the aside folder goes even when moving the old series aside fails (``-o .`` cannot be moved)
+        os.replace(folder, old / "series")
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            os.replace(old / "series", folder)
+            raise
     finally:
         shutil.rmtree(old, ignore_errors=True)

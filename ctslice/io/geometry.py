@@ -44,10 +44,14 @@ MAX_THIN_BYTES = 8 * 2**30  # of int16 output
 def thin_grid(thick: Grid, thin_spacing: float) -> Grid:
     """The thin grid that covers the thick slabs of ``thick`` (see the module docstring).
 
-    Raises ``InputError`` for a grid beyond the limits of ``checked_depth``.
+    Raises ``InputError`` for a grid beyond the limits of ``checked_depth``, or of fewer than 2 slices.
     """
     thick_spacing = thick.spacing[2]
-    depth = int(math.floor(checked_depth(thick.size[2] * thick_spacing, thin_spacing, thick.size[:2])))
+    extent = thick.size[2] * thick_spacing
+    depth = int(math.floor(checked_depth(extent, thin_spacing, thick.size[:2])))
+    if depth < 2:  # nothing to interpolate between (and resampling onto an empty grid crashes)
+        raise InputError(f"a thin spacing of {thin_spacing:g} mm over this scan's {extent:g} mm makes {depth} "
+                         "slice(s); a thin volume needs at least 2: choose a smaller thin spacing")
     origin = thick.shifted_along_slices(-(thick_spacing - thin_spacing) / 2.0)
     return Grid(
         size=(thick.size[0], thick.size[1], depth),
@@ -65,10 +69,15 @@ def checked_depth(extent: float, thin_spacing: float, inplane: tuple[int, int]) 
     depth = extent / thin_spacing + 1e-6
     size = depth * inplane[0] * inplane[1] * 2
     if not depth <= MAX_THIN_SLICES or not size <= MAX_THIN_BYTES:
-        raise InputError(f"a thin spacing of {thin_spacing:g} mm over this scan's {extent:g} mm makes {depth:,.0f} "
-                         f"slices of {inplane[0]} x {inplane[1]} ({size / 2**30:,.2f} GiB as int16); at most "
+        raise InputError(f"a thin spacing of {thin_spacing:g} mm over this scan's {extent:g} mm makes {_count(depth)} "
+                         f"slices of {inplane[0]} x {inplane[1]} ({_count(size / 2**30, 2)} GiB as int16); at most "
                          f"{MAX_THIN_SLICES:,} slices and {MAX_THIN_BYTES / 2**30:g} GiB are allowed")
     return depth
+
+
+def _count(value: float, decimals: int = 0) -> str:
+    """``value`` with thousands separators, or in scientific notation when that would be a screenful of digits."""
+    return f"{value:,.{decimals}f}" if value < 1e12 else f"{value:.2e}"
 
 
 def slice_ratio(thick_spacing: float, thin_spacing: float) -> int | None:

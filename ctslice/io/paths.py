@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ctslice.errors import CtsliceError, InputError
 
+MAX_NAME_BYTES = 255 - 20  # NAME_MAX, less what staging adds (``.<name>.<random>.partial``)
 MHD_COMPANIONS = (".raw", ".zraw")  # a MetaImage .mhd header writes its voxels beside it under these names
 
 
@@ -46,12 +47,15 @@ def check_output(path: Path, *, inputs: Iterable[Path | None] = (), folder: bool
     space than ``needed_bytes``. Missing parent folders are fine (they are created on write).
     """
     path = check_name(path)
-    target = path.resolve()
+    if len(os.fsencode(path.name)) > MAX_NAME_BYTES:
+        raise InputError(f"{printable(path)}: the name is {len(os.fsencode(path.name))} bytes long; at most "
+                         f"{MAX_NAME_BYTES} fit (the file system's 255, less the staging name it is written under)")
+    target = resolved(path)
     written = [target]
     if not folder and target.name.lower().endswith(".mhd"):
         written += [target.with_suffix(suffix) for suffix in MHD_COMPANIONS]
     for source in (Path(p) for p in inputs if p is not None):
-        source = source.resolve()
+        source = resolved(source)
         if source in written or (source.is_dir() and target.is_relative_to(source)) or (
                 folder and source.is_dir() and source.is_relative_to(target)):
             raise InputError(f"{printable(path)}: the output would overwrite the input {printable(source)}; "
@@ -70,11 +74,22 @@ def check_output(path: Path, *, inputs: Iterable[Path | None] = (), folder: bool
     return path
 
 
+def resolved(path: Path) -> Path:
+    """``path.resolve()``, or one ``InputError`` line for a symbolic link that leads back to itself."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:  # Python < 3.13 raises RuntimeError("Symlink loop from ...")
+        raise InputError(f"{printable(path)}: a symbolic link that leads back to itself (a loop); remove it or point "
+                         "it at a file") from None
+    except OSError as error:
+        raise InputError(f"{printable(path)}: {error.strerror or error}") from None
+
+
 def ensure_space(path: Path, needed_bytes: int) -> None:
     """``InputError`` if the file system that will hold ``path`` has less than ``needed_bytes`` free."""
     if needed_bytes <= 0:
         return
-    free = shutil.disk_usage(_nearest_existing(Path(path).resolve())).free
+    free = shutil.disk_usage(_nearest_existing(resolved(Path(path)))).free
     if free < needed_bytes:
         raise InputError(f"{printable(path)}: not enough free space ({_size(free)} free, the output needs about "
                          f"{_size(needed_bytes)}); free some space or write elsewhere")

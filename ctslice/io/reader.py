@@ -66,6 +66,9 @@ def read_scan(path: Path, options: ReadOptions | None = None) -> Scan:
             return _read_dicom(path, options)
     if not path.exists():
         raise InputError(f"{path} does not exist")
+    if not path.is_file():  # a FIFO named scan.nii.gz would block the read forever; a device never ends
+        raise InputError(f"{path} is not a regular file (a pipe, socket or device); pass a volume file, a DICOM "
+                         "series folder or a zip of one")
     if is_volume_file(path):
         return Scan(_read_file(path))
     if path.suffix.lower() in (".dcm", ".ima"):
@@ -180,6 +183,19 @@ def _check_data_size(path: Path, reader: sitk.ImageFileReader) -> None:
     if encoding in ("gzip", "gz", "true") and available * _DEFLATE_RATIO < declared:
         raise InputError(f"{path} declares {declared} bytes of voxels ({_described(reader)}), more than its "
                          f"{max(available, 0)} bytes of compressed data can hold; its header is wrong")
+
+
+def data_files(path: Path) -> list[Path]:
+    """The files besides ``path`` that reading it reads: the data file of a NRRD or MetaImage header that
+    keeps its voxels apart (``a.mhd`` -> ``a.zraw``), so that no output is written over it."""
+    path = Path(path)
+    if not (path.is_file() and path.name.lower().endswith((".nrrd", ".nhdr", ".mha", ".mhd"))):
+        return []
+    try:
+        layout = _data_layout(path)
+    except OSError:
+        return []  # reading it will say why
+    return [layout[0]] if layout is not None and layout[0] != path else []
 
 
 def _data_layout(path: Path) -> tuple[Path, int, str] | None:
