@@ -127,7 +127,11 @@ class DicomSeries:
         """Raise ``InputError`` if this series cannot be read as a 3D CT volume (headers only)."""
         options = options or ReadOptions()
         if self.unreadable:
-            raise InputError(f"{self.label}: {self.unreadable[0].name} is an unreadable DICOM file (truncated or "
+            file = self.unreadable[0]
+            if not os.access(file, os.R_OK):
+                raise InputError(f"{self.label}: {file.name} cannot be read (permission denied); make it readable, "
+                                 "or move it away if it is not part of the series")
+            raise InputError(f"{self.label}: {file.name} is an unreadable DICOM file (truncated or "
                              "corrupt); re-export the series, or move that file away if it is not part of it")
         if not self.modality:
             raise InputError(f"{self.label} has no Modality tag, so it cannot be taken for CT; pass a CT series")
@@ -289,8 +293,9 @@ def scan_series(folder: Path, *, shown_as: Path | str | None = None) -> SeriesSc
             if headers:
                 where = Path(os.path.commonpath([str(h.file.parent) for h in headers]))
                 found.append(_describe(where, headers, label(where), tuple(unreadable)))
-        headers, unreadable, not_images = _read_headers([f for f in files if f not in covered and f.is_file()])
-        skipped.extend(not_images)
+        rest = [f for f in files if f not in covered]
+        headers, unreadable, not_images = _read_headers([f for f in rest if f.is_file()])
+        skipped.extend(not_images + [f for f in rest if not f.is_file()])  # FIFOs, devices, broken links
         groups: dict[str | None, list[SliceHeader]] = {}
         for header in headers:
             groups.setdefault(header.series_key, []).append(header)
