@@ -276,7 +276,9 @@ def scan_series(folder: Path, *, shown_as: Path | str | None = None) -> SeriesSc
     def label(directory: Path) -> str:
         return str(Path(shown_as) / directory.relative_to(folder)) if shown_as is not None else str(directory)
 
-    found: list[DicomSeries] = []
+    found: list[DicomSeries | str] = []  # a str is the key of a DICOMDIR series, described once complete
+    listed_headers: dict[str, list[SliceHeader]] = {}
+    listed_unreadable: dict[str, list[Path]] = {}
     skipped: list[Path] = []
     covered: set[Path] = set()
     for directory, subdirs, names in os.walk(folder):
@@ -285,23 +287,38 @@ def scan_series(folder: Path, *, shown_as: Path | str | None = None) -> SeriesSc
         files = [directory / name for name in sorted(names)]
         dicomdir = next((f for f in files if f.name.upper() == "DICOMDIR"), None)
         listed = dicomdir_series(dicomdir) if dicomdir is not None else None
-        for paths in (listed or {}).values():
+        for key, paths in (listed or {}).items():
             fresh = [p for p in paths if p not in covered]
             covered.update(fresh)
             headers, unreadable, not_images = _read_headers(fresh)
             skipped.extend(not_images)
-            if headers:
-                where = Path(os.path.commonpath([str(h.file.parent) for h in headers]))
-                found.append(_describe(where, headers, label(where), tuple(unreadable)))
+            if key not in listed_headers:
+                found.append(key)
+            listed_headers.setdefault(key, []).extend(headers)
+            listed_unreadable.setdefault(key, []).extend(unreadable)
         rest = [f for f in files if f not in covered]
         headers, unreadable, not_images = _read_headers([f for f in rest if f.is_file()])
         skipped.extend(not_images + [f for f in rest if not f.is_file()])  # FIFOs, devices, broken links
         groups: dict[str | None, list[SliceHeader]] = {}
         for header in headers:
             groups.setdefault(header.series_key, []).append(header)
+        if unreadable and not headers:  # only damaged images here: a series that fails with its reason
+            found.append(_describe(directory, [], label(directory), tuple(unreadable)))
         for key in sorted(groups, key=str):
-            found.append(_describe(directory, groups[key], label(directory), tuple(unreadable)))
-    return SeriesScan(found, tuple(skipped))
+            if key in listed_headers:  # slices of a DICOMDIR series that it does not list (a stale DICOMDIR)
+                listed_headers[key].extend(groups[key])
+                listed_unreadable[key].extend(f for f in unreadable if f not in listed_unreadable[key])
+            else:
+                found.append(_describe(directory, groups[key], label(directory), tuple(unreadable)))
+    series = []
+    for item in found:
+        if isinstance(item, DicomSeries):
+            series.append(item)
+        elif listed_headers[item] or listed_unreadable[item]:
+            where = Path(os.path.commonpath([str(f.parent) for f in [h.file for h in listed_headers[item]]
+                                             + listed_unreadable[item]]))
+            series.append(_describe(where, listed_headers[item], label(where), tuple(listed_unreadable[item])))
+    return SeriesScan(series, tuple(skipped))
 
 
 def _read_headers(files: list[Path]) -> tuple[list[SliceHeader], list[Path], list[Path]]:
@@ -319,7 +336,13 @@ def _read_headers(files: list[Path]) -> tuple[list[SliceHeader], list[Path], lis
 
 
 def _describe(directory: Path, headers: list[SliceHeader], label: str, unreadable: tuple[Path, ...]) -> DicomSeries:
-    """One series from the headers of its files, sorted along the slice normal when they can be placed."""
+    """One series from the headers of its files, sorted along the slice normal when they can be placed.
+
+    Without headers (every image file damaged) it is a series of no slices whose ``check`` names the first.
+    """
+    if not headers:
+        return DicomSeries(directory=directory, files=(), modality="", slice_spacing=0.0, study_key=None,
+                           patient_key=None, series_key=None, label=label, unreadable=unreadable)
     first = headers[0]
     orientations = [h.orientation for h in headers]
     shared = orientations[0] if all(o is not None and _valid_orientation(o) for o in orientations) and all(

@@ -1,0 +1,223 @@
+"""Hostile DICOM trees: files that only look like slices, file-system oddities, DICOMDIRs that lie.
+
+Each case is run through ``ctslice preprocess`` beside a good series: the bad case is excluded with
+its one-line reason, the good one cached, nothing hangs. Series are written with pydicom, 16 x 16
+pixels, one file per slice; patient name and ID are marked secrets that must never be printed or stored.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+
+from ctslice.data.cache import Cache
+from ctslice.io import read_volume
+from ctslice.io.dicom_files import NOT_AN_IMAGE, UNREADABLE, read_slice
+from tests.dicom_utils import dicomdir_export
+
+SECRET_ID, SECRET_NAME = "PAT-SECRET-4711", "Geheimname^Otto"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+N = 16
+UNREADABLE_TAIL = "is an unreadable DICOM file (truncated or corrupt); re-export the series, or move that file away " \
+                  "if it is not part of it"
+
+
+def pixels(k: int) -> np.ndarray:
+    """A disc of soft tissue in air, a little brighter on every slice (HU)."""
+    y, x = np.mgrid[:N, :N]
+    return np.where((x - N / 2) ** 2 + (y - N / 2) ** 2 < (N / 3) ** 2, 40 + 10 * k, -1000).astype(np.int16)
+
+
+def ct_slice(k: int, study: str, series: str) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CT_IMAGE, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta, ds.preamble = meta, b"\0" * 128
+    ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName, ds.PatientID = "CT", SECRET_NAME, SECRET_ID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series, k + 1
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.SeriesNumber = "20240101", "120000", "1", 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, float(k)], [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 1.0
+    ds.Rows = ds.Columns = N
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+    ds.PixelData = pixels(k).tobytes()
+    return ds
+
+
+def write_ct(folder: Path, count: int = 40) -> list[Path]:
+    """A thin CT series (1 mm) of ``count`` slices, files IM0000... in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    files = [folder / f"IM{k:04d}" for k in range(count)]
+    for k, file in enumerate(files):
+        ct_slice(k, study, series).save_as(file, enforce_file_format=True)
+    return files
+
+
+@contextmanager
+def within(seconds: int):
+    """Fail a test that would hang (a parser looping over gigabytes) instead of waiting for ever."""
+    def expire(*_):
+        raise TimeoutError(f"no answer within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def preprocess(cli, tmp_path: Path, *inputs: Path):
+    """``ctslice preprocess GOOD INPUTS... -o cache.h5``; returns (result, case ids, failure reasons by id)."""
+    good = tmp_path / "good"
+    if not good.exists():
+        write_ct(good)
+    output = tmp_path / "cache.h5"
+    with within(60):
+        result = cli("preprocess", good, *inputs, "-o", output)
+    assert "Traceback" not in result.output
+    assert SECRET_ID not in result.output and "Geheimname" not in result.output
+    assert SECRET_ID.encode() not in output.read_bytes() and b"Geheimname" not in output.read_bytes()
+    with Cache(output) as cache:
+        return result, cache.case_ids(), {f.case_id: f.reason for f in cache.failures()}
+
+
+# --- files that only start like slices ------------------------------------------------------------------------------
+
+def test_gigabytes_behind_a_slice_make_it_unreadable_instead_of_a_hang(tmp_path, cli):
+    """A slice followed by a sparse tail of junk: pydicom would parse every zero as an element, and GDCM
+    would too; the header ends where the data set does, and the tail marks the file as damaged."""
+    files = write_ct(tmp_path / "padded")
+    with open(files[7], "r+b") as handle:
+        handle.truncate(256 * 1024**2)  # sparse: costs no disk
+    with within(20):
+        assert read_slice(files[7]) == UNREADABLE
+    result, cases, failures = preprocess(cli, tmp_path, tmp_path / "padded")
+    assert result.exit_code == 0, result.output
+    assert cases == ["good"]
+    assert failures == {"padded": f"{tmp_path / 'padded'}: IM0007 {UNREADABLE_TAIL}"}
+
+
+@pytest.mark.parametrize("sop_class, expected", [(CT_IMAGE, UNREADABLE), ("1.2.3.4", NOT_AN_IMAGE)])
+def test_sparse_bare_file_starting_like_a_data_set_is_told_apart_at_once(tmp_path, sop_class, expected):
+    """Bytes 08 00 and an SOP Class UID, then a gigabyte of zeros (no preamble): an image class names a
+    damaged slice, any other class a file that is not an image."""
+    uid = sop_class.encode() + b"\0" * (len(sop_class) % 2)
+    file = tmp_path / "BIG"
+    with open(file, "wb") as handle:
+        handle.write(b"\x08\x00\x16\x00" + struct.pack("<I", len(uid)) + uid)
+        handle.truncate(1024**3)
+    with within(20):
+        assert read_slice(file) == expected
+
+
+def test_pixel_data_shorter_than_rows_and_columns_declare_is_unreadable(tmp_path, cli):
+    """Rows and Columns 65535 over 512 bytes of pixels: the reader would allocate what the header claims."""
+    files = write_ct(tmp_path / "huge")
+    dataset = pydicom.dcmread(files[3])
+    dataset.Rows = dataset.Columns = 65535
+    dataset.save_as(files[3])
+    assert read_slice(files[3]) == UNREADABLE
+    result, cases, failures = preprocess(cli, tmp_path, tmp_path / "huge")
+    assert result.exit_code == 0, result.output
+    assert cases == ["good"]
+    assert failures == {"huge": f"{tmp_path / 'huge'}: IM0003 {UNREADABLE_TAIL}"}
+
+
+def test_compressed_slices_read_as_the_native_ones_and_a_broken_fragment_is_named(tmp_path):
+    """RLE (encapsulated pixel data): its fragments are walked to find where the pixels end."""
+    native = write_ct(tmp_path / "native", 6)
+    write_ct(tmp_path / "rle", 6)
+    for file in sorted((tmp_path / "rle").iterdir()):
+        dataset = pydicom.dcmread(file)
+        dataset.compress(RLELossless)
+        dataset.save_as(file)
+    np.testing.assert_array_equal(read_volume(tmp_path / "rle").array, read_volume(native[0].parent).array)
+    broken = tmp_path / "rle" / "IM0002"
+    data = bytearray(broken.read_bytes())
+    item = data.rindex(b"\xfe\xff\x00\xe0")  # the last fragment's item header: its length now runs past the end
+    struct.pack_into("<I", data, item + 4, 1 << 20)
+    broken.write_bytes(bytes(data))
+    assert read_slice(broken) == UNREADABLE
+
+
+def test_folder_of_damaged_slices_is_a_failed_case_not_nothing(tmp_path, cli):
+    """Every slice a DICOM file that does not parse (a Deflate transfer syntax over plain bytes)."""
+    for file in write_ct(tmp_path / "deflated"):
+        dataset = pydicom.dcmread(file)
+        dataset.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+        dataset.save_as(file, enforce_file_format=False)
+    result, cases, failures = preprocess(cli, tmp_path, tmp_path / "deflated")
+    assert result.exit_code == 0, result.output
+    assert cases == ["good"]
+    assert failures == {"deflated": f"{tmp_path / 'deflated'}: IM0000 {UNREADABLE_TAIL}"}
+
+
+# --- file-system oddities -------------------------------------------------------------------------------------------
+
+def test_fifos_devices_and_broken_links_are_excluded_with_their_reason(tmp_path, cli):
+    """A FIFO opened for reading blocks for ever, /dev/zero never ends: each is one excluded case."""
+    tree = tmp_path / "tree"
+    write_ct(tree / "series")
+    os.mkfifo(tree / "scan.nii.gz")
+    os.mkfifo(tree / "study.zip")
+    os.mkfifo(tree / "series" / "DICOMDIR")
+    os.mkfifo(tree / "series" / "IM9999")
+    os.symlink("/dev/zero", tree / "zero.nii")
+    os.symlink(tmp_path / "nowhere.nii.gz", tree / "gone.nii.gz")
+    result, cases, failures = preprocess(cli, tmp_path, tree)
+    assert result.exit_code == 0, result.output
+    assert cases == ["good", "series"]
+    assert failures == {
+        "scan": f"{tree / 'scan.nii.gz'} is a named pipe (FIFO), not a file that holds a scan; pass a regular file",
+        "study": f"{tree / 'study.zip'} is a named pipe (FIFO), not a file that holds a scan; pass a regular file",
+        "zero": f"{tree / 'zero.nii'} is a device, not a file that holds a scan; pass a regular file",
+        "gone": f"{tree / 'gone.nii.gz'} is a broken symbolic link; pass an existing, readable file",
+    }
+
+
+@pytest.mark.parametrize("command", ["preprocess", "infer"])
+def test_a_fifo_given_as_the_input_is_one_line(tmp_path, cli, command):
+    fifo = tmp_path / "scan.nii.gz"
+    os.mkfifo(fifo)
+    output = tmp_path / ("cache.h5" if command == "preprocess" else "out.nii.gz")
+    with within(30):
+        result = cli(command, fifo, "-o", output, *(["--method", "cubic"] if command == "infer" else []))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {fifo} is a named pipe (FIFO), not a file that holds a scan; pass a regular file"]
+    assert not output.exists()
+
+
+# --- DICOMDIRs that do not tell the truth ---------------------------------------------------------------------------
+
+def test_dicomdir_listing_a_slice_twice_and_missing_one_still_reads_every_slice(tmp_path):
+    """A stale DICOMDIR: one record names IM000000 where IM000001 should be. The slice on disk is a
+    slice of the listed series, not a 1-slice series of its own, and nothing is interpolated."""
+    write_ct(tmp_path / "staging" / "s", 12)
+    dicomdir = dicomdir_export(tmp_path / "staging", tmp_path / "export")
+    dicomdir.write_bytes(dicomdir.read_bytes().replace(b"SE000000\\IM000001", b"SE000000\\IM000000"))
+    volume = read_volume(tmp_path / "export")
+    assert volume.depth == 12
+    np.testing.assert_array_equal(volume.array, np.stack([pixels(k) for k in range(12)]))
