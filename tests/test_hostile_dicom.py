@@ -69,11 +69,15 @@ def write_ct(folder: Path, count: int = 40) -> list[Path]:
     return files
 
 
+class Hung(BaseException):
+    """Raised by ``within``; a BaseException, so that no ``except Exception`` in the code under test hides it."""
+
+
 @contextmanager
 def within(seconds: int):
     """Fail a test that would hang (a parser looping over gigabytes) instead of waiting for ever."""
     def expire(*_):
-        raise TimeoutError(f"no answer within {seconds} s")
+        raise Hung(f"no answer within {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.alarm(seconds)

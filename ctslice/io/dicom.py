@@ -29,9 +29,18 @@ import numpy as np
 import SimpleITK as sitk
 
 from ctslice.errors import InputError
-from ctslice.io.dicom_files import NOT_AN_IMAGE, UNREADABLE, SliceHeader, dicomdir_series, pseudonym, read_slice
-from ctslice.io.failures import sitk_reason
+from ctslice.io.dicom_files import (
+    INVALID_MODALITY,
+    NOT_AN_IMAGE,
+    UNREADABLE,
+    SliceHeader,
+    dicomdir_series,
+    pseudonym,
+    read_slice,
+)
+from ctslice.io.failures import captured_stderr, sitk_reason
 from ctslice.io.intensity import cast_rounded
+from ctslice.io.paths import check_name
 from ctslice.io.slices import MAX_GAP_RATIO, SliceLayout, frame_axes, regularise
 from ctslice.io.volume import Volume
 
@@ -114,6 +123,7 @@ class DicomSeries:
     localizer: bool = field(default=False, repr=False)
     unreadable: tuple[Path, ...] = field(default=(), repr=False)
     unplaced: Path | None = field(default=None, repr=False)  # the first file without ImagePositionPatient
+    defect: tuple[Path, str] | None = field(default=None, repr=False)  # the first slice not readable as HU, why
 
     @property
     def n_slices(self) -> int:
@@ -135,11 +145,18 @@ class DicomSeries:
                              "corrupt); re-export the series, or move that file away if it is not part of it")
         if not self.modality:
             raise InputError(f"{self.label} has no Modality tag, so it cannot be taken for CT; pass a CT series")
+        if self.modality == INVALID_MODALITY:  # not a code: free text, never shown (it could be a name)
+            raise InputError(f"{self.label} has a Modality that is not a valid code, so it cannot be taken for CT; "
+                             "pass a CT series")
         if self.modality != "CT":
             raise InputError(f"{self.label} is {_with_article(self.modality)} series, not CT; pass a CT series")
         if self.frames > 1:
             raise InputError(f"{self.label}: {self.files[0].name} is a multi-frame DICOM file, which ctslice does "
                              "not read; convert the series to NIfTI (for example with dcm2niix) and pass that")
+        for file in self.files:
+            check_name(file)  # SimpleITK cannot open a name that is not UTF-8
+        if self.defect is not None:
+            raise InputError(f"{self.label}: {self.defect[0].name} {self.defect[1]}; re-export the series")
         if self.n_slices < 2:
             raise InputError(f"{self.label} holds a single 2D slice, not a 3D volume; pass a series of slices")
         self._check_sizes()
@@ -184,7 +201,8 @@ class DicomSeries:
         warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
         sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warns on stderr about tilt and uneven spacing
         try:
-            return reader.Execute()
+            with captured_stderr():  # ITK's own warnings (VNL on odd geometry); the checks give the reasons
+                return reader.Execute()
         except RuntimeError as error:
             culprit = _first_unreadable(self.files)
             where = f"{culprit.name} is unreadable" if culprit else f"cannot be read ({sitk_reason(error)})"
@@ -373,6 +391,7 @@ def _describe(directory: Path, headers: list[SliceHeader], label: str, unreadabl
         localizer=first.localizer,
         unreadable=unreadable,
         unplaced=next((h.file for h in headers if h.position is None), None),
+        defect=next(((h.file, h.defect) for h in headers if h.defect is not None), None),
     )
 
 

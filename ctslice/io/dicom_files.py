@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -33,9 +34,12 @@ UNREADABLE = "unreadable"
 
 _TAGS = ["SOPClassUID", "Modality", "ImageType", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
          "ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns",
-         "NumberOfFrames", "GantryDetectorTilt", "SamplesPerPixel", "BitsAllocated", 0x7FE00010]
+         "NumberOfFrames", "GantryDetectorTilt", "SamplesPerPixel", "BitsAllocated", "PhotometricInterpretation",
+         "RescaleSlope", "PixelSpacing", 0x7FE00010]
 _PIXEL_DATA = 0x7FE00010
 BARE_PREFIX = 64 * 1024  # bytes parsed to tell a bare DICOM data set from other binary files
+MODALITY_CODE = r"[A-Z0-9_ ]{1,16}"  # a Modality value (code string); anything else is never shown
+INVALID_MODALITY = "?"
 HEADER_LIMIT = TRAILING_LIMIT = 1024 * 1024
 """Bytes of a file in which its header must end (the Pixel Data element start): a CT slice header is a
 few kB to a few hundred. Nothing beyond it is parsed, so a file of gigabytes of anything (zeros after a
@@ -69,6 +73,7 @@ class SliceHeader:
     size: tuple[int, int] | None  # (rows, columns)
     tilt: float
     frames: int
+    defect: str | None = None  # why its pixels cannot be read as HU on their grid (words after the file name)
 
 
 def read_slice(file: Path) -> SliceHeader | str:
@@ -163,9 +168,10 @@ class _Prefix(io.RawIOBase):
 
 def _header(file: Path, ds: pydicom.Dataset) -> SliceHeader:
     rows, columns = _float(_get(ds, "Rows"), 0.0), _float(_get(ds, "Columns"), 0.0)
+    modality = _text(ds, "Modality")
     return SliceHeader(
         file=file,
-        modality=_text(ds, "Modality"),
+        modality=modality if not modality or re.fullmatch(MODALITY_CODE, modality) else INVALID_MODALITY,
         localizer="LOCALIZER" in "\\".join(_strings(_get(ds, "ImageType"))).upper(),
         patient_key=pseudonym(_text(ds, "PatientID")),
         study_key=pseudonym(_text(ds, "StudyInstanceUID")),
@@ -175,7 +181,32 @@ def _header(file: Path, ds: pydicom.Dataset) -> SliceHeader:
         size=(int(rows), int(columns)) if rows >= 1 and columns >= 1 else None,
         tilt=_float(_get(ds, "GantryDetectorTilt"), 0.0),
         frames=int(_float(_get(ds, "NumberOfFrames"), 1.0)),
+        defect=_defect(ds),
     )
+
+
+def _defect(ds: pydicom.Dataset) -> str | None:
+    """What keeps an image's pixels from being read as HU on their grid, in words, or None.
+
+    GDCM reads each of these without a word and gives wrong values or geometry: colour pixels, grey
+    values inverted for display (MONOCHROME1: GDCM inverts the stored values, so HU come out negated),
+    a RescaleSlope that is not a positive number (it falls back to 1, or negates every HU), and a
+    missing or non-positive PixelSpacing (it assumes 1 mm).
+    """
+    samples = _float(_get(ds, "SamplesPerPixel"), 1.0)
+    photometric = _text(ds, "PhotometricInterpretation").upper()
+    if samples != 1 or photometric not in ("", "MONOCHROME1", "MONOCHROME2"):
+        return f"is a colour image ({photometric or f'{samples:g} samples per pixel'}), not a grey-scale CT slice"
+    if photometric == "MONOCHROME1":
+        return "stores inverted grey values (MONOCHROME1), which are not read back as HU"
+    if "RescaleSlope" in ds:
+        slope = _float(_get(ds, "RescaleSlope"), math.nan)
+        if not slope > 0:
+            return "has a RescaleSlope that is not a positive number, so its pixels do not map to HU"
+    spacing = _floats(_get(ds, "PixelSpacing"), 2)
+    if spacing is None or min(spacing) <= 0:
+        return "lacks a valid PixelSpacing (two positive numbers), so its pixels have no size"
+    return None
 
 
 def _get(ds: pydicom.Dataset, keyword: str):
