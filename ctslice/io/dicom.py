@@ -41,7 +41,7 @@ from ctslice.io.dicom_files import (
 from ctslice.io.failures import captured_stderr, sitk_reason
 from ctslice.io.intensity import cast_rounded
 from ctslice.io.paths import check_name
-from ctslice.io.slices import MAX_GAP_RATIO, SliceLayout, frame_axes, regularise
+from ctslice.io.slices import MAX_GAP_RATIO, MAX_GROWTH, SliceLayout, frame_axes, regular_size, regularise
 from ctslice.io.volume import Volume
 
 __all__ = ["DicomSeries", "ReadOptions", "SeriesReport", "SeriesScan", "check_z_spacing", "find_series", "pseudonym",
@@ -182,10 +182,12 @@ class DicomSeries:
         options = options or ReadOptions()
         self.check(options)
         image = self._read_pixels()
+        self._check_range(image)
         layout = self.layout
         if not (layout.tilted or layout.uneven):
             volume = Volume.from_image(image)
             return volume.with_array(cast_rounded(volume.array, np.int16)), SeriesReport()
+        self._check_growth(layout, image, options.z_spacing)
         volume = regularise(sitk.GetArrayFromImage(image), image.GetSpacing()[:2], self.positions[0],
                             self.orientation, layout, options.z_spacing)
         steps = layout.steps
@@ -209,6 +211,29 @@ class DicomSeries:
             raise InputError(f"{self.label}: {where}; re-export the series") from None
         finally:
             sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
+
+    def _check_range(self, image: sitk.Image) -> None:
+        """Refuse values that int16 HU cannot hold (a RescaleIntercept of 1e30): rounding would clip them."""
+        extremes = sitk.MinimumMaximumImageFilter()
+        extremes.Execute(image)
+        low, high = extremes.GetMinimum(), extremes.GetMaximum()
+        if not (-32768 <= low and high <= 32767):
+            raise InputError(f"{self.label}: its values reach {low:.6g} to {high:.6g} HU after RescaleSlope and "
+                             "RescaleIntercept, beyond what CT stores (-32768 to 32767); check those tags or "
+                             "re-export the series")
+
+    def _check_growth(self, layout: SliceLayout, image: sitk.Image, z_spacing: float | None) -> None:
+        """Refuse a resampling grid more than ``MAX_GROWTH`` times the stack (slices, or area), before it is made."""
+        columns, rows, depth = image.GetSize()
+        size = regular_size((depth, rows, columns), image.GetSpacing()[:2], layout, z_spacing)
+        if z_spacing is None and size[2] > MAX_GROWTH * depth:
+            raise InputError(f"{self.label}: its slice spacing ({layout.steps.min():.3g} to {layout.steps.max():.3g} "
+                             f"mm) would be resampled to its smallest step, {size[2]} slices from {depth}; give the "
+                             "z spacing to resample it to, or re-export the series")
+        if size[0] * size[1] > MAX_GROWTH * rows * columns:
+            raise InputError(f"{self.label}: its slices are sheared by {layout.tilt_degrees:.1f} degrees, so the "
+                             f"untilted grid that holds them would be {size[0]} x {size[1]} pixels for {columns} x "
+                             f"{rows} slices; check their ImagePositionPatient, or re-export the series")
 
     def _check_sizes(self) -> None:
         sizes = [s for s in self.sizes if s is not None]
