@@ -24,6 +24,8 @@ from ctslice.io import read_volume
 from ctslice.io.dicom_files import NOT_AN_IMAGE, UNREADABLE, read_slice
 from tests.dicom_utils import dicomdir_export
 
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")  # the hostile values written
+
 SECRET_ID, SECRET_NAME = "PAT-SECRET-4711", "Geheimname^Otto"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 N = 16
@@ -225,3 +227,100 @@ def test_dicomdir_listing_a_slice_twice_and_missing_one_still_reads_every_slice(
     volume = read_volume(tmp_path / "export")
     assert volume.depth == 12
     np.testing.assert_array_equal(volume.array, np.stack([pixels(k) for k in range(12)]))
+
+
+# --- headers whose pixels GDCM would misread without a word ---------------------------------------------------------
+
+def rewrite(files: list[Path], **tags) -> None:
+    """Set (value) or delete (None) ``tags`` in every file."""
+    for file in files:
+        dataset = pydicom.dcmread(file)
+        for keyword, value in tags.items():
+            if value is None:
+                delattr(dataset, keyword)
+            else:
+                setattr(dataset, keyword, value)
+        dataset.save_as(file)
+
+
+@pytest.mark.parametrize("tags, reason", [
+    ({"RescaleSlope": 0}, "has a RescaleSlope that is not a positive number, so its pixels do not map to HU"),
+    ({"RescaleSlope": -1}, "has a RescaleSlope that is not a positive number, so its pixels do not map to HU"),
+    ({"RescaleSlope": "NaN"}, "has a RescaleSlope that is not a positive number, so its pixels do not map to HU"),
+    ({"PhotometricInterpretation": "MONOCHROME1"},
+     "stores inverted grey values (MONOCHROME1), which are not read back as HU"),
+    ({"PixelSpacing": None}, "lacks a valid PixelSpacing (two positive numbers), so its pixels have no size"),
+    ({"PixelSpacing": [0, 0]}, "lacks a valid PixelSpacing (two positive numbers), so its pixels have no size"),
+])
+def test_slices_gdcm_would_misread_are_excluded_with_the_reason(tmp_path, cli, tags, reason):
+    """Before: each was cached (slope -1 and MONOCHROME1 with every HU negated, NaN and 0 as slope 1, no
+    PixelSpacing as 1 mm), or gave 37 lines of VNL warnings."""
+    rewrite(write_ct(tmp_path / "odd"), **tags)
+    result, cases, failures = preprocess(cli, tmp_path, tmp_path / "odd")
+    assert result.exit_code == 0, result.output
+    assert cases == ["good"]
+    assert failures == {"odd": f"{tmp_path / 'odd'}: IM0000 {reason}; re-export the series"}
+    assert flat(result.output).count("error") == 0
+
+
+def test_colour_slices_are_named_as_colour(tmp_path, cli):
+    files = write_ct(tmp_path / "rgb")
+    grey = pixels(0).clip(0, 255).astype(np.uint8)
+    rewrite(files, SamplesPerPixel=3, PhotometricInterpretation="RGB", BitsAllocated=8, BitsStored=8, HighBit=7,
+            PixelRepresentation=0, PlanarConfiguration=0, PixelData=np.repeat(grey[..., None], 3, -1).tobytes())
+    result, cases, failures = preprocess(cli, tmp_path, tmp_path / "rgb")
+    assert failures == {"rgb": f"{tmp_path / 'rgb'}: IM0000 is a colour image (RGB), not a grey-scale CT slice; "
+                               "re-export the series"}
+
+
+def test_values_beyond_int16_after_rescale_are_refused_not_clipped(tmp_path, cli):
+    """RescaleIntercept 100000: rounding to int16 clipped every voxel to 32767, then 'a constant series'."""
+    rewrite(write_ct(tmp_path / "far"), RescaleIntercept=100000)
+    result, cases, failures = preprocess(cli, tmp_path, tmp_path / "far")
+    assert failures == {"far": f"{tmp_path / 'far'}: its values reach 99000 to 100430 HU after RescaleSlope and "
+                               "RescaleIntercept, beyond what CT stores (-32768 to 32767); check those tags or "
+                               "re-export the series"}
+
+
+def test_a_modality_that_is_not_a_code_is_never_shown(tmp_path, cli):
+    """Modality is a code string (CT, MR); free text there (a name, say) must not reach messages or the cache."""
+    rewrite(write_ct(tmp_path / "text"), Modality=SECRET_NAME)
+    result, cases, failures = preprocess(cli, tmp_path, tmp_path / "text")  # asserts no secret anywhere
+    assert failures == {"text": f"{tmp_path / 'text'} has a Modality that is not a valid code, so it cannot be "
+                                "taken for CT; pass a CT series"}
+
+
+def test_a_slice_named_in_bytes_that_are_not_utf8_excludes_its_case_in_one_line(tmp_path, cli):
+    """Before: a TypeError from SimpleITK's SetFileNames, exit 1 as if the machine had failed."""
+    files = write_ct(tmp_path / "bytes")
+    os.rename(files[2], os.fsencode(files[2]) + b"\xff")
+    result, cases, failures = preprocess(cli, tmp_path, tmp_path / "bytes")
+    assert result.exit_code == 0, result.output
+    assert cases == ["good"]
+    assert failures == {"bytes": f"{tmp_path / 'bytes'}/IM0002\\xff: the name is not valid UTF-8 (bytes shown as "
+                                 "\\x..); rename it with UTF-8 characters"}
+
+
+# --- geometry that would make a small series a memory bomb ----------------------------------------------------------
+
+def test_a_near_duplicate_step_is_not_resampled_into_a_hundred_times_the_slices(tmp_path, cli):
+    """One step of 0.011 mm among 1 mm steps (1.1% of the typical step, so not a duplicate): resampled to
+    the smallest step it made 1638 slices of 20 (with 512 x 512 slices, 6.5 GB and 96 s for 10 MB)."""
+    files = write_ct(tmp_path / "uneven", 20)
+    for k, file in enumerate(files):
+        rewrite([file], ImagePositionPatient=[0.0, 0.0, [0.0, 0.011][k] if k < 2 else k - 1.0])
+    result, cases, failures = preprocess(cli, tmp_path, tmp_path / "uneven")
+    assert failures == {"uneven": f"{tmp_path / 'uneven'}: its slice spacing (0.011 to 1 mm) would be resampled to "
+                                  "its smallest step, 1638 slices from 20; give the z spacing to resample it to, "
+                                  "or re-export the series"}
+
+
+def test_a_shear_no_gantry_tilts_is_refused_before_its_grid_is_made(tmp_path, cli):
+    """Slices shifted 1000 mm each along y (89.9 degrees): the untilted box was 16 x 39016 pixels per slice."""
+    files = write_ct(tmp_path / "sheared")
+    for k, file in enumerate(files):
+        rewrite([file], ImagePositionPatient=[0.0, 1000.0 * k, float(k)])
+    result, cases, failures = preprocess(cli, tmp_path, tmp_path / "sheared")
+    assert failures == {"sheared": f"{tmp_path / 'sheared'}: its slices are sheared by 89.9 degrees, so the untilted "
+                                   "grid that holds them would be 16 x 39016 pixels for 16 x 16 slices; check their "
+                                   "ImagePositionPatient, or re-export the series"}
