@@ -109,9 +109,9 @@ def read_slice(file: Path) -> SliceHeader | str:
 def _read_header(file: Path, *, force: bool) -> pydicom.Dataset:
     """The ``_TAGS`` of ``file``; of the pixels only their position and length.
 
-    Parsing ends where the data set does: at the first top-level tag that does not follow the one
-    before it (tags ascend in a data set; what comes after, zeros or other junk, is not part of it), and
-    at ``HEADER_LIMIT`` bytes. So a file of gigabytes costs what its header costs.
+    Parsing ends where the data set does: behind the pixels at the first top-level tag that does not
+    follow the one before it (``_tags_stop_ascending``), and at ``HEADER_LIMIT`` bytes. So a file of
+    gigabytes costs what its header costs.
     """
     with open(file, "rb") as handle, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about values that break the standard's rules
@@ -121,12 +121,15 @@ def _read_header(file: Path, *, force: bool) -> pydicom.Dataset:
 
 
 def _tags_stop_ascending():
-    """A ``stop_when`` for pydicom that ends the data set at the first tag not above the previous one."""
-    last = -1
+    """A ``stop_when`` for pydicom that ends the data set behind the pixel data at the first tag not above the
+    one before (what follows there, zeros or other junk, is not part of it). Before the pixels, tags out of
+    order are tolerated as readers do (some exports write them so); ``HEADER_LIMIT`` bounds that part."""
+    last, pixels_seen = -1, False
 
     def stop(tag, vr, length) -> bool:
-        nonlocal last
-        ended, last = tag <= last, tag
+        nonlocal last, pixels_seen
+        ended = pixels_seen and tag <= last
+        last, pixels_seen = tag, pixels_seen or tag == _PIXEL_DATA
         return ended
 
     return stop
