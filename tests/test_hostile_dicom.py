@@ -324,3 +324,18 @@ def test_a_shear_no_gantry_tilts_is_refused_before_its_grid_is_made(tmp_path, cl
     assert failures == {"sheared": f"{tmp_path / 'sheared'}: its slices are sheared by 89.9 degrees, so the untilted "
                                    "grid that holds them would be 16 x 39016 pixels for 16 x 16 slices; check their "
                                    "ImagePositionPatient, or re-export the series"}
+
+
+def test_a_file_this_user_cannot_read_is_excluded_with_the_reason(tmp_path, cli, monkeypatch):
+    """chmod 000 cannot be tried as root (the tests may run as root): the permission test is what is stubbed."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "locked.nii.gz").write_bytes(b"\x1f\x8b not read")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: not str(path).endswith("locked.nii.gz")
+                        and real_access(path, mode))
+    result, cases, failures = preprocess(cli, tmp_path, tree)
+    assert result.exit_code == 0, result.output
+    assert cases == ["good"]
+    assert failures == {"locked": f"{tree / 'locked.nii.gz'} cannot be read (permission denied); make it readable "
+                                  "or leave it out"}
