@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from ctslice.data.cache import Cache
 from ctslice.io import read_volume
-from ctslice.io.dicom_files import NOT_AN_IMAGE, UNREADABLE, read_slice
+from ctslice.io.dicom_files import NOT_AN_IMAGE, UNREADABLE, SliceHeader, read_slice
 from tests.dicom_utils import dicomdir_export
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")  # the hostile values written
@@ -166,6 +166,12 @@ def test_compressed_slices_read_as_the_native_ones_and_a_broken_fragment_is_name
     struct.pack_into("<I", data, item + 4, 1 << 20)
     broken.write_bytes(bytes(data))
     assert read_slice(broken) == UNREADABLE
+    endless = tmp_path / "rle" / "IM0003"  # 70,000 empty items before the delimiter: not walked to the end
+    data = endless.read_bytes()
+    end = data.rindex(b"\xfe\xff\xdd\xe0")
+    endless.write_bytes(data[:end] + b"\xfe\xff\x00\xe0\x00\x00\x00\x00" * 70_000 + data[end:])
+    assert read_slice(endless) == UNREADABLE
+    assert isinstance(read_slice(tmp_path / "rle" / "IM0004"), SliceHeader)
 
 
 def test_folder_of_damaged_slices_is_a_failed_case_not_nothing(tmp_path, cli):

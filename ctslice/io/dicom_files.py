@@ -40,6 +40,7 @@ _PIXEL_DATA = 0x7FE00010
 BARE_PREFIX = 64 * 1024  # bytes parsed to tell a bare DICOM data set from other binary files
 MODALITY_CODE = r"[A-Z0-9_ ]{1,16}"  # a Modality value (code string); anything else is never shown
 INVALID_MODALITY = "?"
+MAX_FRAGMENTS = 1 << 16  # items of encapsulated pixel data: a slice has a handful (one or a few per frame)
 HEADER_LIMIT = TRAILING_LIMIT = 1024 * 1024
 """Bytes of a file in which its header must end (the Pixel Data element start): a CT slice header is a
 few kB to a few hundred. Nothing beyond it is parsed, so a file of gigabytes of anything (zeros after a
@@ -259,10 +260,13 @@ def _native_bytes(ds: pydicom.Dataset) -> int:
 
 def _fragments_end(file: Path, offset: int, size: int) -> int | None:
     """Where encapsulated pixel data ends: after its items (FFFE,E000) and the sequence delimiter
-    (FFFE,E0DD); None when an item is malformed or runs past the end of the file."""
+    (FFFE,E0DD); None when an item is malformed, runs past the end of the file, or items go on past
+    ``MAX_FRAGMENTS`` (a file of millions of empty items would otherwise be walked 8 bytes at a time)."""
     with open(file, "rb") as handle:
         position = offset
-        while position + 8 <= size:
+        for _ in range(MAX_FRAGMENTS):
+            if position + 8 > size:
+                return None
             handle.seek(position)
             group, element, length = struct.unpack("<HHI", handle.read(8))
             if (group, element) == (0xFFFE, 0xE0DD):
