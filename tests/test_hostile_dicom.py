@@ -345,3 +345,22 @@ def test_a_file_this_user_cannot_read_is_excluded_with_the_reason(tmp_path, cli,
     assert cases == ["good"]
     assert failures == {"locked": f"{tree / 'locked.nii.gz'} cannot be read (permission denied); make it readable "
                                   "or leave it out"}
+
+
+# --- what sits where the cache's lock file belongs -----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, make", [
+    ("a named pipe (FIFO)", os.mkfifo),
+    ("a symbolic link", lambda path: os.symlink("/dev/zero", path)),  # was read whole: 23 GB and counting
+    ("a folder", os.mkdir),
+])
+def test_a_lock_path_that_is_not_a_plain_file_is_one_line_before_any_work(tmp_path, cli, kind, make):
+    write_ct(tmp_path / "good")
+    lock = tmp_path / "cache.h5.lock"
+    make(lock)
+    with within(30):
+        result = cli("preprocess", tmp_path / "good", "-o", tmp_path / "cache.h5")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {lock} is {kind}, not a ctslice lock file; remove it (no run is using it), then run again"]
+    assert not (tmp_path / "cache.h5").exists() and not (tmp_path / "cache.h5.parts").exists()
