@@ -364,3 +364,36 @@ def test_a_lock_path_that_is_not_a_plain_file_is_one_line_before_any_work(tmp_pa
     assert result.output.strip().splitlines() == [
         f"error: {lock} is {kind}, not a ctslice lock file; remove it (no run is using it), then run again"]
     assert not (tmp_path / "cache.h5").exists() and not (tmp_path / "cache.h5.parts").exists()
+
+
+@pytest.mark.parametrize("junk", ["fifo", "zero", "garbage", "tmp-fifo"])
+def test_junk_in_the_parts_folder_neither_hangs_nor_blocks_every_later_merge(tmp_path, cli, junk):
+    """A FIFO named x.h5 hung the run (HDF5 opens it); a link to /dev/zero or a foreign file made every
+    merge fail with exit 1, for ever, as they were 'kept for the next run'."""
+    write_ct(tmp_path / "good")
+    parts = tmp_path / "cache.h5.parts"
+    parts.mkdir()
+    {"fifo": lambda: os.mkfifo(parts / "x.h5"), "zero": lambda: os.symlink("/dev/zero", parts / "x.h5"),
+     "garbage": lambda: (parts / "x.h5").write_bytes(b"not HDF5"),
+     "tmp-fifo": lambda: os.mkfifo(parts / ".good.h5.tmp")}[junk]()
+    with within(30):
+        result = cli("preprocess", tmp_path / "good", "-o", tmp_path / "cache.h5")
+    assert result.exit_code == 0, result.output
+    with Cache(tmp_path / "cache.h5") as cache:
+        assert cache.case_ids() == ["good"]
+    assert not parts.exists()
+
+
+@pytest.mark.parametrize("where, make, kind", [
+    ("cache.h5.parts", lambda path: path.write_text("x"), "folder"),
+    (".cache.h5.tmp", os.mkdir, "file"),
+])
+def test_something_where_unfinished_work_goes_is_one_line_before_any_work(tmp_path, cli, where, make, kind):
+    """Before: a part that could not be written (exit 1 after the work), or a traceback (IsADirectoryError)."""
+    write_ct(tmp_path / "good")
+    make(tmp_path / where)
+    result = cli("preprocess", tmp_path / "good", "-o", tmp_path / "cache.h5")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {tmp_path / where} is in the way: ctslice keeps its unfinished work there as a {kind}; move it away"]
+    assert not (tmp_path / "cache.h5").exists()
