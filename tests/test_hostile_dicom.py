@@ -397,3 +397,16 @@ def test_something_where_unfinished_work_goes_is_one_line_before_any_work(tmp_pa
     assert result.output.strip().splitlines() == [
         f"error: {tmp_path / where} is in the way: ctslice keeps its unfinished work there as a {kind}; move it away"]
     assert not (tmp_path / "cache.h5").exists()
+
+
+@pytest.mark.parametrize("command", ["merge", "split"])
+def test_a_fifo_given_as_a_cache_is_one_line_not_a_hang(tmp_path, cli, command):
+    fifo = tmp_path / "shard.h5"
+    os.mkfifo(fifo)
+    args = (["preprocess", "--merge", fifo, "-o", tmp_path / "cache.h5"] if command == "merge"
+            else ["split", fifo, "-o", tmp_path / "splits.json"])
+    with within(30):
+        result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {fifo} is a named pipe (FIFO), not a file that holds a cache; pass a regular file"]

@@ -41,7 +41,7 @@ import numpy as np
 
 from ctslice.data.pairs import Pair
 from ctslice.errors import CtsliceError, InputError, first_line
-from ctslice.io.paths import printable
+from ctslice.io.paths import check_regular_file, printable
 from ctslice.io.volume import Grid, Volume
 from ctslice.parsing import load_json
 from ctslice.version import __version__
@@ -218,6 +218,7 @@ class Cache:
         self.path = Path(path)
         if not self.path.exists():
             raise InputError(f"{self.path}: no such cache (create it with `ctslice preprocess`)")
+        check_regular_file(self.path, "a cache")  # HDF5 would block opening a FIFO
         try:
             self.file = h5py.File(self.path, "r")
         except OSError as error:

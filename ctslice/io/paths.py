@@ -37,11 +37,12 @@ def check_name(path: Path | str) -> Path:
     return Path(path)
 
 
-def check_regular_file(path: Path | str) -> Path:
+def check_regular_file(path: Path | str, holds: str = "a scan") -> Path:
     """``path`` if it is a regular file (or a link to one) this process may read, else ``InputError``.
 
     Opening a named pipe (FIFO) blocks until another process writes to it, and a device such as
-    ``/dev/zero`` never ends: neither is a scan, and reading either would hang the run.
+    ``/dev/zero`` never ends: neither is a scan (or whatever the file should hold, ``holds``), and reading
+    either would hang the run.
     """
     path = Path(path)
     try:
@@ -56,7 +57,7 @@ def check_regular_file(path: Path | str) -> Path:
         kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
                 else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a folder" if stat.S_ISDIR(mode)
                 else "not a regular file")
-        raise InputError(f"{printable(path)} is {kind}, not a file that holds a scan; pass a regular file")
+        raise InputError(f"{printable(path)} is {kind}, not a file that holds {holds}; pass a regular file")
     return path
 
 
