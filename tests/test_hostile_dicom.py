@@ -410,3 +410,14 @@ def test_a_fifo_given_as_a_cache_is_one_line_not_a_hang(tmp_path, cli, command):
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines() == [
         f"error: {fifo} is a named pipe (FIFO), not a file that holds a cache; pass a regular file"]
+
+
+def test_a_file_name_with_a_newline_keeps_the_error_on_one_line(tmp_path, cli):
+    """Linux allows a newline in a name; the message naming such a damaged slice split in two lines."""
+    files = write_ct(tmp_path / "series", 6)
+    damaged = files[3].rename(tmp_path / "series" / "IM\n0003")
+    damaged.write_bytes(damaged.read_bytes()[:-100])
+    result = cli("infer", tmp_path / "series", "-o", tmp_path / "out.nii.gz", "--method", "cubic")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {tmp_path / 'series'}: IM\\n0003 {UNREADABLE_TAIL}"]
