@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from ctslice.errors import CtsliceError, InputError, first_line
+from ctslice.io.paths import check_regular_file
 from ctslice.version import __version__
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,12 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; give the checkpoint file in it (for example checkpoints/best.pt)")
-    if path.exists() and not path.is_file():
-        raise CheckpointError(f"{path} is not a regular file (a pipe, socket or device); give a checkpoint file")
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        check_regular_file(path, holds="a checkpoint")  # a FIFO would block the read, a device never end
+    except InputError as error:
+        raise CheckpointError(str(error)) from None
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files before refusing them
             warnings.simplefilter("ignore")

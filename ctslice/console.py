@@ -35,16 +35,25 @@ console = Console(stderr=True, highlight=False, markup=False)
 stdout = Console(highlight=False)
 
 
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(32), 127]} | {9: "\\t", 10: "\\n", 13: "\\r"}
+
+
+def one_line(message: str) -> str:
+    """``message`` with control characters escaped (``\\n``): a file named with a newline (legal on Linux)
+    must not split an error, warning or note into two lines."""
+    return message.translate(_CONTROLS)
+
+
 def warn(message: str) -> None:
-    console.print(Text.assemble(("warning: ", "yellow"), message))
+    console.print(Text.assemble(("warning: ", "yellow"), one_line(message)))
 
 
 def note(message: str) -> None:
-    console.print(Text.assemble(("note: ", "yellow"), message))
+    console.print(Text.assemble(("note: ", "yellow"), one_line(message)))
 
 
 def error(message: str) -> None:
-    console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    console.print(Text.assemble(("error: ", "bold red"), one_line(message)), soft_wrap=True)
 
 
 def progress(*extra_columns, transient: bool = True) -> Progress | PlainProgress:

@@ -47,8 +47,8 @@ def mha_header(path, old: bytes, new: bytes):
 def test_a_fifo_named_like_a_scan_is_refused_without_blocking(tmp_path, cli):
     os.mkfifo(tmp_path / "scan.nii.gz")
     line = error_line(cli("infer", tmp_path / "scan.nii.gz", "-o", tmp_path / "thin.nii.gz", *CUBIC))
-    assert line == (f"error: {tmp_path / 'scan.nii.gz'} is not a regular file (a pipe, socket or device); pass a "
-                    "volume file, a DICOM series folder or a zip of one")
+    assert line == (f"error: {tmp_path / 'scan.nii.gz'} is a named pipe (FIFO), not a file that holds a scan; "
+                    "pass a regular file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
 
 
@@ -58,7 +58,7 @@ def test_a_fifo_in_a_folder_is_one_failed_case(tmp_path, cli):
     os.mkfifo(tmp_path / "in" / "b.nii.gz")
     result = cli("infer", tmp_path / "in", "-o", tmp_path / "out", *CUBIC)
     assert result.exit_code == 1, result.output
-    assert "failed: b: " in result.stderr and "is not a regular file" in result.stderr
+    assert "failed: b: " in result.stderr and "is a named pipe (FIFO)" in result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz"]
 
 
@@ -227,8 +227,8 @@ def test_a_folder_or_fifo_as_checkpoint_is_named_as_such(tmp_path, cli):
                    "checkpoints/best.pt)"
     line = error_line(cli("infer", tmp_path / "a.nii.gz", "-o", tmp_path / "o.nii.gz", "--checkpoint",
                           tmp_path / "c.pt"))
-    assert line == (f"error: {tmp_path / 'c.pt'} is not a regular file (a pipe, socket or device); give a "
-                    "checkpoint file")
+    assert line == (f"error: {tmp_path / 'c.pt'} is a named pipe (FIFO), not a file that holds a checkpoint; "
+                    "pass a regular file")
 
 
 def test_a_foreign_pickle_checkpoint_is_one_line_and_never_run(tmp_path, cli):

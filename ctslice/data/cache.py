@@ -25,11 +25,13 @@ truncated or damaged file is one line naming what is wrong, never a ``KeyError``
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +41,7 @@ import numpy as np
 
 from ctslice.data.pairs import Pair
 from ctslice.errors import CtsliceError, InputError, first_line
-from ctslice.io.paths import printable
+from ctslice.io.paths import check_regular_file, printable
 from ctslice.io.volume import Grid, Volume
 from ctslice.parsing import load_json
 from ctslice.version import __version__
@@ -79,6 +81,26 @@ def parts_dir(cache_path: Path) -> Path:
     return cache_path.with_name(cache_path.name + ".parts")
 
 
+def part_files(cache_path: Path) -> list[Path]:
+    """The finished cases waiting in the parts folder of ``cache_path``, in name order.
+
+    Only regular files that open as HDF5 with a ``cases`` group count: anything else put there (a FIFO,
+    whose opening would block; a link to ``/dev/zero``; a foreign or damaged file, which would make every
+    later merge fail) is left out, and goes with the folder once the cache is written.
+    """
+    found = []
+    for path in sorted(parts_dir(cache_path).glob("*.h5")):
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+            with h5py.File(path, "r") as file:
+                if isinstance(file.get("cases"), h5py.Group):
+                    found.append(path)
+        except (OSError, RuntimeError):
+            continue
+    return found
+
+
 def write_part(folder: Path, case_id: str, pair: Pair, *, source: str, content_hash: str, patient: str,
                options: dict) -> Path:
     """Write one finished case as ``folder/<case_id>.h5`` atomically (temporary file, then rename).
@@ -97,6 +119,7 @@ def write_part(folder: Path, case_id: str, pair: Pair, *, source: str, content_h
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{case_id}.h5"
     temporary = folder / f".{case_id}.h5.tmp"
+    temporary.unlink(missing_ok=True)  # left by a killed run; were it a FIFO, opening it would block
     try:
         with open(temporary, "wb") as handle:
             handle.write(image.getbuffer())
@@ -145,12 +168,18 @@ def consolidate(cache_path: Path, sources: Iterable[Path], failures: Iterable[Fa
         _fsync(temporary)
         os.replace(temporary, cache_path)
     except (OSError, RuntimeError) as error:  # h5py raises either for a failed write
-        temporary.unlink(missing_ok=True)
+        _remove(temporary)
         raise CtsliceError(f"could not write the cache {cache_path} ({write_error(error)}); "
                            "the previous cache is unchanged") from None
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        _remove(temporary)
         raise
+
+
+def _remove(path: Path) -> None:
+    """Remove a temporary file if there is one; something else in its place (a folder) is left as it is."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def _consolidate(temporary: Path, sources: list[Path], failures: Iterable[Failure],
@@ -189,6 +218,7 @@ class Cache:
         self.path = Path(path)
         if not self.path.exists():
             raise InputError(f"{self.path}: no such cache (create it with `ctslice preprocess`)")
+        check_regular_file(self.path, "a cache")  # HDF5 would block opening a FIFO
         try:
             self.file = h5py.File(self.path, "r")
         except OSError as error:

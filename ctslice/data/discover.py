@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ctslice.errors import InputError
 from ctslice.io import DicomSeries, scan_series
+from ctslice.io.paths import check_regular_file, printable
 from ctslice.io.reader import is_volume_file
 
 
@@ -38,6 +39,7 @@ class CaseSource:
         """sha256 of the case's file contents and of the options that shape its cache entry."""
         digest = hashlib.sha256(repr(sorted(options.items())).encode())
         for file in self.files:
+            check_regular_file(file)  # a FIFO or device named scan.nii.gz would block or never end
             digest.update(os.fsencode(file.name))  # the bytes of the name, UTF-8 or not
             with open(file, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
@@ -64,8 +66,9 @@ def find_cases(inputs: list[Path]) -> Discovery:
     skipped = 0
     for path in inputs:
         if not path.exists():
-            raise InputError(f"{path}: no such file or folder")
-        if path.is_file():
+            raise InputError(f"{printable(path)}: no such file or folder")
+        if not path.is_dir():
+            check_regular_file(path)
             found.append((CaseSource(case_name(path), path), path.name))
         else:
             found_here, skipped_here = _discover_folder(path)
@@ -78,7 +81,12 @@ def _discover_folder(folder: Path) -> tuple[list[tuple[CaseSource, str]], int]:
     """The cases in ``folder``, each with its key (its path inside the folder, and study for DICOM),
     and the count of non-image files skipped."""
     found: list[tuple[CaseSource, str]] = []
-    for root, dirs, files in os.walk(folder):
+
+    def unreadable(error: OSError) -> None:  # a folder that cannot be listed is a case that fails, not nothing
+        path = Path(error.filename)
+        found.append((CaseSource(case_name(path), path), path.relative_to(folder).as_posix()))
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs.sort()
         for name in sorted(files):
             file = Path(root) / name

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,9 +34,10 @@ def writer_lock(cache_path: Path, on_takeover=None) -> Iterator[Path]:
     ``on_takeover(message)`` is told when a lock left by a dead run is taken over.
     """
     path = lock_path(cache_path)
+    _check_kind(path)
     handle = _acquire(path, cache_path)
     try:
-        left = handle.read().strip()
+        left = handle.read(LOCK_TEXT_LIMIT).strip()
         if left and on_takeover:
             on_takeover(f"took over the lock {path} left by {_describe(left)}, which is no longer running")
         handle.seek(0)
@@ -49,6 +51,29 @@ def writer_lock(cache_path: Path, on_takeover=None) -> Iterator[Path]:
         handle.close()
 
 
+LOCK_TEXT_LIMIT = 4096
+"""Bytes of a lock file read: it holds one line of JSON. A lock file of gigabytes is not read whole."""
+
+
+def _check_kind(path: Path) -> None:
+    """Refuse a lock path that is not a plain file (a FIFO would block the read, a link to /dev/zero never
+    end, a folder cannot be locked): something else sits where the lock belongs."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
+                else "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "not a regular file")
+        raise InputError(f"{path} is {kind}, not a ctslice lock file; remove it (no run is using it), then run "
+                         "again")
+
+
+def _lock_text(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return handle.read(LOCK_TEXT_LIMIT).decode(errors="replace").strip()
+
+
 def _acquire(path: Path, cache_path: Path):
     """Open and flock the lock file; retry when the holder deleted it between our open and our flock."""
     while True:
@@ -60,7 +85,7 @@ def _acquire(path: Path, cache_path: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
-            holder = _describe(path.read_text(errors="replace").strip()) if path.exists() else "another run"
+            holder = _describe(_lock_text(path)) if path.exists() else "another run"
             handle.close()
             if error.errno in (errno.EWOULDBLOCK, errno.EACCES):
                 raise InputError(f"{cache_path} is being written by {holder}; wait for it to finish "

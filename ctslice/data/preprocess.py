@@ -208,7 +208,7 @@ def preprocess_cases(inputs: list[Path], output: Path, options: PreprocessOption
             raise InputError("no scans found in the inputs")
         parts = cache_files.parts_dir(output)
         known = cache_files.existing_hashes(output) if output.exists() else {}
-        for part in sorted(parts.glob("*.h5")):
+        for part in cache_files.part_files(output):
             known.update(cache_files.existing_hashes(part))
         for case_id in damaged:
             known.pop(case_id, None)
@@ -238,6 +238,10 @@ def _check_existing(output: Path) -> set[str]:
     Damaged entries (a dataset or attribute deleted) are not reused: they are rebuilt if their scan is
     among the inputs, and left out of the new cache either way.
     """
+    for path, kind in ((cache_files.parts_dir(output), "folder"), (output.with_name(f".{output.name}.tmp"), "file")):
+        if path.is_symlink() or (path.exists() and not (path.is_dir() if kind == "folder" else path.is_file())):
+            raise InputError(f"{path} is in the way: ctslice keeps its unfinished work there as a {kind}; move "
+                             "it away")
     if not output.exists():
         return set()
     if not output.is_file():
@@ -258,7 +262,7 @@ def _check_existing(output: Path) -> set[str]:
 def _kept_parts(output: Path) -> str:
     """``; the N finished case(s) in PARTS are kept for the next run`` (or nothing, removing an empty folder)."""
     parts = cache_files.parts_dir(output)
-    finished = list(parts.glob("*.h5"))
+    finished = cache_files.part_files(output)
     if not finished:
         cache_files.remove_parts(output)
         return ""
@@ -346,7 +350,7 @@ def _write_cache(output: Path, parts: Path, results: list[CaseResult], damaged: 
     Failure records replace earlier entries; "kept" cases are not failure records, so their previous
     entries are copied. Damaged entries are left out unless a part rebuilt them.
     """
-    part_files = sorted(parts.glob("*.h5"))
+    part_files = cache_files.part_files(output)
     if not part_files and not damaged and output.exists() and all(r.status in ("reused", "kept") for r in results):
         cache_files.remove_parts(output)
         return

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from ctslice.errors import CtsliceError, InputError
+from ctslice.io.paths import check_regular_file
 
 LIMIT_ENV = "CTSLICE_MAX_UNZIPPED_GB"
 """Environment variable that overrides the default limit, in GB (for example on a large study server)."""
@@ -46,8 +47,9 @@ def extracted(path: Path, *, max_bytes: int | None = None) -> Iterator[Path]:
     if path.is_dir():
         yield path
         return
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path} does not exist")
+    check_regular_file(path)  # a FIFO named study.zip would block the read
     if not zipfile.is_zipfile(path):
         raise InputError(f"{path} is neither a folder nor a valid zip archive (a zip may be truncated or corrupt)")
     limit = _byte_limit() if max_bytes is None else max_bytes

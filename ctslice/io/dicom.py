@@ -29,10 +29,19 @@ import numpy as np
 import SimpleITK as sitk
 
 from ctslice.errors import InputError
-from ctslice.io.dicom_files import NOT_AN_IMAGE, UNREADABLE, SliceHeader, dicomdir_series, pseudonym, read_slice
-from ctslice.io.failures import sitk_reason
+from ctslice.io.dicom_files import (
+    INVALID_MODALITY,
+    NOT_AN_IMAGE,
+    UNREADABLE,
+    SliceHeader,
+    dicomdir_series,
+    pseudonym,
+    read_slice,
+)
+from ctslice.io.failures import captured_stderr, sitk_reason
 from ctslice.io.intensity import cast_rounded
-from ctslice.io.slices import MAX_GAP_RATIO, SliceLayout, frame_axes, regularise
+from ctslice.io.paths import check_name
+from ctslice.io.slices import MAX_GAP_RATIO, MAX_GROWTH, SliceLayout, frame_axes, regular_size, regularise
 from ctslice.io.volume import Volume
 
 __all__ = ["DicomSeries", "ReadOptions", "SeriesReport", "SeriesScan", "check_z_spacing", "find_series", "pseudonym",
@@ -114,6 +123,7 @@ class DicomSeries:
     localizer: bool = field(default=False, repr=False)
     unreadable: tuple[Path, ...] = field(default=(), repr=False)
     unplaced: Path | None = field(default=None, repr=False)  # the first file without ImagePositionPatient
+    defect: tuple[Path, str] | None = field(default=None, repr=False)  # the first slice not readable as HU, why
 
     @property
     def n_slices(self) -> int:
@@ -127,15 +137,26 @@ class DicomSeries:
         """Raise ``InputError`` if this series cannot be read as a 3D CT volume (headers only)."""
         options = options or ReadOptions()
         if self.unreadable:
-            raise InputError(f"{self.label}: {self.unreadable[0].name} is an unreadable DICOM file (truncated or "
+            file = self.unreadable[0]
+            if not os.access(file, os.R_OK):
+                raise InputError(f"{self.label}: {file.name} cannot be read (permission denied); make it readable, "
+                                 "or move it away if it is not part of the series")
+            raise InputError(f"{self.label}: {file.name} is an unreadable DICOM file (truncated or "
                              "corrupt); re-export the series, or move that file away if it is not part of it")
         if not self.modality:
             raise InputError(f"{self.label} has no Modality tag, so it cannot be taken for CT; pass a CT series")
+        if self.modality == INVALID_MODALITY:  # not a code: free text, never shown (it could be a name)
+            raise InputError(f"{self.label} has a Modality that is not a valid code, so it cannot be taken for CT; "
+                             "pass a CT series")
         if self.modality != "CT":
             raise InputError(f"{self.label} is {_with_article(self.modality)} series, not CT; pass a CT series")
         if self.frames > 1:
             raise InputError(f"{self.label}: {self.files[0].name} is a multi-frame DICOM file, which ctslice does "
                              "not read; convert the series to NIfTI (for example with dcm2niix) and pass that")
+        for file in self.files:
+            check_name(file)  # SimpleITK cannot open a name that is not UTF-8
+        if self.defect is not None:
+            raise InputError(f"{self.label}: {self.defect[0].name} {self.defect[1]}; re-export the series")
         if self.n_slices < 2:
             raise InputError(f"{self.label} holds a single 2D slice, not a 3D volume; pass a series of slices")
         self._check_sizes()
@@ -161,10 +182,12 @@ class DicomSeries:
         options = options or ReadOptions()
         self.check(options)
         image = self._read_pixels()
+        self._check_range(image)
         layout = self.layout
         if not (layout.tilted or layout.uneven):
             volume = Volume.from_image(image)
             return volume.with_array(cast_rounded(volume.array, np.int16)), SeriesReport()
+        self._check_growth(layout, image, options.z_spacing)
         volume = regularise(sitk.GetArrayFromImage(image), image.GetSpacing()[:2], self.positions[0],
                             self.orientation, layout, options.z_spacing)
         steps = layout.steps
@@ -180,13 +203,37 @@ class DicomSeries:
         warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
         sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warns on stderr about tilt and uneven spacing
         try:
-            return reader.Execute()
+            with captured_stderr():  # ITK's own warnings (VNL on odd geometry); the checks give the reasons
+                return reader.Execute()
         except RuntimeError as error:
             culprit = _first_unreadable(self.files)
             where = f"{culprit.name} is unreadable" if culprit else f"cannot be read ({sitk_reason(error)})"
             raise InputError(f"{self.label}: {where}; re-export the series") from None
         finally:
             sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
+
+    def _check_range(self, image: sitk.Image) -> None:
+        """Refuse values that int16 HU cannot hold (a RescaleIntercept of 1e30): rounding would clip them."""
+        extremes = sitk.MinimumMaximumImageFilter()
+        extremes.Execute(image)
+        low, high = extremes.GetMinimum(), extremes.GetMaximum()
+        if not (-32768 <= low and high <= 32767):
+            raise InputError(f"{self.label}: its values reach {low:.6g} to {high:.6g} HU after RescaleSlope and "
+                             "RescaleIntercept, beyond what CT stores (-32768 to 32767); check those tags or "
+                             "re-export the series")
+
+    def _check_growth(self, layout: SliceLayout, image: sitk.Image, z_spacing: float | None) -> None:
+        """Refuse a resampling grid more than ``MAX_GROWTH`` times the stack (slices, or area), before it is made."""
+        columns, rows, depth = image.GetSize()
+        size = regular_size((depth, rows, columns), image.GetSpacing()[:2], layout, z_spacing)
+        if z_spacing is None and size[2] > MAX_GROWTH * depth:
+            raise InputError(f"{self.label}: its slice spacing ({layout.steps.min():.3g} to {layout.steps.max():.3g} "
+                             f"mm) would be resampled to its smallest step, {size[2]} slices from {depth}; give the "
+                             "z spacing to resample it to, or re-export the series")
+        if size[0] * size[1] > MAX_GROWTH * rows * columns:
+            raise InputError(f"{self.label}: its slices are sheared by {layout.tilt_degrees:.1f} degrees, so the "
+                             f"untilted grid that holds them would be {size[0]} x {size[1]} pixels for {columns} x "
+                             f"{rows} slices; check their ImagePositionPatient, or re-export the series")
 
     def _check_sizes(self) -> None:
         sizes = [s for s in self.sizes if s is not None]
@@ -272,7 +319,9 @@ def scan_series(folder: Path, *, shown_as: Path | str | None = None) -> SeriesSc
     def label(directory: Path) -> str:
         return str(Path(shown_as) / directory.relative_to(folder)) if shown_as is not None else str(directory)
 
-    found: list[DicomSeries] = []
+    found: list[DicomSeries | str] = []  # a str is the key of a DICOMDIR series, described once complete
+    listed_headers: dict[str, list[SliceHeader]] = {}
+    listed_unreadable: dict[str, list[Path]] = {}
     skipped: list[Path] = []
     covered: set[Path] = set()
     for directory, subdirs, names in os.walk(folder):
@@ -281,22 +330,38 @@ def scan_series(folder: Path, *, shown_as: Path | str | None = None) -> SeriesSc
         files = [directory / name for name in sorted(names)]
         dicomdir = next((f for f in files if f.name.upper() == "DICOMDIR"), None)
         listed = dicomdir_series(dicomdir) if dicomdir is not None else None
-        for paths in (listed or {}).values():
+        for key, paths in (listed or {}).items():
             fresh = [p for p in paths if p not in covered]
             covered.update(fresh)
             headers, unreadable, not_images = _read_headers(fresh)
             skipped.extend(not_images)
-            if headers:
-                where = Path(os.path.commonpath([str(h.file.parent) for h in headers]))
-                found.append(_describe(where, headers, label(where), tuple(unreadable)))
-        headers, unreadable, not_images = _read_headers([f for f in files if f not in covered and f.is_file()])
-        skipped.extend(not_images)
+            if key not in listed_headers:
+                found.append(key)
+            listed_headers.setdefault(key, []).extend(headers)
+            listed_unreadable.setdefault(key, []).extend(unreadable)
+        rest = [f for f in files if f not in covered]
+        headers, unreadable, not_images = _read_headers([f for f in rest if f.is_file()])
+        skipped.extend(not_images + [f for f in rest if not f.is_file()])  # FIFOs, devices, broken links
         groups: dict[str | None, list[SliceHeader]] = {}
         for header in headers:
             groups.setdefault(header.series_key, []).append(header)
+        if unreadable and not headers:  # only damaged images here: a series that fails with its reason
+            found.append(_describe(directory, [], label(directory), tuple(unreadable)))
         for key in sorted(groups, key=str):
-            found.append(_describe(directory, groups[key], label(directory), tuple(unreadable)))
-    return SeriesScan(found, tuple(skipped))
+            if key in listed_headers:  # slices of a DICOMDIR series that it does not list (a stale DICOMDIR)
+                listed_headers[key].extend(groups[key])
+                listed_unreadable[key].extend(f for f in unreadable if f not in listed_unreadable[key])
+            else:
+                found.append(_describe(directory, groups[key], label(directory), tuple(unreadable)))
+    series = []
+    for item in found:
+        if isinstance(item, DicomSeries):
+            series.append(item)
+        elif listed_headers[item] or listed_unreadable[item]:
+            where = Path(os.path.commonpath([str(f.parent) for f in [h.file for h in listed_headers[item]]
+                                             + listed_unreadable[item]]))
+            series.append(_describe(where, listed_headers[item], label(where), tuple(listed_unreadable[item])))
+    return SeriesScan(series, tuple(skipped))
 
 
 def _read_headers(files: list[Path]) -> tuple[list[SliceHeader], list[Path], list[Path]]:
@@ -314,7 +379,13 @@ def _read_headers(files: list[Path]) -> tuple[list[SliceHeader], list[Path], lis
 
 
 def _describe(directory: Path, headers: list[SliceHeader], label: str, unreadable: tuple[Path, ...]) -> DicomSeries:
-    """One series from the headers of its files, sorted along the slice normal when they can be placed."""
+    """One series from the headers of its files, sorted along the slice normal when they can be placed.
+
+    Without headers (every image file damaged) it is a series of no slices whose ``check`` names the first.
+    """
+    if not headers:
+        return DicomSeries(directory=directory, files=(), modality="", slice_spacing=0.0, study_key=None,
+                           patient_key=None, series_key=None, label=label, unreadable=unreadable)
     first = headers[0]
     orientations = [h.orientation for h in headers]
     shared = orientations[0] if all(o is not None and _valid_orientation(o) for o in orientations) and all(
@@ -345,6 +416,7 @@ def _describe(directory: Path, headers: list[SliceHeader], label: str, unreadabl
         localizer=first.localizer,
         unreadable=unreadable,
         unplaced=next((h.file for h in headers if h.position is None), None),
+        defect=next(((h.file, h.defect) for h in headers if h.defect is not None), None),
     )
 
 

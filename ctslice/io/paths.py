@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,6 +36,30 @@ def check_name(path: Path | str) -> Path:
         raise InputError(f"{printable(path)}: the name is not valid UTF-8 (bytes shown as \\x..); rename it with "
                          "UTF-8 characters") from None
     return Path(path)
+
+
+def check_regular_file(path: Path | str, holds: str = "a scan") -> Path:
+    """``path`` if it is a regular file (or a link to one) this process may read, else ``InputError``.
+
+    Opening a named pipe (FIFO) blocks until another process writes to it, and a device such as
+    ``/dev/zero`` never ends: neither is a scan (or whatever the file should hold, ``holds``), and reading
+    either would hang the run.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        broken = path.is_symlink() and not isinstance(error, PermissionError)
+        what = "is a broken symbolic link" if broken else f"cannot be read ({error.strerror})"
+        raise InputError(f"{printable(path)} {what}; pass an existing, readable file") from None
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{printable(path)} cannot be read (permission denied); make it readable or leave it out")
+    if not stat.S_ISREG(mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a folder" if stat.S_ISDIR(mode)
+                else "not a regular file")
+        raise InputError(f"{printable(path)} is {kind}, not a file that holds {holds}; pass a regular file")
+    return path
 
 
 def check_output(path: Path, *, inputs: Iterable[Path | None] = (), folder: bool = False,

@@ -25,7 +25,7 @@ from ctslice.io.archive import extracted
 from ctslice.io.dicom import DicomSeries, ReadOptions, SeriesReport, scan_series
 from ctslice.io.failures import captured_stderr, first_error, sitk_reason
 from ctslice.io.intensity import cast_rounded
-from ctslice.io.paths import check_name
+from ctslice.io.paths import check_name, check_regular_file
 from ctslice.io.volume import Volume
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -61,14 +61,13 @@ def read_volume(path: Path, options: ReadOptions | None = None) -> Volume:
 def read_scan(path: Path, options: ReadOptions | None = None) -> Scan:
     """``read_volume`` with its ``Scan`` report; ``options`` shape how a DICOM series is read."""
     path = check_name(Path(path))
-    if path.is_dir() or (path.is_file() and path.name.lower().endswith(".zip")):
-        with captured_stderr():  # GDCM's warnings; the series checks give the reasons
-            return _read_dicom(path, options)
     if not path.exists():
         raise InputError(f"{path} does not exist")
-    if not path.is_file():  # a FIFO named scan.nii.gz would block the read forever; a device never ends
-        raise InputError(f"{path} is not a regular file (a pipe, socket or device); pass a volume file, a DICOM "
-                         "series folder or a zip of one")
+    if not path.is_dir():
+        check_regular_file(path)  # a FIFO would block the read, a device never end
+    if path.is_dir() or path.name.lower().endswith(".zip"):
+        with captured_stderr():  # GDCM's warnings; the series checks give the reasons
+            return _read_dicom(path, options)
     if is_volume_file(path):
         return Scan(_read_file(path))
     if path.suffix.lower() in (".dcm", ".ima"):

@@ -35,6 +35,11 @@ MAX_GAP_RATIO = 2.5
 """Widest step between neighbouring slices that is interpolated, in typical (median) steps. One missing
 slice doubles a step; a wider gap hides anatomy no interpolation can recover, so it is refused."""
 
+MAX_GROWTH = 4
+"""Most the regular grid may exceed the stack it is resampled from, in slices (uneven spacing) and in
+in-plane area (tilt). Real series stay far below (a 30 degree tilt over a head grows its area by about
+1.4); slice positions that ask for more are wrong, and would make a small series a memory bomb."""
+
 AIR_HU = -1024.0
 """Value of the resampled box outside every slice (the corners a sheared stack does not reach)."""
 
@@ -100,13 +105,11 @@ def regularise(stack: np.ndarray, pixel_spacing: tuple[float, float], first_posi
     frame, its spacing ``(row, column, layout.uniform_step(z_spacing))``; it spans the first to the
     last slice along the normal and, in-plane, the union of every slice's footprint.
     """
-    depth, rows, columns = stack.shape
     dx, dy = (float(s) for s in pixel_spacing)
     dz = layout.uniform_step(z_spacing)
-    heights = dz * np.arange(int(math.floor(layout.z[-1] / dz + 1e-6)) + 1)
+    size = list(regular_size(stack.shape, pixel_spacing, layout, z_spacing))
+    heights = dz * np.arange(size[2])
     low = layout.shift.min(axis=0)
-    high = layout.shift.max(axis=0) + ((columns - 1) * dx, (rows - 1) * dy)
-    size = [int(round((high[0] - low[0]) / dx)) + 1, int(round((high[1] - low[1]) / dy)) + 1, len(heights)]
 
     source = sitk.GetImageFromArray(np.ascontiguousarray(stack, dtype=np.float32))
     source.SetSpacing((dx, dy, 1.0))  # x, y in mm of the first slice's frame; z is the slice index
@@ -120,6 +123,17 @@ def regularise(stack: np.ndarray, pixel_spacing: tuple[float, float], first_posi
     origin = np.asarray(first_position, dtype=np.float64) + axes[:, :2] @ low
     return Volume(sitk.GetArrayFromImage(out), (dx, dy, dz), tuple(float(v) for v in origin),
                   tuple(float(v) for v in axes.ravel()))
+
+
+def regular_size(shape: tuple[int, int, int], pixel_spacing: tuple[float, float], layout: SliceLayout,
+                 z_spacing: float | None = None) -> tuple[int, int, int]:
+    """(x, y, z) voxel counts of the grid ``regularise`` puts a (z, y, x) ``shape`` stack on; known before
+    any pixel is resampled, so a caller can refuse a grid far larger than the stack."""
+    _, rows, columns = shape
+    dx, dy = (float(s) for s in pixel_spacing)
+    extent = layout.shift.max(axis=0) - layout.shift.min(axis=0) + ((columns - 1) * dx, (rows - 1) * dy)
+    slices = int(math.floor(layout.z[-1] / layout.uniform_step(z_spacing) + 1e-6)) + 1
+    return int(round(extent[0] / dx)) + 1, int(round(extent[1] / dy)) + 1, slices
 
 
 def _frame_to_stack(layout: SliceLayout, heights: np.ndarray, low: np.ndarray, size: list[int],
