@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ctslice.errors import CtsliceError, InputError, first_line
+from ctslice.errors import InputError, first_line
 from ctslice.version import __version__
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,9 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     """Load a checkpoint safely; a missing, damaged or foreign file is a ``CheckpointError``."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
+        what = ("a folder, not a checkpoint" if path.is_dir() else "not a regular file, so not a checkpoint"
+                if path.exists() else "no such checkpoint")
+        raise CheckpointError(f"{path}: {what}")
     try:
         document = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -138,6 +140,8 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path, dict[str, Any]] | 
     ``latest`` in a run folder with no checkpoint yet means a fresh start (returns None), so a
     Kubernetes Job can always pass ``--resume latest``.
     """
+    if not resume.strip():  # an unset variable in `--resume $CKPT` must not start the run afresh
+        raise CheckpointError("resume '': expected latest or a checkpoint path")
     if resume != "latest":
         return Path(resume), read_checkpoint(Path(resume))
     candidates = [checkpoint_dir(run_dir) / "latest.pt", *periodic_checkpoints(run_dir)]
@@ -151,8 +155,9 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path, dict[str, Any]] | 
         if index > 0:
             log.warning(f"resuming from {candidate.name} instead")
         return candidate, document
-    if candidates:
-        raise CtsliceError(f"{checkpoint_dir(run_dir)}: no readable checkpoint to resume from")
+    if candidates:  # damaged files are bad input, as a damaged --resume PATH is
+        raise CheckpointError(f"{checkpoint_dir(run_dir)}: no readable checkpoint to resume from (all "
+                              f"{len(candidates)} damaged); resume from a copy, or start another run with --out")
     return None
 
 

@@ -189,6 +189,9 @@ class Cache:
         self.path = Path(path)
         if not self.path.exists():
             raise InputError(f"{self.path}: no such cache (create it with `ctslice preprocess`)")
+        if not self.path.is_file():  # HDF5 would block on a named pipe and says little about a folder
+            raise InputError(f"{self.path}: {'a folder' if self.path.is_dir() else 'not a regular file'}, not an "
+                             "HDF5 cache")
         try:
             self.file = h5py.File(self.path, "r")
         except OSError as error:
