@@ -146,13 +146,16 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path, dict[str, Any]] | 
         return Path(resume), read_checkpoint(Path(resume))
     candidates = [checkpoint_dir(run_dir) / "latest.pt", *periodic_checkpoints(run_dir)]
     candidates = [c for c in candidates if c.exists()]
-    for index, candidate in enumerate(candidates):
+    damaged = []  # told once a fallback is found; when none is, the one error line says it all
+    for candidate in candidates:
         try:
             document = read_checkpoint(candidate)
         except CheckpointError as error:
-            log.warning(f"{error}; trying an earlier checkpoint")
+            damaged.append(f"{error}; trying an earlier checkpoint")
             continue
-        if index > 0:
+        for warning in damaged:
+            log.warning(warning)
+        if damaged:
             log.warning(f"resuming from {candidate.name} instead")
         return candidate, document
     if candidates:  # damaged files are bad input, as a damaged --resume PATH is

@@ -284,8 +284,10 @@ def _resume(resumed: tuple[Path, dict], run_dir: Path, world: Distributed) -> tu
     path, state = resumed
     start_step = int(state["step"])
     restore_rng(state["rng"])
-    if world.is_main and RunLog.truncate(run_dir, start_step):
-        log.warning(f"dropped unreadable lines of {run_dir / 'log.jsonl'} (a run stopped while writing it?)")
+    dropped = RunLog.truncate(run_dir, start_step) if world.is_main else 0
+    if dropped:
+        log.warning(f"dropped {dropped} unreadable line(s) of {run_dir / 'log.jsonl'} (a run stopped while writing "
+                    "it?)")
     log.info(f"Resumed from {path} at step {start_step}")
     return start_step, state.get("best_metric")
 
