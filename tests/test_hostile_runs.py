@@ -256,3 +256,37 @@ def test_a_cache_that_is_no_file_is_one_line(make, what, tmp_path, cli):
     result = cli("split", tmp_path / "cache.h5", "-o", tmp_path / "splits.json")
     assert error_line(result) == f"error: {tmp_path / 'cache.h5'}: {what}, not an HDF5 cache"
     assert not (tmp_path / "splits.json").exists()
+
+
+# --- demo and inspect-memory --------------------------------------------------------------------------------------
+
+def test_the_demo_does_not_write_into_a_folder_of_other_work(dataset, tmp_path, cli):
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copyfile(dataset[0], work / "cache.h5")  # the user's own cache, of the name the demo writes
+    before = files(work)
+    result = cli("demo", "--out", work, "--minutes", "0.05")
+    assert error_line(result) == f"error: --out {work}: the folder holds other files and no earlier demo; give a " \
+                                 "new or empty folder"
+    assert files(work) == before
+
+
+def test_a_missing_demo_input_is_found_before_the_folder_is_made(tmp_path, cli):
+    result = cli("demo", "--out", tmp_path / "demo", "--input", tmp_path / "missing.nii.gz")
+    assert error_line(result) == f"error: --input {tmp_path / 'missing.nii.gz'}: no such file or folder"
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("", "--device-memory '': expected a size such as 80GB (up to 1024 TB), or several such as 24,40,80"),
+    (",".join(["80"] * 1000), "--device-memory: 1,000 sizes; give at most 16"),
+], ids=["empty", "a thousand"])
+def test_device_memory_that_is_empty_or_endless_is_refused(value, message, cli):
+    result = cli("inspect-memory", "--config", "tiny_cpu", "--device-memory", value)
+    assert error_line(result) == f"error: {message}"
+
+
+def test_an_empty_volume_is_refused_not_ignored(cli):
+    result = cli("inspect-memory", "--config", "tiny_cpu", "--volume", "")
+    assert error_line(result) == ("error: --volume '': expected thin-slice depth x height x width from 1 to 65,536 "
+                                  "each, e.g. 300x512x512")
