@@ -189,13 +189,21 @@ def test_a_resume_drops_a_partial_last_log_line_and_goes_on(run, dataset, cli, o
 
 @pytest.mark.parametrize("damage, message", [
     (lambda run: (shutil.rmtree(run / "checkpoints"), (run / "checkpoints").write_text("x")),
-     "{run}/checkpoints is a file, not the run's checkpoint folder; move it away or choose another run folder"),
+     "{run}/checkpoints is a file, not a folder of the run; move it away or choose another run folder"),
+    (lambda run: (shutil.rmtree(run / "tensorboard"), (run / "tensorboard").write_text("x")),
+     "{run}/tensorboard is a file, not a folder of the run; move it away or choose another run folder"),
     (lambda run: ((run / "log.jsonl").unlink(), (run / "log.jsonl").mkdir()),
-     "{run}/log.jsonl is not a file, so not the run's log; move it away or choose another run folder"),
+     "{run}/log.jsonl is not a file, so not the run's log.jsonl; move it away or choose another run folder"),
+    (lambda run: ((run / "config.yaml").unlink(), (run / "config.yaml").mkdir()),
+     "{run}/config.yaml is not a file, so not the run's config.yaml; move it away or choose another run folder"),
+    (lambda run: ((run / "checkpoints" / "latest.pt").unlink(), (run / "checkpoints" / "latest.pt").mkdir()),
+     "{run}/checkpoints/latest.pt is not a file, so not the run's latest.pt; move it away or choose another run "
+     "folder"),
     (lambda run: [path.write_bytes(path.read_bytes()[:1000]) for path in (run / "checkpoints").glob("*.pt")],
      "{run}/checkpoints: no readable checkpoint to resume from (all 3 damaged); resume from a copy, or start "
      "another run with --out"),
-], ids=["checkpoints is a file", "log is a folder", "every checkpoint damaged"])
+], ids=["checkpoints is a file", "tensorboard is a file", "log is a folder", "config is a folder",
+        "latest is a folder", "every checkpoint damaged"])
 def test_a_damaged_run_folder_is_one_line_before_any_work(damage, message, run, dataset, cli):
     damage(run)
     before = files(run)
@@ -203,6 +211,35 @@ def test_a_damaged_run_folder_is_one_line_before_any_work(damage, message, run, 
     assert error_line(result) == "error: " + message.format(run=run)
     assert "warning" not in result.output
     assert files(run) == before
+
+
+def test_a_damaged_latent_cache_is_rebuilt(run, dataset, cli, one_thread, caplog):
+    (run / "latents.h5").write_text("not HDF5", encoding="utf-8")  # a run killed with -9 while writing it
+    result = cli(*train_args(dataset, run, "training.max_steps=3", "data.cache_latents=true"), "--resume", "latest")
+    assert result.exit_code == 0, result.output
+    assert any(m.startswith(f"{run / 'latents.h5'} is damaged (") and m.endswith("; the latent cache is rebuilt")
+               for m in caplog.messages)
+    import h5py
+
+    with h5py.File(run / "latents.h5", "r") as store:
+        assert sorted(store) == ["case0", "case1", "case2"]
+
+
+@pytest.mark.parametrize("change, reason", [
+    ("d.pop('rng')", "'rng'"), ("d['rng'] = {'python': 1}", "'int' object is not subscriptable"),
+    ("d['step'] = -5", "step -5"),
+], ids=["no rng", "bad rng", "negative step"])
+def test_a_checkpoint_with_a_damaged_training_state_is_one_line(change, reason, run, dataset, tmp_path, cli):
+    from ctslice.checkpoint import read_checkpoint, write_checkpoint
+
+    d = read_checkpoint(run / "checkpoints" / "final.pt")  # rewritten with a valid checksum: only the state is wrong
+    exec(change)
+    write_checkpoint({k: v for k, v in d.items() if k not in ("format", "version", "ctslice_version")},
+                     tmp_path / "x.pt")
+    result = cli(*train_args(dataset, tmp_path / "new"), "--resume", tmp_path / "x.pt")
+    assert error_line(result) == (f"error: {tmp_path / 'x.pt'}: its training state is damaged ({reason}); resume "
+                                  "from another checkpoint")
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_new_run_does_not_replace_its_own_config_file(dataset, tmp_path, cli, monkeypatch):

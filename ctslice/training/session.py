@@ -37,7 +37,7 @@ from ctslice.training.distributed import Distributed
 from ctslice.training.latents import LatentSource, build_latent_cache, encode_batch
 from ctslice.training.optim import build_optimizer, warmup_cosine
 from ctslice.training.run_log import RunLog
-from ctslice.training.state import Saver, restore_rng, seed_everything
+from ctslice.training.state import Saver, restore_rng, rng_state, seed_everything
 from ctslice.training.validation import Validator
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,8 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
             check_stop: Callable[[str], None] = lambda detail: None, threads: int | None = None,
             on_progress: ProgressCallback | None = None) -> Session:
     """The steps before the first optimizer step, in order (see the module docstring)."""
-    resumed = ckpt.resolve_resume(resume, run_dir) if resume is not None else None
     _check_run_folder(run_dir, resume is not None)
+    resumed = ckpt.resolve_resume(resume, run_dir) if resume is not None else None
     init = None if resumed else _init_checkpoint(config)  # a resume restores its own weights
     device, world = _device(config, device_name, threads)
     precision = resolve_precision(config.training.precision, device)
@@ -250,11 +250,15 @@ def _check_run_folder(run_dir: Path, resuming: bool) -> None:
     """Before any work: the run folder's parts are what a run writes, and a run in it is continued, never
     started over (a fresh start would replace its checkpoints and append to its log)."""
     folder, record = ckpt.checkpoint_dir(run_dir), run_dir / "log.jsonl"
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder} is a file, not the run's checkpoint folder; move it away or choose another "
-                         "run folder")
-    if record.exists() and not record.is_file():
-        raise InputError(f"{record} is not a file, so not the run's log; move it away or choose another run folder")
+    for path in (folder, run_dir / "tensorboard"):
+        if path.exists() and not path.is_dir():
+            raise InputError(f"{path} is a file, not a folder of the run; move it away or choose another run folder")
+    written = [record, run_dir / "config.yaml", run_dir / "latents.h5",
+               *(folder / f"{name}.pt" for name in ("latest", "best", "final")), *ckpt.periodic_checkpoints(run_dir)]
+    for path in written:  # found now, not when the first checkpoint is saved
+        if path.exists() and not path.is_file():
+            raise InputError(f"{path} is not a file, so not the run's {path.name}; move it away or choose another "
+                             "run folder")
     if resuming:
         return
     found = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
@@ -273,10 +277,19 @@ def _load_state(resumed: tuple[Path, dict], model: SliceDiffusion, optimizer: to
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["lr_scheduler"])
-        int(state["step"])
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         raise ckpt.CheckpointError(f"{path}: the training state does not fit the model in this config{hint}: "
                                    f"{first_line(error, 160)}") from None
+    current = rng_state()
+    try:  # restored for real after the patch source is built; tried here, before the run folder is written
+        if not (isinstance(state.get("step"), int) and state["step"] >= 0):
+            raise ValueError(f"step {state.get('step')!r}")
+        restore_rng(state["rng"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as error:
+        raise ckpt.CheckpointError(f"{path}: its training state is damaged ({first_line(error, 120)}); resume from "
+                                   "another checkpoint") from None
+    finally:
+        restore_rng(current)
 
 
 def _resume(resumed: tuple[Path, dict], run_dir: Path, world: Distributed) -> tuple[int, float | None]:
