@@ -179,6 +179,11 @@ def load_weights(model: torch.nn.Module, weights: dict[str, Any], path: Path, hi
     missing, extra = [n for n in expected if n not in weights], [n for n in weights if n not in expected]
     problem = (problem or (f"parameter {missing[0]} is missing from the checkpoint" if missing else None)
                or (f"the checkpoint has parameter {extra[0]}, which the model lacks" if extra else None))
+    broken = next((name for name, tensor in weights.items() if isinstance(tensor, torch.Tensor)
+                   and tensor.is_floating_point() and not bool(tensor.isfinite().all())), None)
+    if problem is None and broken is not None:  # the checksum holds (written so), yet every output would be NaN
+        raise CheckpointError(f"{path}: its parameter {broken} holds NaN or infinite values (a diverged run?); use "
+                              "an earlier checkpoint")
     if problem is None:
         try:
             model.load_state_dict(weights)

@@ -226,19 +226,14 @@ def test_a_damaged_latent_cache_is_rebuilt(run, dataset, cli, one_thread, caplog
 
 
 @pytest.mark.parametrize("change, reason", [
-    ("d.pop('rng')", "'rng'"), ("d['rng'] = {'python': 1}", "'int' object is not subscriptable"),
-    ("d['step'] = -5", "step -5"),
+    (lambda d: d.pop("rng"), "'rng'"), (lambda d: d.update(rng={"python": 1}), "'int' object is not subscriptable"),
+    (lambda d: d.update(step=-5), "step -5"),
 ], ids=["no rng", "bad rng", "negative step"])
 def test_a_checkpoint_with_a_damaged_training_state_is_one_line(change, reason, run, dataset, tmp_path, cli):
-    from ctslice.checkpoint import read_checkpoint, write_checkpoint
-
-    d = read_checkpoint(run / "checkpoints" / "final.pt")  # rewritten with a valid checksum: only the state is wrong
-    exec(change)
-    write_checkpoint({k: v for k, v in d.items() if k not in ("format", "version", "ctslice_version")},
-                     tmp_path / "x.pt")
-    result = cli(*train_args(dataset, tmp_path / "new"), "--resume", tmp_path / "x.pt")
-    assert error_line(result) == (f"error: {tmp_path / 'x.pt'}: its training state is damaged ({reason}); resume "
-                                  "from another checkpoint")
+    checkpoint = rewritten(run / "checkpoints" / "final.pt", tmp_path / "x.pt", change)
+    result = cli(*train_args(dataset, tmp_path / "new"), "--resume", checkpoint)
+    assert error_line(result) == (f"error: {checkpoint}: its training state is damaged ({reason}); resume from "
+                                  "another checkpoint")
     assert not (tmp_path / "new").exists()
 
 
@@ -327,3 +322,28 @@ def test_an_empty_volume_is_refused_not_ignored(cli):
     result = cli("inspect-memory", "--config", "tiny_cpu", "--volume", "")
     assert error_line(result) == ("error: --volume '': expected thin-slice depth x height x width from 1 to 65,536 "
                                   "each, e.g. 300x512x512")
+
+
+def rewritten(source: Path, target: Path, change) -> Path:
+    """``source`` with ``change(document)`` applied, written with a valid checksum: only the contents are wrong."""
+    from ctslice.checkpoint import read_checkpoint, write_checkpoint
+
+    document = read_checkpoint(source)
+    change(document)
+    return write_checkpoint({k: v for k, v in document.items() if k not in ("format", "version", "ctslice_version")},
+                            target)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["data"].update(ratio=float("nan")), "damaged: its data ratio is not what `ctslice train` writes"),
+    (lambda d: d["data"].update(thin_spacing=-1.0), "damaged: its thin spacing is not what `ctslice train` writes"),
+    (lambda d: d.update(codec="maisi"), "damaged: its codec entry is not what `ctslice train` writes"),
+    (lambda d: d["model"].update(target_shift=d["model"]["target_shift"] * float("nan")),
+     "its parameter target_shift holds NaN or infinite values (a diverged run?); use an earlier checkpoint"),
+], ids=["NaN ratio", "negative spacing", "codec a string", "NaN weights"])
+def test_validate_refuses_a_checkpoint_whose_contents_are_wrong(change, message, finished, dataset, tmp_path, cli):
+    checkpoint = rewritten(finished / "checkpoints" / "final.pt", tmp_path / "x.pt", change)
+    result = cli("validate", "--checkpoint", checkpoint, "--cache", dataset[0], "--splits", dataset[1], "--split",
+                 "val", "--out", tmp_path / "v", "--device", "cpu")
+    assert error_line(result) == f"error: {checkpoint}: {message}"
+    assert not (tmp_path / "v").exists()

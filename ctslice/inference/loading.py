@@ -58,6 +58,7 @@ def load_model(checkpoint: Path | None, device: torch.device | str, vae_checkpoi
     for key in ("config", "model", "codec", "data"):
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint has no '{key}' entry; was it written by `ctslice train`?")
+    _check_meta(path, state)
     config = with_precision(config_from_dict(state["config"], where=f"{path} (config)"), resolved.name)
     codec = codec_for(config.codec, device, vae_checkpoint)
     if codec.latent_channels != state["codec"]["latent_channels"]:
@@ -70,3 +71,25 @@ def load_model(checkpoint: Path | None, device: torch.device | str, vae_checkpoi
     thin = data.get("thin_spacing")
     return LoadedModel(interpolator, path, None if thin is None else float(thin), float(data["ratio"]),
                        int(state.get("step", 0)), resolved)
+
+
+def _check_meta(path: Path, state: dict) -> None:
+    """What the checkpoint says about its codec and data, checked as a config's keys are: a NaN ratio or a
+    negative spacing would make a thin grid of no slices or of millions."""
+    codec, data = state["codec"], state["data"]
+
+    def number(value, low: float, high: float) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and low < value <= high
+
+    problems = [
+        (not isinstance(codec, dict) or not isinstance(codec.get("latent_channels"), int), "its codec entry"),
+        (not isinstance(data, dict), "its data entry"),
+        (isinstance(data, dict) and not number(data.get("ratio"), 0, 100), "its data ratio"),
+        (isinstance(data, dict) and data.get("thin_spacing") is not None and not number(data.get("thin_spacing"),
+                                                                                       0, 100), "its thin spacing"),
+        (isinstance(data, dict) and not isinstance(data.get("inplane_size", 0), int), "its in-plane size"),
+        (not isinstance(state.get("step", 0), int), "its step"),
+    ]
+    for wrong, what in problems:
+        if wrong:
+            raise CheckpointError(f"{path}: damaged: {what} is not what `ctslice train` writes")
