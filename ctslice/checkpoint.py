@@ -160,7 +160,8 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path, dict[str, Any]] | 
         return candidate, document
     if candidates:  # damaged files are bad input, as a damaged --resume PATH is
         raise CheckpointError(f"{checkpoint_dir(run_dir)}: no readable checkpoint to resume from (all "
-                              f"{len(candidates)} damaged); resume from a copy, or start another run with --out")
+                              f"{len(candidates)} damaged); resume from a copy of the run, or start a new run "
+                              "elsewhere")
     return None
 
 

@@ -158,7 +158,7 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused(run, dataset, cli):
     before = files(run)
     result = cli(*train_args(dataset, run))
     assert error_line(result) == (f"error: {run} already holds a training run (checkpoints (final.pt, latest.pt, "
-                                  "step_1.pt ...)); continue it with --resume latest, or choose another run folder")
+                                  "step_1.pt ...)); continue it with --resume latest, or choose another --out")
     assert files(run) == before
 
 
@@ -200,8 +200,8 @@ def test_a_resume_drops_a_partial_last_log_line_and_goes_on(run, dataset, cli, o
      "{run}/checkpoints/latest.pt is not a file, so not the run's latest.pt; move it away or choose another run "
      "folder"),
     (lambda run: [path.write_bytes(path.read_bytes()[:1000]) for path in (run / "checkpoints").glob("*.pt")],
-     "{run}/checkpoints: no readable checkpoint to resume from (all 3 damaged); resume from a copy, or start "
-     "another run with --out"),
+     "{run}/checkpoints: no readable checkpoint to resume from (all 3 damaged); resume from a copy of the run, or "
+     "start a new run elsewhere"),
 ], ids=["checkpoints is a file", "tensorboard is a file", "log is a folder", "config is a folder",
         "latest is a folder", "every checkpoint damaged"])
 def test_a_damaged_run_folder_is_one_line_before_any_work(damage, message, run, dataset, cli):

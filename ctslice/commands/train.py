@@ -16,6 +16,7 @@ def run(config: Path, overrides: list[str] | None, out: Path | None, *, resume: 
     from ctslice.commands.options import flag_wording
     from ctslice.commands.train_display import training_display, with_memory_advice
     from ctslice.errors import CtsliceError
+    from ctslice.training.session import RunInFolder
     from ctslice.training.trainer import OutOfMemory
     from ctslice.training.trainer import train as run_training
 
@@ -26,6 +27,8 @@ def run(config: Path, overrides: list[str] | None, out: Path | None, *, resume: 
                          threads=threads, on_progress=display.progress, on_step=display.step)
         except OutOfMemory as error:
             raise CtsliceError(with_memory_advice(error, settings)) from None
+        except RunInFolder as error:
+            raise RunInFolder(f"{error}; continue it with --resume latest, or choose another --out") from None
 
 
 def with_vae(overrides: list[str] | None, vae_checkpoint: Path | None) -> list[str]:

@@ -246,6 +246,10 @@ def _init_weights(model: SliceDiffusion, path: Path, state: dict) -> None:
     log.info(f"Starting from the weights of {path} (step {state.get('step', 0)}); the optimizer starts fresh")
 
 
+class RunInFolder(InputError):
+    """A new run was asked for in a folder that holds one; the command layer says how to continue it."""
+
+
 def _check_run_folder(run_dir: Path, resuming: bool) -> None:
     """Before any work: the run folder's parts are what a run writes, and a run in it is continued, never
     started over (a fresh start would replace its checkpoints and append to its log)."""
@@ -264,8 +268,7 @@ def _check_run_folder(run_dir: Path, resuming: bool) -> None:
     found = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
     if found or (record.is_file() and record.stat().st_size):
         held = f"checkpoints ({', '.join(found[:3])}{' ...' if len(found) > 3 else ''})" if found else "a log"
-        raise InputError(f"{run_dir} already holds a training run ({held}); continue it with --resume latest, or "
-                         "choose another run folder")
+        raise RunInFolder(f"{run_dir} already holds a training run ({held})")
 
 
 def _load_state(resumed: tuple[Path, dict], model: SliceDiffusion, optimizer: torch.optim.Optimizer,
