@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ctslice.errors import CtsliceError, InputError, first_line
+from ctslice.errors import InputError, first_line
 from ctslice.io.paths import check_regular_file
 from ctslice.version import __version__
 
@@ -148,21 +148,28 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path, dict[str, Any]] | 
     ``latest`` in a run folder with no checkpoint yet means a fresh start (returns None), so a
     Kubernetes Job can always pass ``--resume latest``.
     """
+    if not resume.strip():  # an unset variable in `--resume $CKPT` must not start the run afresh
+        raise CheckpointError("resume '': expected latest or a checkpoint path")
     if resume != "latest":
         return Path(resume), read_checkpoint(Path(resume))
     candidates = [checkpoint_dir(run_dir) / "latest.pt", *periodic_checkpoints(run_dir)]
     candidates = [c for c in candidates if c.exists()]
-    for index, candidate in enumerate(candidates):
+    damaged = []  # told once a fallback is found; when none is, the one error line says it all
+    for candidate in candidates:
         try:
             document = read_checkpoint(candidate)
         except CheckpointError as error:
-            log.warning(f"{error}; trying an earlier checkpoint")
+            damaged.append(f"{error}; trying an earlier checkpoint")
             continue
-        if index > 0:
+        for warning in damaged:
+            log.warning(warning)
+        if damaged:
             log.warning(f"resuming from {candidate.name} instead")
         return candidate, document
-    if candidates:
-        raise CtsliceError(f"{checkpoint_dir(run_dir)}: no readable checkpoint to resume from")
+    if candidates:  # damaged files are bad input, as a damaged --resume PATH is
+        raise CheckpointError(f"{checkpoint_dir(run_dir)}: no readable checkpoint to resume from (all "
+                              f"{len(candidates)} damaged); resume from a copy of the run, or start a new run "
+                              "elsewhere")
     return None
 
 
@@ -181,6 +188,11 @@ def load_weights(model: torch.nn.Module, weights: dict[str, Any], path: Path, hi
     missing, extra = [n for n in expected if n not in weights], [n for n in weights if n not in expected]
     problem = (problem or (f"parameter {missing[0]} is missing from the checkpoint" if missing else None)
                or (f"the checkpoint has parameter {extra[0]}, which the model lacks" if extra else None))
+    broken = next((name for name, tensor in weights.items() if isinstance(tensor, torch.Tensor)
+                   and tensor.is_floating_point() and not bool(tensor.isfinite().all())), None)
+    if problem is None and broken is not None:  # the checksum holds (written so), yet every output would be NaN
+        raise CheckpointError(f"{path}: its parameter {broken} holds NaN or infinite values (a diverged run?); use "
+                              "an earlier checkpoint")
     if problem is None:
         try:
             model.load_state_dict(weights)

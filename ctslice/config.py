@@ -269,12 +269,15 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> Config
     origins = _Origins(str(path) if path else "config")
     if path is not None:
         try:
-            data = load_yaml(read_text(resolve_config(path), "a config file", MAX_CONFIG_BYTES), str(path)) or {}
+            data = load_yaml(read_text(resolve_config(path), "a config file", MAX_CONFIG_BYTES), str(path))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file (shipped configs, usable by name: "
                               f"{', '.join(shipped_configs())})") from None
         except InputError as error:
             raise ConfigError(str(error)) from None
+        if data is None:  # an empty file is a failed copy or a full disk more often than a wish for defaults
+            raise ConfigError(f"{path}: the config file is empty; write the sections to change, or {{}} for every "
+                              "default")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected sections (data, codec, model, ...) at the top level")
     for override in overrides or []:
@@ -316,6 +319,8 @@ class _Origins:
 
 
 def _abbreviated(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters, control characters escaped: an error stays one line."""
+    text = re.sub(r"[\x00-\x1f\x7f]", lambda match: repr(match.group())[1:-1], text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -327,8 +332,10 @@ def _apply_override(data: dict[str, Any], override: str) -> str:
     """Put one ``section.key=value`` into ``data``; returns the key. The value is YAML (a string if not)."""
     key, sep, text = override.partition("=")
     label = f"--set {_abbreviated(override)}"
-    if not sep or not key.strip():
+    if not sep or not all(part.strip() for part in key.split(".")):
         raise ConfigError(f"{label}: expected section.key=value")
+    if not text.strip():  # --set training.init_from=$UNSET_VARIABLE must not quietly mean "not set"
+        raise ConfigError(f"{label}: no value after '='; write {key.strip()}=null to unset the key")
     try:
         value = load_yaml(text, label)
     except NotValid:

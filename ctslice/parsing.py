@@ -10,7 +10,10 @@ YAML keeps ``safe_load`` semantics: plain data only, no Python tags.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,8 @@ class _Refused(yaml.YAMLError):
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses aliases and nesting deeper than ``MAX_DEPTH``."""
+    """``yaml.SafeLoader`` that refuses aliases, nesting deeper than ``MAX_DEPTH`` and a key given twice in
+    one mapping (PyYAML keeps the last silently: a second ``training:`` section dropped the first)."""
 
     def __init__(self, stream) -> None:
         super().__init__(stream)
@@ -48,6 +52,16 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if (key.tag, key.value) in seen:  # a merge (<<) may be overridden: that is its purpose
+                        raise _Refused(f"key {key.value!r} given twice", key.start_mark)
+                    seen.add((key.tag, key.value))
+        return super().construct_mapping(node, deep)
 
 
 def load_yaml(text: str, where: str) -> Any:
@@ -65,7 +79,9 @@ def load_yaml(text: str, where: str) -> Any:
 def load_json(text: str | bytes, where: str) -> Any:
     """The data in JSON ``text``, no deeper than ``MAX_DEPTH``; errors name ``where``."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except _Duplicate as error:
+        raise InputError(f"{where}: not usable JSON (key {error.args[0]!r} given twice)") from None
     except json.JSONDecodeError as error:
         raise NotValid(f"{where}: not valid JSON ({error.msg}, line {error.lineno})") from None
     except (ValueError, RecursionError, MemoryError) as error:  # too deep for the parser, too many digits
@@ -76,16 +92,41 @@ def load_json(text: str | bytes, where: str) -> Any:
     return data
 
 
+class _Duplicate(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """``json.loads`` keeps the last of a key given twice; a hand-written ``splits.json`` must not lose a list so."""
+    data = {}
+    for key, value in pairs:
+        if key in data:
+            raise _Duplicate(key)
+        data[key] = value
+    return data
+
+
 def read_text(path: Path, what: str, max_bytes: int = MAX_BYTES) -> str:
     """The text of ``path``, refused beyond ``max_bytes`` (a config or splits file is small).
 
-    Raises ``FileNotFoundError`` for a missing file, so that callers can say how to create it.
+    Only a regular file or a pipe (``<(...)``, ``/dev/stdin``) is read, and never past ``max_bytes``: a
+    device such as ``/dev/zero`` has no end, and a named pipe without a writer reads as empty instead of
+    blocking. Raises ``FileNotFoundError`` for a missing file, so that callers can say how to create it.
     """
     try:
-        size = Path(path).stat().st_size
-        if size > max_bytes:
-            raise InputError(f"{path}: {size:,} bytes is too large for {what} (at most {max_bytes:,})")
-        return Path(path).read_text(encoding="utf-8")
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as handle:
+            status = os.fstat(handle.fileno())
+            if stat.S_ISREG(status.st_mode) and status.st_size > max_bytes:
+                raise InputError(f"{path}: {status.st_size:,} bytes is too large for {what} (at most {max_bytes:,})")
+            if not (stat.S_ISREG(status.st_mode) or stat.S_ISFIFO(status.st_mode)):
+                raise InputError(f"{path}: not a regular file, so not {what}")
+            if stat.S_ISFIFO(status.st_mode):  # wait for a writer's data, now that opening did not wait for a writer
+                flags = fcntl.fcntl(handle.fileno(), fcntl.F_GETFL)
+                fcntl.fcntl(handle.fileno(), fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+            data = handle.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise InputError(f"{path}: more than {max_bytes:,} bytes is too large for {what}")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise InputError(f"{path}: {what} is not UTF-8 text (byte {error.start})") from None
     except FileNotFoundError:

@@ -206,8 +206,10 @@ def _nan_weight(state):
     (_set("data", "thin_spacing", -1.0), "its thin_spacing entry is -1.0, not a number from 0.001 to 100"),
     (_set("data", "inplane_size", 10**7), "its inplane_size entry is 10000000, not an integer from 0 to 4096"),
     (lambda state: state.update(codec="identity"), "its data and codec entries are not mappings"),
-    (_nan_weight, "holds NaN or infinite values (a diverged training run?); use an earlier checkpoint"),
-], ids=["ratio 0", "ratio text", "ratio missing", "negative thin spacing", "huge matrix", "codec text", "NaN weight"])
+    (_nan_weight, "holds NaN or infinite values (a diverged run?); use an earlier checkpoint"),
+    (lambda state: state.update(step="many"), "its step entry is 'many', not a whole number of steps"),
+], ids=["ratio 0", "ratio text", "ratio missing", "negative thin spacing", "huge matrix", "codec text", "NaN weight",
+        "step text"])
 def test_a_checkpoint_with_entries_out_of_domain_is_one_line(tmp_path, cli, edit, message):
     scan(tmp_path / "a.nii.gz")
     checkpoint = edited_checkpoint(tmp_path / "c.pt", edit)

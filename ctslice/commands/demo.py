@@ -22,12 +22,13 @@ from ctslice.console import console, stdout
 from ctslice.data.cache import Cache
 from ctslice.data.phantom import make_phantom
 from ctslice.data.preprocess import PreprocessOptions
-from ctslice.errors import CtsliceError
+from ctslice.errors import CtsliceError, InputError
 from ctslice.hardware import resolve_device
 from ctslice.io import write_volume
 from ctslice.io.paths import check_output
 
 PHANTOMS = 6
+MARKER = ".ctslice-demo"  # in a folder the demo made: a rerun may reuse (and update) what is in it
 PHANTOM_SHAPE = (100, 128, 128)  # z, y, x voxels at 1 mm along z and 3 mm in-plane
 PHANTOM_SPACING = (3.0, 3.0, 1.0)
 
@@ -63,7 +64,9 @@ def run_demo(out: Path, inputs: list[Path] | None = None, minutes: float = 3.0, 
         f"training.time_limit_minutes={minutes}", "training.val_interval=100000", f"hardware.device={device}",
         f"training.precision={precision}"])
     resolve_device(device, "--device")  # a device that is not there fails before any work
+    _check_demo_folder(out, inputs or [])
     out.mkdir(parents=True, exist_ok=True)  # the config (--device, --minutes) is checked before any work
+    (out / MARKER).touch()
     raw = list(inputs) if inputs else [_synthesise(out / "raw")]
 
     console.rule("1/5 preprocess")
@@ -100,6 +103,17 @@ def run_demo(out: Path, inputs: list[Path] | None = None, minutes: float = 3.0, 
                         time.time() - started)
     _print_summary(result)
     return result
+
+
+def _check_demo_folder(out: Path, inputs: list[Path]) -> None:
+    """The demo writes cache.h5, splits.json, run/ ... into ``out`` and reuses them on a rerun, so ``out`` must be
+    new, empty or an earlier demo's: a folder of other work may hold a cache, splits or a run of the same names
+    that the demo would change. Missing inputs are found here too, before the folder is made."""
+    for path in inputs:
+        if not path.exists():
+            raise InputError(f"--input {path}: no such file or folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise InputError(f"--out {out}: the folder holds other files and no earlier demo; give a new or empty folder")
 
 
 def _synthesise(folder: Path) -> Path:

@@ -30,8 +30,8 @@ def run(config: Path, overrides: list[str] | None, *, measure: bool, device_memo
     from ctslice.commands.options import flag_wording
     from ctslice.memory import inspect, to_json
 
-    sizes = parse_device_memory(device_memory) if device_memory else None
-    shape = parse_volume(volume) if volume else None
+    sizes = parse_device_memory(device_memory) if device_memory is not None else None  # '' is refused, not ignored
+    shape = parse_volume(volume) if volume is not None else None
     with flag_wording(device="--device", ratio="--ratio"):
         inspection = inspect(settings, device=device, device_memory=sizes, measure=measure, ratio=ratio, volume=shape)
     if json_output:
@@ -46,11 +46,14 @@ UNITS = {"": GIB, "g": GIB, "gb": GIB, "gib": GIB, "m": 2**20, "mb": 2**20, "mib
          "tb": 2**40, "tib": 2**40}
 MAX_DEVICE_MEMORY = 1024 * 2**40  # bytes: a petabyte is no device
 MAX_VOLUME_SIDE = 65_536
+MAX_DEVICES = 16
 
 
 def parse_device_memory(text: str) -> list[int]:
     """``--device-memory`` '80GB', '80', '40GiB', '24,40,80' -> bytes (GB here means 2^30 bytes, as nvidia-smi's)."""
     sizes = []
+    if text.count(",") >= MAX_DEVICES:  # each size is a row of the verdict table, each re-run through the advice
+        raise InputError(f"--device-memory: {text.count(',') + 1:,} sizes; give at most {MAX_DEVICES}")
     for part in text.split(","):
         match = re.fullmatch(r"\s*(\d{1,9}(?:\.\d{1,9})?)\s*([a-zA-Z]*)\s*", part)
         unit = match and match.group(2).lower()

@@ -70,6 +70,9 @@ def read_splits(path: Path, case_ids: list[str] | None = None) -> dict[str, list
         raise InputError(f"{path}: no such splits file (create it with `ctslice split`)") from None
     if not isinstance(data, dict) or not any(name in data for name in SPLITS):
         raise InputError(f"{path}: expected an object with train/val/test lists")
+    unknown = [key for key in data if key not in (*SPLITS, "meta")]
+    if unknown:  # a misspelled "tset" would quietly leave the test split empty
+        raise InputError(f"{path}: unknown key {unknown[0]!r} (the keys are train, val, test and meta)")
     splits = {}
     for name in SPLITS:
         members = data.get(name, [])
@@ -80,7 +83,8 @@ def read_splits(path: Path, case_ids: list[str] | None = None) -> dict[str, list
     for name in SPLITS:
         for case_id in splits[name]:
             if case_id in owners:
-                raise InputError(f"{path}: case {case_id!r} is in both '{owners[case_id]}' and '{name}'")
+                where = f"twice in '{name}'" if owners[case_id] == name else f"in both '{owners[case_id]}' and '{name}'"
+                raise InputError(f"{path}: case {case_id!r} is {where}")
             owners[case_id] = name
     if case_ids is not None:
         unknown = sorted(set(owners) - set(case_ids))
@@ -116,6 +120,9 @@ def write_split(cache_path: Path, output: Path, val: float, test: float,
         log.info(f"Kept the split of {len(existing)} patient(s) in {output}; "
                  f"assigning {len(set(patients.values()) - set(existing))} new patient(s)")
     splits = assign(patients, val, test, seed, existing)
+    if not splits["train"]:
+        raise InputError(f"validation fraction {val} and test fraction {test} leave none of the "
+                         f"{len(set(patients.values()))} patient(s) for training; lower them")
     document = {**splits, "meta": {"cache": str(cache_path), "seed": seed, "val": val, "test": test}}
     temporary = output.with_name(f".{output.name}.tmp")
     temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

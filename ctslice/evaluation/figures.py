@@ -43,6 +43,7 @@ class Window:
 
 
 WINDOWS = {"lung": Window(1500, -600), "soft": Window(400, 40), "bone": Window(1800, 400)}
+MAX_WIDTH = 65_536  # HU: the whole int16 range, beyond which a window shows nothing more
 DEFAULT_WINDOW = Window(2000, 0)  # air to dense bone: every tissue visible, none at its best contrast
 _NUMBERS = re.compile(r"^\s*([-+]?[0-9.eE+-]+)\s*,\s*([-+]?[0-9.eE+-]+)\s*$")
 
@@ -62,9 +63,9 @@ def parse_window(text: str | Window | None) -> Window:
         width, level = (float(match.group(1)), float(match.group(2))) if match else (math.nan, math.nan)
     except ValueError:
         width = level = math.nan
-    if not (math.isfinite(width) and math.isfinite(level) and width > 0):
-        raise InputError(f"window {shown(text)}: give lung, soft, bone, or W,L in HU with a width above 0 "
-                         "(e.g. 1500,-600)")
+    if not (1 <= width <= MAX_WIDTH and abs(level) <= MAX_WIDTH):  # NaN fails too; 1e300 overflowed the colour map
+        raise InputError(f"window {shown(text)}: give lung, soft, bone, or W,L in HU with a width from 1 to "
+                         f"{MAX_WIDTH:,} and a level from -{MAX_WIDTH:,} to {MAX_WIDTH:,} (e.g. 1500,-600)")
     return Window(width, level)
 
 

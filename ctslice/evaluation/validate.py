@@ -57,8 +57,10 @@ def validate_split(checkpoint: Path | None, cache_path: Path, splits_path: Path,
     config = loaded.interpolator.config
     mode = mode or config.validation.mode
     steps = steps or config.validation.val_steps
-    out = check_output(out or _default_out(loaded.path, split), inputs=(checkpoint, cache_path, splits_path),
-                       folder=True)
+    inputs = (checkpoint, cache_path, splits_path)
+    out = check_output(out or _default_out(loaded.path, split), inputs=inputs, folder=True)
+    for written in (out / "report.json", *(out / "figures" / f"{case_id}.png" for case_id in case_ids)):
+        check_output(written, inputs=inputs)  # e.g. --splits DIR/report.json --out DIR; a folder in the way
     methods = ["model", *METHODS]
     cases = []
     description = f"Validating ({split})"

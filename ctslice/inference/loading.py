@@ -16,7 +16,7 @@ import torch
 from ctslice.checkpoint import CheckpointError, bundled_model_path, load_weights, read_checkpoint
 from ctslice.codecs import codec_for
 from ctslice.config import config_from_dict, with_precision
-from ctslice.errors import CtsliceError
+from ctslice.errors import CtsliceError, shown
 from ctslice.hardware import Precision, resolve_precision
 from ctslice.inference.pipeline import SliceInterpolator
 from ctslice.models import build_model
@@ -68,10 +68,13 @@ def load_model(checkpoint: Path | None, device: torch.device | str, vae_checkpoi
         raise CheckpointError(f"{path}: trained with {channels} latent channels, the {codec.name} codec has "
                               f"{codec.latent_channels}")
     model = build_model(config, codec.latent_channels, device)
-    _check_finite(state["model"], path)
     load_weights(model, state["model"], path)
     interpolator = SliceInterpolator(model, codec, config, device, inplane)
-    return LoadedModel(interpolator, path, thin, ratio, int(state.get("step", 0)), resolved)
+    step = state.get("step", 0)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{path}: its step entry is {shown(step)}, not a whole number of steps; the file is "
+                              "damaged or was not written by `ctslice train`")
+    return LoadedModel(interpolator, path, thin, ratio, step, resolved)
 
 
 def _data_entries(state: dict, path: Path) -> tuple[float | None, float, int, int]:
@@ -95,14 +98,3 @@ def _data_entries(state: dict, path: Path) -> tuple[float | None, float, int, in
     thin = entry(data, "thin_spacing", 1e-3, 100.0, default=None)
     return (thin, entry(data, "ratio", 1.0, 100.0), entry(data, "inplane_size", 0, 4096, default=0, integer=True),
             entry(codec, "latent_channels", 1, 1024, integer=True))
-
-
-def _check_finite(weights, path: Path) -> None:
-    """``CheckpointError`` if a weight is NaN or infinite: every output would be, after minutes of work."""
-    if not isinstance(weights, dict):
-        return  # load_weights says what is wrong with it
-    bad = next((name for name, tensor in weights.items() if isinstance(tensor, torch.Tensor)
-                and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
-    if bad is not None:
-        raise CheckpointError(f"{path}: parameter {bad} holds NaN or infinite values (a diverged training run?); "
-                              "use an earlier checkpoint")

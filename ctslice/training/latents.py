@@ -10,6 +10,7 @@ in latent units.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from ctslice.codecs.base import Codec
 from ctslice.config import DataConfig
 from ctslice.data.cache import Cache
 from ctslice.data.patches import Patch, interpolate_thick, patch_shape
+from ctslice.errors import first_line
+
+log = logging.getLogger(__name__)
 
 
 def encode_volume(codec: Codec, hu: np.ndarray, device: torch.device) -> np.ndarray:
@@ -38,7 +42,15 @@ def encode_batch(batch: dict, codec, device: torch.device) -> tuple[torch.Tensor
 
 def build_latent_cache(cache_path: Path, case_ids: list[str], codec: Codec, fingerprint: str, out_path: Path,
                        device: torch.device, on_case=None) -> Path:
-    """Encode every case of ``case_ids`` not already in ``out_path`` with this codec fingerprint."""
+    """Encode every case of ``case_ids`` not already in ``out_path`` with this codec fingerprint.
+
+    A file there that HDF5 cannot open (a run killed with -9 while writing it) is derived data: it is
+    rebuilt, with a warning, rather than stopping the run."""
+    try:
+        h5py.File(out_path, "a").close()
+    except OSError as error:
+        log.warning(f"{out_path} is damaged ({first_line(error, 120)}); the latent cache is rebuilt")
+        out_path.unlink()
     with Cache(cache_path) as cache, h5py.File(out_path, "a") as store:
         for case_id in case_ids:
             info = cache.info(case_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ctslice.errors import InputError
 from ctslice.jsonsafe import dumps
 from ctslice.parsing import load_json, read_text
 
@@ -37,12 +38,30 @@ class RunLog:
             self._writer.close()
 
     @staticmethod
-    def truncate(run_dir: Path, step: int) -> None:
-        """Drops the records after ``step`` (a resumed run writes them again), before the log is opened."""
+    def truncate(run_dir: Path, step: int) -> int:
+        """Drops the records after ``step`` (a resumed run writes them again), before the log is opened.
+
+        A line that is not a JSON record (a run killed while writing it, a damaged disk block) is dropped
+        too, rather than making the run impossible to resume; returns how many such lines were dropped.
+        """
         path = Path(run_dir) / "log.jsonl"
-        if path.exists():
-            kept = [record for record in read_log(run_dir) if record.get("step", 0) <= step]
-            path.write_text("".join(dumps(record) + "\n" for record in kept))
+        if not path.exists():
+            return 0
+        kept, unreadable = [], 0
+        with open(path, "rb") as handle:  # line by line: the log of a long run may be large
+            for line in handle:
+                try:
+                    record = load_json(line.decode("utf-8"), str(path)) if line.strip() else None
+                except (UnicodeDecodeError, InputError):
+                    record = False
+                if record is None:
+                    continue
+                if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+                    unreadable += 1
+                elif record.get("step", 0) <= step:
+                    kept.append(record)
+        path.write_text("".join(dumps(record) + "\n" for record in kept))
+        return unreadable
 
 
 def read_log(run_dir: Path) -> list[dict]:

@@ -1,12 +1,13 @@
 """Everything a training run needs before its first step, built from the config in named steps.
 
 ``prepare`` reads as the list of steps: the checkpoint to resume from or (on a fresh start) the one
-``training.init_from`` names, read first; the device; the data (cases and splits, checked before
-anything is written); the frozen codec; the model, with the init checkpoint's weights loaded before
-the run folder is written (weights that do not fit leave nothing behind); the run folder; the patch
-source (the latent cache, each volume encoded once, or pixels encoded at every step); the optimizer
-(always fresh) and its schedule; then either a resume (model, optimizer, schedule, RNG states, step
-and best metric from a checkpoint; ``init_from`` is ignored) or a fresh start (latent statistics
+``training.init_from`` names, read first, and the run folder checked (a run already in it is only
+ever resumed); the device; the data (cases and splits, checked before anything is written); the
+frozen codec; the model, with the init checkpoint's weights loaded; the optimizer (always fresh) and
+its schedule, with the resumed checkpoint's states loaded (all before the run folder is written: a
+checkpoint that does not fit leaves nothing behind); the run folder; the patch source (the latent
+cache, each volume encoded once, or pixels encoded at every step); then either a resume (RNG states,
+step and best metric from the checkpoint; ``init_from`` is ignored) or a fresh start (latent statistics
 from the init checkpoint when it used the same codec, else fitted on training patches); and last the
 data loader positioned at the step, the log, the validator and the checkpoint policy. Notes go to
 ``logging``; the latent cache's progress to ``on_progress(description, completed, total)``.
@@ -36,7 +37,7 @@ from ctslice.training.distributed import Distributed
 from ctslice.training.latents import LatentSource, build_latent_cache, encode_batch
 from ctslice.training.optim import build_optimizer, warmup_cosine
 from ctslice.training.run_log import RunLog
-from ctslice.training.state import Saver, restore_rng, seed_everything
+from ctslice.training.state import Saver, restore_rng, rng_state, seed_everything
 from ctslice.training.stops import StopFlag, on_main, stop_together
 from ctslice.training.validation import Validator
 
@@ -113,7 +114,8 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
             stop: StopFlag | None = None, threads: int | None = None,
             on_progress: ProgressCallback | None = None) -> Session:
     """The steps before the first optimizer step, in order (see the module docstring)."""
-    resumed = ckpt.resolve_resume(resume, run_dir) if resume else None
+    _check_run_folder(run_dir, resume is not None)
+    resumed = ckpt.resolve_resume(resume, run_dir) if resume is not None else None
     init = None if resumed else _init_checkpoint(config)  # a resume restores its own weights
     device, world = _device(config, device_name, threads)
     precision = resolve_precision(config.training.precision, device)
@@ -125,15 +127,19 @@ def prepare(config: Config, run_dir: Path, resume: str | None, device_name: str 
     model = _model(config, codec, device)
     if init:  # before the run folder: weights that do not fit leave nothing behind
         _init_weights(model, *init)
-    _create_run_dir(requested, run_dir, world)
-    source = _patch_source(config, data, codec, run_dir, world, device, stop or StopFlag(), on_progress)
-    dataset = PatchDataset(source, config.data, config.training.seed)
     optimizer = build_optimizer({"unet": model.unet}, config.training)
     total_steps, warmup_steps = _schedule_length(config, len(data.train))
     scheduler = warmup_cosine(optimizer, warmup_steps, total_steps)
+    if resumed:  # before the run folder too: a checkpoint of another model leaves the run as it was
+        _load_state(resumed, model, optimizer, scheduler)
+    _create_run_dir(requested, run_dir, world)
+    source = _patch_source(config, data, codec, run_dir, world, device, stop or StopFlag(), on_progress)
+    dataset = PatchDataset(source, config.data, config.training.seed)
     if resumed:
-        start_step, best_psnr = _resume(resumed, model, optimizer, scheduler, run_dir, world)
+        start_step, best_psnr = _resume(resumed, run_dir, world)
     else:
+        if world.is_main:  # --resume latest before any checkpoint: the log of a run whose weights are gone
+            (run_dir / "log.jsonl").unlink(missing_ok=True)
         start_step, best_psnr = 0, None
         if not init or init[1].get("codec") != codec.description():  # the init's statistics fit its codec only
             _fit_latent_stats(model, dataset, codec, config, device)
@@ -245,23 +251,64 @@ def _init_weights(model: SliceDiffusion, path: Path, state: dict) -> None:
     log.info(f"Starting from the weights of {path} (step {state.get('step', 0)}); the optimizer starts fresh")
 
 
-def _resume(resumed: tuple[Path, dict], model: SliceDiffusion, optimizer: torch.optim.Optimizer,
-            scheduler: torch.optim.lr_scheduler.LRScheduler, run_dir: Path,
-            world: Distributed) -> tuple[int, float | None]:
-    """Model, optimizer, schedule and RNG states from a checkpoint; the log cut back to its step."""
+class RunInFolder(InputError):
+    """A new run was asked for in a folder that holds one; the command layer says how to continue it."""
+
+
+def _check_run_folder(run_dir: Path, resuming: bool) -> None:
+    """Before any work: the run folder's parts are what a run writes, and a run in it is continued, never
+    started over (a fresh start would replace its checkpoints and append to its log)."""
+    folder, record = ckpt.checkpoint_dir(run_dir), run_dir / "log.jsonl"
+    for path in (folder, run_dir / "tensorboard"):
+        if path.exists() and not path.is_dir():
+            raise InputError(f"{path} is a file, not a folder of the run; move it away or choose another run folder")
+    written = [record, run_dir / "config.yaml", run_dir / "latents.h5",
+               *(folder / f"{name}.pt" for name in ("latest", "best", "final")), *ckpt.periodic_checkpoints(run_dir)]
+    for path in written:  # found now, not when the first checkpoint is saved
+        if path.exists() and not path.is_file():
+            raise InputError(f"{path} is not a file, so not the run's {path.name}; move it away or choose another "
+                             "run folder")
+    if resuming:
+        return
+    found = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
+    if found or (record.is_file() and record.stat().st_size):
+        held = f"checkpoints ({', '.join(found[:3])}{' ...' if len(found) > 3 else ''})" if found else "a log"
+        raise RunInFolder(f"{run_dir} already holds a training run ({held})")
+
+
+def _load_state(resumed: tuple[Path, dict], model: SliceDiffusion, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Model, optimizer and schedule states from the checkpoint to resume, or one line if they do not fit."""
     path, state = resumed
     hint = " (was model.* changed since the run started?)"
-    ckpt.load_weights(model, state["model"], path, hint)
+    ckpt.load_weights(model, state.get("model"), path, hint)
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["lr_scheduler"])
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise ckpt.CheckpointError(f"{path}: weights do not fit the model in this config{hint}: "
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        raise ckpt.CheckpointError(f"{path}: the training state does not fit the model in this config{hint}: "
                                    f"{first_line(error, 160)}") from None
+    current = rng_state()
+    try:  # restored for real after the patch source is built; tried here, before the run folder is written
+        if not (isinstance(state.get("step"), int) and state["step"] >= 0):
+            raise ValueError(f"step {state.get('step')!r}")
+        restore_rng(state["rng"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as error:
+        raise ckpt.CheckpointError(f"{path}: its training state is damaged ({first_line(error, 120)}); resume from "
+                                   "another checkpoint") from None
+    finally:
+        restore_rng(current)
+
+
+def _resume(resumed: tuple[Path, dict], run_dir: Path, world: Distributed) -> tuple[int, float | None]:
+    """The RNG states of the checkpoint to resume and its step; the log cut back to that step."""
+    path, state = resumed
     start_step = int(state["step"])
     restore_rng(state["rng"])
-    if world.is_main:
-        RunLog.truncate(run_dir, start_step)
+    dropped = RunLog.truncate(run_dir, start_step) if world.is_main else 0
+    if dropped:
+        log.warning(f"dropped {dropped} unreadable line(s) of {run_dir / 'log.jsonl'} (a run stopped while writing "
+                    "it?)")
     log.info(f"Resumed from {path} at step {start_step}")
     return start_step, state.get("best_metric")
 
