@@ -1,10 +1,15 @@
-"""Shared fixtures: where the real CT volumes are, and a CLI runner."""
+"""Shared fixtures: where the real CT volumes are, and a CLI runner; a wide terminal for every test."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Tests read help texts and tables as text: the terminal the suite runs in (a narrow CI log, a split
+# editor pane) must not wrap them. Rich and Typer size their output from COLUMNS.
+os.environ["COLUMNS"] = "200"
 
 SHARED_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct"
 

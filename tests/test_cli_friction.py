@@ -82,8 +82,7 @@ def test_configs_lists_every_shipped_config_with_its_first_comment_line(cli):
 
 # ---------------------------------------------------------------- help, choices, completion
 
-def test_shell_completion_is_offered(cli, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "200")  # a narrow terminal wraps the option names inside the help table
+def test_shell_completion_is_offered(cli):
     result = cli("--help")
     assert "--install-completion" in result.stdout and "--show-completion" in result.stdout
     script = cli("--show-completion", "bash")
