@@ -410,3 +410,17 @@ def test_slices_without_the_part10_preamble_read_as_the_same_series(tmp_path):
     np.testing.assert_array_equal(scan.volume.array, expected.volume.array)
     np.testing.assert_allclose(scan.volume.origin, expected.volume.origin, atol=1e-6)
     np.testing.assert_allclose(scan.volume.spacing, expected.volume.spacing, atol=1e-6)
+
+
+def test_a_series_mixing_1_and_5_mm_steps_is_resampled_not_refused(tmp_path):
+    """Steps from 1 to 7 mm around a typical 5 mm (as in the head CT of issue 17) grow the grid about 4x when
+    resampled to the smallest step: a real series, read; only far larger growth is refused as a bomb."""
+    steps = [5, 5, 5, 1, 5, 5, 5, 5, 1, 5, 5, 7]
+    write_series(tmp_path / "mixed", np.cumsum([0.0, *steps]))
+    scan = read_scan(tmp_path / "mixed")
+    volume = scan.volume
+    assert scan.report.spacing_range == pytest.approx((1.0, 7.0))
+    assert volume.array.shape == (sum(steps) + 1, SIZE, SIZE)  # 55 slices at 1 mm from 13
+    np.testing.assert_allclose(volume.spacing, (PIXEL, PIXEL, 1.0), atol=1e-6)
+    np.testing.assert_allclose(volume.origin, ORIGIN, atol=1e-4)
+    assert np.abs(volume.array - truth(voxel_points(volume))).max() <= TOLERANCE_HU

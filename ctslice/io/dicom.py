@@ -41,7 +41,15 @@ from ctslice.io.dicom_files import (
 from ctslice.io.failures import captured_stderr, sitk_reason
 from ctslice.io.intensity import cast_rounded
 from ctslice.io.paths import check_name
-from ctslice.io.slices import MAX_GAP_RATIO, MAX_GROWTH, SliceLayout, frame_axes, regular_size, regularise
+from ctslice.io.slices import (
+    MAX_AREA_GROWTH,
+    MAX_GAP_RATIO,
+    MAX_SLICE_GROWTH,
+    SliceLayout,
+    frame_axes,
+    regular_size,
+    regularise,
+)
 from ctslice.io.volume import Volume
 
 __all__ = ["DicomSeries", "ReadOptions", "SeriesReport", "SeriesScan", "check_z_spacing", "find_series", "pseudonym",
@@ -223,14 +231,15 @@ class DicomSeries:
                              "re-export the series")
 
     def _check_growth(self, layout: SliceLayout, image: sitk.Image, z_spacing: float | None) -> None:
-        """Refuse a resampling grid more than ``MAX_GROWTH`` times the stack (slices, or area), before it is made."""
+        """Refuse a resampling grid far larger than the stack (``MAX_SLICE_GROWTH`` times its slices, or
+        ``MAX_AREA_GROWTH`` times its area), before it is made."""
         columns, rows, depth = image.GetSize()
         size = regular_size((depth, rows, columns), image.GetSpacing()[:2], layout, z_spacing)
-        if z_spacing is None and size[2] > MAX_GROWTH * depth:
+        if z_spacing is None and size[2] > MAX_SLICE_GROWTH * depth:
             raise InputError(f"{self.label}: its slice spacing ({layout.steps.min():.3g} to {layout.steps.max():.3g} "
                              f"mm) would be resampled to its smallest step, {size[2]} slices from {depth}; give the "
                              "z spacing to resample it to, or re-export the series")
-        if size[0] * size[1] > MAX_GROWTH * rows * columns:
+        if size[0] * size[1] > MAX_AREA_GROWTH * rows * columns:
             raise InputError(f"{self.label}: its slices are sheared by {layout.tilt_degrees:.1f} degrees, so the "
                              f"untilted grid that holds them would be {size[0]} x {size[1]} pixels for {columns} x "
                              f"{rows} slices; check their ImagePositionPatient, or re-export the series")

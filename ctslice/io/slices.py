@@ -35,10 +35,14 @@ MAX_GAP_RATIO = 2.5
 """Widest step between neighbouring slices that is interpolated, in typical (median) steps. One missing
 slice doubles a step; a wider gap hides anatomy no interpolation can recover, so it is refused."""
 
-MAX_GROWTH = 4
-"""Most the regular grid may exceed the stack it is resampled from, in slices (uneven spacing) and in
-in-plane area (tilt). Real series stay far below (a 30 degree tilt over a head grows its area by about
-1.4); slice positions that ask for more are wrong, and would make a small series a memory bomb."""
+MAX_SLICE_GROWTH = 16
+"""Most the regular grid may exceed the stack it is resampled from in slices (uneven spacing, resampled to
+the smallest step). Real series mixing steps stay well below (one mixing 1 mm and 5 mm steps grows about
+5x); a stray position a hundredth of a millimetre off asks for 100x and more, and would make a small
+series a memory bomb."""
+MAX_AREA_GROWTH = 4
+"""Most the untilted grid may exceed the slices in in-plane area (tilt): a 30 degree tilt over a head grows
+it by about 1.4; more means the slice positions are wrong."""
 
 AIR_HU = -1024.0
 """Value of the resampled box outside every slice (the corners a sheared stack does not reach)."""
