@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ctslice.errors import InputError
+from ctslice.errors import InputError, shown
 from ctslice.inference.thinning import Choices, check_input, thin_by_method, thin_by_model
 from ctslice.io.intensity import cast_rounded
 from ctslice.io.volume import Volume
@@ -39,7 +39,7 @@ def interpolate(image, *, thin_spacing: float | None = None, method: str | None 
     ``samples`` DDIM samples of ``steps`` steps from ``seed``.
     """
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
-        raise InputError(f"checkpoint={_short(checkpoint)}: expected the path of a checkpoint file")
+        raise InputError(f"checkpoint={shown(checkpoint)}: expected the path of a checkpoint file")
     choices = Choices(method, None if checkpoint is None else Path(checkpoint), mode, samples, thin_spacing, steps,
                       seed).checked()
     thick = _as_volume(image, spacing, origin, direction)
@@ -104,12 +104,7 @@ def _numbers(name: str, values, count: int) -> tuple[float, ...]:
     except (TypeError, ValueError, OverflowError):
         numbers = ()
     if len(numbers) != count or not all(map(math.isfinite, numbers)):
-        raise InputError(f"{name}={_short(values)}: expected {count} finite numbers")
+        raise InputError(f"{name}={shown(values)}: expected {count} finite numbers")
     return numbers
 
-
-def _short(value) -> str:
-    """``repr(value)``, cut to a readable length: an error line must not print a whole array."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
