@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ctslice.errors import ConfigError, InputError, shown
+from ctslice.errors import ConfigError, InputError, one_line, shown
 from ctslice.parsing import NotValid, load_yaml, read_text
 
 # Names people reach for that mean one of our keys (checked before spelling similarity).
@@ -320,7 +320,7 @@ class _Origins:
 
 def _abbreviated(text: str, limit: int = 80) -> str:
     """``text`` cut to ``limit`` characters, control characters escaped: an error stays one line."""
-    text = re.sub(r"[\x00-\x1f\x7f]", lambda match: repr(match.group())[1:-1], text)
+    text = one_line(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -29,19 +29,11 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from ctslice.errors import one_line
 from ctslice.reporting import OnProgress
 
 console = Console(stderr=True, highlight=False, markup=False)
 stdout = Console(highlight=False)
-
-
-_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(32), 127]} | {9: "\\t", 10: "\\n", 13: "\\r"}
-
-
-def one_line(message: str) -> str:
-    """``message`` with control characters escaped (``\\n``): a file named with a newline (legal on Linux)
-    must not split an error, warning or note into two lines."""
-    return message.translate(_CONTROLS)
 
 
 def warn(message: str) -> None:

@@ -19,6 +19,15 @@ def shown(value: object) -> str:
     return _SHORT.repr(value)
 
 
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(32), 127]} | {9: "\\t", 10: "\\n", 13: "\\r"}
+
+
+def one_line(message: str) -> str:
+    """``message`` with control characters escaped (``\\n``): a file named with a newline (legal on Linux)
+    must not split an error, warning or note into two lines."""
+    return message.translate(_CONTROLS)
+
+
 def first_line(error: BaseException, limit: int | None = None) -> str:
     """The first line of an exception's message (its type's name when it has none), for a one-line error."""
     lines = str(error).strip().splitlines()
