@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ctslice.errors import CtsliceError, InputError
+from ctslice.io.paths import file_kind
 
 
 def lock_path(cache_path: Path) -> Path:
@@ -63,10 +64,8 @@ def _check_kind(path: Path) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISREG(mode):
-        kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
-                else "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "not a regular file")
-        raise InputError(f"{path} is {kind}, not a ctslice lock file; remove it (no run is using it), then run "
-                         "again")
+        raise InputError(f"{path} is {file_kind(mode)}, not a ctslice lock file; remove it (no run is using it), "
+                         "then run again")
 
 
 def _lock_text(path: Path) -> str:

@@ -55,11 +55,15 @@ def check_regular_file(path: Path | str, holds: str = "a scan") -> Path:
     if not os.access(path, os.R_OK):
         raise InputError(f"{printable(path)} cannot be read (permission denied); make it readable or leave it out")
     if not stat.S_ISREG(mode):
-        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a folder" if stat.S_ISDIR(mode)
-                else "not a regular file")
-        raise InputError(f"{printable(path)} is {kind}, not a file that holds {holds}; pass a regular file")
+        raise InputError(f"{printable(path)} is {file_kind(mode)}, not a file that holds {holds}; pass a regular file")
     return path
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words, from its ``st_mode`` (``lstat``'s for a link)."""
+    return ("a symbolic link" if stat.S_ISLNK(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a folder" if stat.S_ISDIR(mode) else "not a regular file")
 
 
 def check_output(path: Path, *, inputs: Iterable[Path | None] = (), folder: bool = False,
