@@ -10,7 +10,7 @@ import pytest
 
 from ctslice.data import cache as cache_files
 from ctslice.data.cache import Cache, Failure
-from ctslice.data.pairs import simulate_pair
+from ctslice.data.pairs import self_supervised_case, simulate_pair
 from ctslice.data.splits import assign, read_splits, run_split
 from ctslice.errors import InputError
 from ctslice.io.volume import Volume
@@ -22,11 +22,19 @@ def small_pair(seed=0, depth=20):
     return simulate_pair(Volume(array, (0.7, 0.7, 1.0), (1.0, 2.0, 3.0)), 5.0, 1.0)
 
 
-def write_cache(path, case_ids, patients=None, failures=()):
+def thick_only(seed=0, depth=6):
+    """A self-supervised case: a 5 mm scan without a thin partner."""
+    rng = np.random.default_rng(seed)
+    array = rng.integers(-1000, 1500, (depth, 10, 12)).astype(np.int16)
+    return self_supervised_case(Volume(array, (0.7, 0.7, 5.0), (1.0, 2.0, 3.0)), 1.0)
+
+
+def write_cache(path, case_ids, patients=None, failures=(), self_supervised=()):
     parts = cache_files.parts_dir(path)
     for k, case_id in enumerate(case_ids):
         patient = (patients or {}).get(case_id, case_id)
-        cache_files.write_part(parts, case_id, small_pair(k), source=f"/data/{case_id}.nii.gz",
+        pair = thick_only(k) if case_id in self_supervised else small_pair(k)
+        cache_files.write_part(parts, case_id, pair, source=f"/data/{case_id}.nii.gz",
                                content_hash=f"h{k}", patient=patient, options={"thin_spacing": 1.0})
     cache_files.consolidate(path, sorted(parts.glob("*.h5")) + ([path] if path.exists() else []), failures)
     cache_files.remove_parts(path)
@@ -152,3 +160,21 @@ def test_user_written_splits_are_checked(tmp_path):
     path.write_text("{not json", encoding="utf-8")
     with pytest.raises(InputError, match="not valid JSON"):
         read_splits(path)
+
+
+def test_self_supervised_cases_are_cached_without_a_thin_volume_and_split_into_train_only(tmp_path):
+    """They have no ground truth to score: train only, and val/test fractions count scorable patients."""
+    path = tmp_path / "cache.h5"
+    names = [f"c{k}" for k in range(8)] + ["s0", "s1", "s2", "shared"]
+    patients = {"shared": "c0"}  # a thick-only scan of the patient of pair c0
+    write_cache(path, names, patients=patients, self_supervised={"s0", "s1", "s2", "shared"})
+    with Cache(path) as cache:  # not taken for a damaged entry, though it has no thin volume
+        info = cache.info("s0")
+        assert (info.pair_kind, info.has_truth, info.ratio, info.profile.overlap) == ("self-supervised", False, 5.0, 0)
+    for seed in range(5):
+        splits = run_split(path, tmp_path / f"splits{seed}.json", val=0.25, test=0.25, seed=seed)
+        assert {"s0", "s1", "s2"} <= set(splits["train"])
+        assert (len(splits["val"]), len(splits["test"])) == (2, 2)  # a quarter of the 8 scorable patients each
+        assert not {"s0", "s1", "s2", "shared"} & set(splits["val"] + splits["test"])
+        # the thick-only scan of a val/test patient is in no split: in train it would leak that patient
+        assert ("shared" in splits["train"]) == ("c0" in splits["train"])

@@ -16,6 +16,7 @@ from ctslice.data.cache import Cache, parts_dir
 from ctslice.data.pairs import simulate_pair
 from ctslice.data.phantom import make_phantom
 from ctslice.data.preprocess import PreprocessOptions, run_preprocess
+from ctslice.errors import InputError
 from tests.dicom_utils import make_uid, write_dicom_series, zip_folder
 
 SMALL = PreprocessOptions(thick_spacing=5.0, thin_spacing=1.0, min_slices=4)
@@ -91,15 +92,15 @@ def test_failures_are_recorded_and_the_rest_continues(tmp_path):
     output = tmp_path / "cache.h5"
     results = {r.case_id: r for r in run_preprocess([inputs], output, SMALL)}
     assert results["good"].status == "processed"
+    assert (results["thick_only"].status, results["thick_only"].kind) == ("processed", "self-supervised")
     reasons = {case: r.reason for case, r in results.items() if r.status == "failed"}
-    assert set(reasons) == {"constant", "no_rescale", "short", "thick_only", "truncated"}
+    assert set(reasons) == {"constant", "no_rescale", "short", "truncated"}
     assert "constant" in reasons["constant"]
     assert "HU" in reasons["no_rescale"]
     assert "fewer than the minimum" in reasons["short"]
-    assert "no thin ground truth" in reasons["thick_only"]
     assert "truncated.nii.gz" in reasons["truncated"]
     with Cache(output) as cache:
-        assert cache.case_ids() == ["good"]
+        assert cache.case_ids() == ["good", "thick_only"]
         assert {f.case_id for f in cache.failures()} == set(reasons)
 
 
@@ -191,3 +192,59 @@ def test_kill_during_preprocess_then_rerun_resumes(tmp_path):
         assert cache.case_ids() == [f"case{k}" for k in range(8)]
         assert not any(name.startswith(".") for name in file["cases"])
     assert not parts_dir(output).exists()
+
+
+def test_a_thick_only_scan_is_a_self_supervised_case_with_its_slice_profile(tmp_path):
+    thick = phantom(1, depth=10, spacing_z=5.0)
+    write_nifti(thick, tmp_path / "in" / "thick_only.nii.gz")
+    write_nifti(phantom(2), tmp_path / "in" / "thin.nii.gz")
+    output = tmp_path / "cache.h5"
+    results = {r.case_id: r for r in run_preprocess([tmp_path / "in"], output, SMALL)}
+    assert results["thick_only"].kind == "self-supervised" and results["thin"].kind == "simulated"
+    with Cache(output) as cache:
+        info = cache.info("thick_only")
+        assert (info.pair_kind, info.has_truth, info.thin_shape, info.thick_shape) == (
+            "self-supervised", False, None, (10, 48, 48))
+        # no SliceThickness in a NIfTI: the thickness is the spacing (no overlap, no gap)
+        assert (info.profile.thickness, info.profile.spacing, info.profile.overlap, info.profile.source) == (
+            5.0, 5.0, 0.0, "spacing")
+        assert (info.thin_spacing, info.ratio) == (1.0, 5.0)  # trains for 5 mm -> 1 mm
+        np.testing.assert_array_equal(cache.volume("thick_only", "thick").array, thick.array)
+        with pytest.raises(InputError, match="self-supervised"):
+            cache.volume("thick_only", "thin")
+        simulated = cache.info("thin")  # a simulated pair's profile is its slab averaging
+        assert (simulated.has_truth, simulated.profile.thickness, simulated.profile.source) == (True, 5.0, "simulated")
+    with h5py.File(output) as file:  # the profile is readable with plain h5py
+        attrs = file["cases/thick_only"].attrs
+        assert (attrs["slice_thickness"], attrs["slice_spacing"], attrs["slice_overlap"]) == (5.0, 5.0, 0.0)
+        assert "thin" not in file["cases/thick_only"]
+    # --no-self-supervised: excluded with today's reason, the cached entry dropped rather than reused
+    excluded = PreprocessOptions(thick_spacing=5.0, thin_spacing=1.0, min_slices=4, self_supervised=False)
+    results = {r.case_id: r for r in run_preprocess([tmp_path / "in"], output, excluded)}
+    assert results["thin"].status == "reused"
+    assert results["thick_only"].status == "failed" and "no thin ground truth" in results["thick_only"].reason
+    with Cache(output) as cache:
+        assert cache.case_ids() == ["thin"]
+
+
+def test_the_summary_counts_self_supervised_cases_and_the_flag_excludes_them(tmp_path, cli):
+    write_nifti(phantom(1, depth=10, spacing_z=5.0), tmp_path / "in" / "thick_only.nii.gz")
+    write_nifti(phantom(2), tmp_path / "in" / "thin.nii.gz")
+    result = cli("preprocess", tmp_path / "in", "-o", tmp_path / "cache.h5", "--min-slices", "4")
+    assert result.exit_code == 0, result.output
+    header, row = _summary(result.stdout)
+    assert dict(zip(header, row, strict=True)) == {"processed": "2", "reused": "0", "of them self-supervised": "1",
+                                                   "excluded": "0", "kept from before": "0"}
+    result = cli("preprocess", tmp_path / "in", "-o", tmp_path / "cache.h5", "--min-slices", "4",
+                 "--no-self-supervised")
+    assert result.exit_code == 0, result.output
+    assert "no thin ground truth" in result.stdout
+    assert _summary(result.stdout)[1] == ["0", "1", "0", "1", "0"]
+
+
+def _summary(stdout: str) -> tuple[list[str], list[str]]:
+    """The header and row of the "Preprocessing summary" table."""
+    lines = [line.strip() for line in stdout[stdout.index("Preprocessing summary"):].splitlines()]
+    header = next(line for line in lines if line.startswith("┃"))
+    row = next(line for line in lines if line.startswith("│"))
+    return [cell.strip() for cell in header.strip("┃").split("┃")], [cell.strip() for cell in row.strip("│").split("│")]

@@ -38,8 +38,12 @@ def preprocess(
                                             "series instead of resampling them onto an untilted grid."),
     z_spacing: float = number(None, "--z-spacing", help="Slice spacing (mm) for tilted or unevenly spaced DICOM "
                               "series (default: their smallest step).", low=0.05, high=20.0),
+    no_self_supervised: bool = typer.Option(False, "--no-self-supervised", help="Exclude scans with only a thick "
+                                            "series instead of keeping them as self-supervised cases (in-plane "
+                                            "training pairs, see data.inplane_fraction)."),
 ) -> None:
-    """Turn raw CT scans into (thick, thin) pairs in one HDF5 cache (int16 HU, with geometry)."""
+    """Turn raw CT scans into (thick, thin) pairs in one HDF5 cache (int16 HU, with geometry); thick-only scans
+    become self-supervised cases."""
     from ctslice.commands import preprocess as body
     from ctslice.data.preprocess import PreprocessOptions
 
@@ -48,7 +52,7 @@ def preprocess(
         return
     options = PreprocessOptions(thick_spacing=thick_spacing, thin_spacing=thin_spacing, size=size,
                                 profile=profile, min_slices=min_slices, tilt_correction=not no_tilt_correction,
-                                z_spacing=z_spacing)
+                                z_spacing=z_spacing, self_supervised=not no_self_supervised)
     with stopped_cleanly("the worker processes were ended; the finished cases are kept, rerun to go on"):
         body.run(inputs, output, options, workers=workers, shard=shard)
 

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ctslice.commands.options import flag_wording, parse_shard
 from ctslice.console import progress_callback, stdout
+from ctslice.data.pairs import SELF_SUPERVISED
 from ctslice.data.preprocess import CaseResult, PreprocessOptions, preprocess_cases, raise_for_environment, run_merge
 from ctslice.errors import CtsliceError
 
@@ -46,8 +47,10 @@ def print_summary(results: list[CaseResult]) -> None:
             kept = " (its previous cache entry is kept)" if result.status == "kept" else ""
             table.add_row(escape(result.case_id), escape(result.reason + kept))  # paths may hold [brackets]
         stdout.print(table)
+    self_supervised = sum(r.kind == SELF_SUPERVISED for r in results if r.status in ("processed", "reused"))
     summary = Table(title="Preprocessing summary", title_justify="left")
-    for column in ("processed", "reused", "excluded", "kept from before"):
+    for column in ("processed", "reused", "of them self-supervised", "excluded", "kept from before"):
         summary.add_column(column, justify="right")
-    summary.add_row(*(str(counts[status]) for status in ("processed", "reused", "failed", "kept")))
+    summary.add_row(str(counts["processed"]), str(counts["reused"]), str(self_supervised),
+                    *(str(counts[status]) for status in ("failed", "kept")))
     stdout.print(summary)

@@ -3,10 +3,17 @@
 Layout (open it with h5py or HDFView)::
 
     /                       attrs: format_version, ctslice_version
-    /cases/<case_id>/       attrs: source, content_hash, pair_kind, patient, ratio, options (JSON)
+    /cases/<case_id>/       attrs: source, content_hash, pair_kind, patient, ratio, options (JSON),
+                            slice_thickness, slice_spacing, slice_overlap (mm), thickness_source, thin_spacing
         thin                int16 (z, y, x), attrs spacing/origin/direction (SimpleITK x, y, z order)
         thick               int16 (z, y, x), same attrs
     /failures/<case_id>     attrs: source, reason (a case that could not be used, and why)
+
+``pair_kind`` is ``real``, ``simulated`` or ``self-supervised`` (a thick-only scan: no ``thin`` volume,
+so no through-plane truth; it trains through in-plane pairs only). The slice profile of the thick side
+(``slice_*``, ``thickness_source``: ``dicom``, ``spacing`` or ``simulated``) and the target
+``thin_spacing`` (``ratio`` = thick spacing / thin spacing) were added later: a case without them is read
+as slab averaging at its thick spacing, onto its thin volume's spacing.
 
 Datasets are chunked in small z slabs and gzip-compressed (readable everywhere, unlike LZF) so that a
 random training patch decompresses only the chunks it touches.
@@ -39,7 +46,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ctslice.data.pairs import Pair
+from ctslice.data.pairs import SELF_SUPERVISED, Pair, SliceProfile
 from ctslice.errors import CtsliceError, InputError, first_line
 from ctslice.io.paths import check_regular_file, printable
 from ctslice.io.volume import Grid, Volume
@@ -63,8 +70,15 @@ class CaseInfo:
     pair_kind: str
     patient: str
     ratio: float
-    thin_shape: tuple[int, int, int]
+    thin_shape: tuple[int, int, int] | None  # None: a self-supervised case (no thin volume)
     thick_shape: tuple[int, int, int]
+    profile: SliceProfile  # the thick side's slice profile
+    thin_spacing: float  # the thin (target) slice spacing, mm
+
+    @property
+    def has_truth(self) -> bool:
+        """Whether the case has a thin volume: through-plane pairs and scores need one."""
+        return self.thin_shape is not None
 
 
 @dataclass(frozen=True)
@@ -113,8 +127,12 @@ def write_part(folder: Path, case_id: str, pair: Pair, *, source: str, content_h
     with h5py.File(image, "w") as file:
         group = file.create_group(f"cases/{case_id}")
         group.attrs.update({"source": printable(source), "content_hash": content_hash, "pair_kind": pair.kind,
-                            "patient": patient, "ratio": pair.ratio, "options": json.dumps(options)})
-        _write_volume(group, "thin", pair.thin)
+                            "patient": patient, "ratio": pair.ratio, "options": json.dumps(options),
+                            "slice_thickness": pair.profile.thickness, "slice_spacing": pair.profile.spacing,
+                            "slice_overlap": pair.profile.overlap, "thickness_source": pair.profile.source,
+                            "thin_spacing": pair.thin_spacing})
+        if pair.thin is not None:
+            _write_volume(group, "thin", pair.thin)
         _write_volume(group, "thick", pair.thick)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{case_id}.h5"
@@ -247,9 +265,19 @@ class Cache:
     def info(self, case_id: str) -> CaseInfo:
         group = self._group(case_id)
         attrs = group.attrs
+        thin = tuple(group["thin"].shape) if "thin" in group else None
+        thick_spacing = self.grid(case_id, "thick").spacing[2]
+        profile = SliceProfile(float(attrs.get("slice_thickness", thick_spacing)),
+                               float(attrs.get("slice_spacing", thick_spacing)),
+                               str(attrs.get("thickness_source", "simulated" if attrs["pair_kind"] == "simulated"
+                                             else "spacing")))
+        if "thin_spacing" in attrs:
+            thin_spacing = float(attrs["thin_spacing"])
+        else:  # a case cached before the attribute existed always has a thin volume
+            thin_spacing = self.grid(case_id, "thin").spacing[2]
         return CaseInfo(case_id, str(attrs["source"]), str(attrs["content_hash"]), str(attrs["pair_kind"]),
-                        str(attrs["patient"]), float(attrs["ratio"]), tuple(group["thin"].shape),
-                        tuple(group["thick"].shape))
+                        str(attrs["patient"]), float(attrs["ratio"]), thin, tuple(group["thick"].shape), profile,
+                        thin_spacing)
 
     def options(self, case_id: str) -> dict:
         """The preprocessing options the case was built with (thick/thin spacing, size, profile)."""
@@ -260,7 +288,11 @@ class Cache:
 
     def dataset(self, case_id: str, which: str) -> h5py.Dataset:
         """The ``thin`` or ``thick`` dataset, for reading patches by slicing."""
-        return self._group(case_id)[which]
+        group = self._group(case_id)
+        if which not in group:  # only a self-supervised case lacks one (layout_problem checked the rest)
+            raise InputError(f"{self.path}: case {case_id!r} is self-supervised (a thick-only scan): it has no "
+                             f"{which} volume")
+        return group[which]
 
     def volume(self, case_id: str, which: str) -> Volume:
         """A whole ``thin`` or ``thick`` volume with its geometry."""
@@ -323,7 +355,8 @@ def damaged_cases(file: h5py.File) -> dict[str, str]:
             damaged[case_id] = "group (it is a dataset)"
             continue
         missing = [f"attribute {a!r}" for a in CASE_ATTRS if a not in group.attrs]
-        for which in ("thin", "thick"):
+        volumes = ("thick",) if group.attrs.get("pair_kind") == SELF_SUPERVISED else ("thin", "thick")
+        for which in volumes:
             dataset = group.get(which)
             if not isinstance(dataset, h5py.Dataset) or dataset.ndim != 3:
                 missing.append(f"{which!r} volume")
@@ -332,6 +365,16 @@ def damaged_cases(file: h5py.File) -> dict[str, str]:
         if missing:
             damaged[case_id] = ", ".join(missing)
     return damaged
+
+
+def existing_kinds(path: Path) -> dict[str, str]:
+    """case_id -> pair_kind of the cases in a cache file or part file (empty if unreadable)."""
+    try:
+        with h5py.File(path, "r") as file:
+            return {k: str(g.attrs["pair_kind"]) for k, g in file.get("cases", {}).items()
+                    if isinstance(g, h5py.Group) and "pair_kind" in g.attrs}
+    except OSError:
+        return {}
 
 
 def existing_hashes(path: Path) -> dict[str, str]:

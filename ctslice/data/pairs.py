@@ -9,6 +9,13 @@ will put them. That is what lets one training and evaluation code path serve bot
 - Real: a thick and a thin series of the same scan; thick slabs not fully covered by the thin series
   are dropped, the thin series is resampled onto the thin grid of what remains (in the thick series'
   in-plane grid), and the two must show the same anatomy.
+- Self-supervised: a thick-only scan (``thin`` is None). It has no through-plane truth, but its
+  in-plane pixels are finer than the thin target, so in-plane pairs (``ctslice.data.inplane``) made
+  with its own slice profile train the model on it.
+
+Every case records the ``SliceProfile`` of its thick side (slice thickness and spacing, hence overlap
+or gap): in-plane pairs degrade an axial region with it (``slab_average``, the same simulation that
+makes simulated thick slices).
 """
 
 from __future__ import annotations
@@ -28,17 +35,50 @@ FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 MIN_PAIR_CORRELATION = 0.6
 
 
+KINDS = ("real", "simulated", "self-supervised")
+SELF_SUPERVISED = "self-supervised"
+
+
+@dataclass(frozen=True)
+class SliceProfile:
+    """How a thick series samples z: each slice covers ``thickness`` mm, centres ``spacing`` mm apart.
+
+    Thickness above the spacing is overlap (slices share anatomy), below it a gap. ``source`` says where
+    the thickness came from: ``dicom`` (SliceThickness), ``spacing`` (none recorded: taken as the slice
+    spacing) or ``simulated`` (slab averaging made it)."""
+
+    thickness: float
+    spacing: float
+    source: str = "spacing"
+
+    @property
+    def overlap(self) -> float:
+        """mm shared by neighbouring slices (negative: the gap between them)."""
+        return self.thickness - self.spacing
+
+
 @dataclass(frozen=True)
 class Pair:
-    """A thick volume and the thin volume on its thin grid, both int16 HU."""
+    """A thick volume and the thin volume on its thin grid, both int16 HU; for a self-supervised case
+    ``thin`` is None and ``thin_spacing`` the target it trains for."""
 
     thick: Volume
-    thin: Volume
-    kind: str  # "real" or "simulated"
+    thin: Volume | None
+    kind: str  # one of KINDS
+    profile: SliceProfile | None = None  # None: slab averaging at the thick spacing (a simulated pair)
+    thin_spacing: float | None = None  # only needed without a thin volume
+
+    def __post_init__(self) -> None:
+        if self.profile is None:
+            source = "simulated" if self.kind == "simulated" else "spacing"
+            object.__setattr__(self, "profile", SliceProfile(self.thick.spacing[2], self.thick.spacing[2], source))
+        if self.thin is not None:
+            object.__setattr__(self, "thin_spacing", self.thin.spacing[2])
 
     @property
     def ratio(self) -> float:
-        return self.thick.spacing[2] / self.thin.spacing[2]
+        """The thick/thin ratio the case trains for: thick spacing / thin (target) spacing."""
+        return self.thick.spacing[2] / self.thin_spacing
 
 
 def resample_slices(volume: Volume, spacing: float) -> Volume:
@@ -66,26 +106,62 @@ def simulate_pair(source: Volume, thick_spacing: float, thin_spacing: float, pro
     if count < 1:
         raise InputError(f"only {thin.depth} thin slices: fewer than one {thick_spacing} mm slab")
     thin = thin.slices(0, count * ratio)
-    values = thin.array.astype(np.float32)
-    if profile == "slab":
-        thick_values = values.reshape(count, ratio, *values.shape[1:]).mean(axis=1)
-    elif profile == "gaussian":
-        thick_values = _gaussian_profile(values, ratio)
-    else:
-        raise InputError(f"unknown slice profile {profile!r}: use slab or gaussian")
+    thick_values = slab_average(thin.array.astype(np.float32), ratio, ratio, profile)
     origin = thin.grid.shifted_along_slices((ratio - 1) / 2.0 * thin_spacing)
     thick = Volume(cast_rounded(thick_values), (thin.spacing[0], thin.spacing[1], float(thick_spacing)),
                    origin, thin.direction)
     return Pair(thick=thick, thin=thin, kind="simulated")
 
 
-def _gaussian_profile(values: np.ndarray, ratio: int) -> np.ndarray:
-    """Thick slices with a Gaussian slice-sensitivity profile of FWHM = one thick slice, at slab centres."""
-    smoothed = gaussian_filter1d(values, sigma=ratio * FWHM_TO_SIGMA, axis=0, mode="nearest")
-    centres = ratio * np.arange(values.shape[0] // ratio) + (ratio - 1) / 2.0
-    lower = np.floor(centres).astype(int)
+def self_supervised_case(thick: Volume, thin_spacing: float, thickness: float | None = None) -> Pair:
+    """A thick-only scan kept for in-plane pairs; ``thickness`` (mm) its recorded slice thickness, if any."""
+    spacing = thick.spacing[2]
+    if spacing <= thin_spacing + 1e-6:
+        raise InputError(f"slice spacing {spacing:.2f} mm is not thicker than the thin spacing {thin_spacing} mm: "
+                         "nothing to learn from it")
+    profile = SliceProfile(thickness, spacing, "dicom") if thickness else SliceProfile(spacing, spacing)
+    return Pair(thick=thick, thin=None, kind=SELF_SUPERVISED, profile=profile, thin_spacing=float(thin_spacing))
+
+
+def slab_average(values: np.ndarray, thickness: float, spacing: float, profile: str = "slab") -> np.ndarray:
+    """Thick slices along axis 0 of ``values`` (thin samples): slab ``thickness`` wide, centres ``spacing``
+    apart, both in thin samples; slab i starts where sample ``i x spacing`` starts. One simulation for
+    simulated pairs and in-plane pairs. ``slab`` is a box profile, ``gaussian`` a Gaussian of FWHM
+    ``thickness``; ``floor(len / spacing)`` slices."""
+    count = int(math.floor(values.shape[0] / spacing + 1e-6))
+    centres = spacing * np.arange(count) + (spacing - 1) / 2.0
+    if profile == "gaussian":
+        return _gaussian_profile(values, thickness, centres)
+    if profile != "slab":
+        raise InputError(f"unknown slice profile {profile!r}: use slab or gaussian")
+    whole = slice_ratio(spacing, 1.0)
+    if whole is not None and abs(thickness - spacing) < 1e-6:  # slabs of whole samples that tile: exact means
+        return values[: count * whole].reshape(count, whole, *values.shape[1:]).mean(axis=1)
+    return _box_profile(values, thickness, centres)
+
+
+def _box_profile(values: np.ndarray, thickness: float, centres: np.ndarray) -> np.ndarray:
+    """Means of the piecewise-constant signal over [c - thickness/2, c + thickness/2] (fractional samples
+    weighted by their overlap; beyond the ends the end samples are replicated, as slab geometry implies)."""
+    pad = int(math.ceil(thickness / 2)) + 1
+    padded = np.pad(values.astype(np.float64), [(pad, pad)] + [(0, 0)] * (values.ndim - 1), mode="edge")
+    integral = np.concatenate([np.zeros((1, *values.shape[1:])), np.cumsum(padded, axis=0)])
+    edges = np.arange(integral.shape[0]) - pad - 0.5  # sample k spans [k - 0.5, k + 0.5]
+
+    def at(points: np.ndarray) -> np.ndarray:
+        index = np.clip(np.searchsorted(edges, points, side="right") - 1, 0, len(edges) - 2)
+        weight = ((points - edges[index]) / (edges[index + 1] - edges[index])).reshape(-1, *[1] * (values.ndim - 1))
+        return (1 - weight) * integral[index] + weight * integral[index + 1]
+
+    return ((at(centres + thickness / 2) - at(centres - thickness / 2)) / thickness).astype(np.float32)
+
+
+def _gaussian_profile(values: np.ndarray, thickness: float, centres: np.ndarray) -> np.ndarray:
+    """Thick slices with a Gaussian slice-sensitivity profile of FWHM ``thickness`` samples, at ``centres``."""
+    smoothed = gaussian_filter1d(values, sigma=thickness * FWHM_TO_SIGMA, axis=0, mode="nearest")
+    lower = np.clip(np.floor(centres).astype(int), 0, values.shape[0] - 1)
     upper = np.minimum(lower + 1, values.shape[0] - 1)
-    weight = (centres - lower)[:, None, None]
+    weight = (centres - lower).reshape(-1, *[1] * (values.ndim - 1))
     return (1 - weight) * smoothed[lower] + weight * smoothed[upper]
 
 

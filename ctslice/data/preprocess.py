@@ -6,6 +6,12 @@ parts at the end (see ``ctslice.data.cache`` for why this survives kill -9). A c
 hash (file bytes + options) matches the cache is reused, not redone; a failed case is recorded with
 its reason and the others carry on.
 
+A scan with only a thick series (no thin partner, nothing to simulate from) is kept as a
+self-supervised case (``ctslice.data.pairs.self_supervised_case``): its thick volume and slice profile,
+for in-plane training pairs. ``self_supervised=False`` excludes such scans as before; it is not part of
+a case's content hash (it does not change any entry it keeps), so a rerun with it drops the
+self-supervised cases already cached instead of reusing them.
+
 A run never degrades the cache: only a failure caused by the case's input (``InputError``) replaces
 its previous entry. A case that fails for any other reason (an ``OSError`` reading it, a
 ``MemoryError``, a bug) keeps its previous entry, and the run ends with exit 1 naming it. A part or
@@ -22,7 +28,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -31,7 +37,7 @@ from ctslice.data import cache as cache_files
 from ctslice.data.checks import check_ct_volume
 from ctslice.data.discover import CaseSource, find_cases
 from ctslice.data.lock import writer_lock
-from ctslice.data.pairs import Pair, real_pair, simulate_pair
+from ctslice.data.pairs import SELF_SUPERVISED, Pair, real_pair, self_supervised_case, simulate_pair
 from ctslice.data.shards import select_shard
 from ctslice.errors import CtsliceError, InputError, first_line, shown
 from ctslice.io import ReadOptions, extracted, find_series, read_volume
@@ -59,6 +65,7 @@ class PreprocessOptions:
     min_slices: int = 8
     tilt_correction: bool = True
     z_spacing: float | None = None
+    self_supervised: bool = True  # keep thick-only scans for in-plane pairs (not part of the content hash)
 
     @property
     def read_options(self) -> ReadOptions:
@@ -68,6 +75,7 @@ class PreprocessOptions:
         """The options that shape a cache entry; the DICOM reading ones only when set, so that caches
         made before they existed stay valid for every case they do not change."""
         options = asdict(self)
+        del options["self_supervised"]
         for key, default in (("tilt_correction", True), ("z_spacing", None)):
             if options[key] == default:
                 del options[key]
@@ -90,7 +98,7 @@ class CaseResult:
     source: str
     status: str  # "processed", "reused", "failed" (recorded in the cache) or "kept" (previous entry kept)
     reason: str = ""
-    kind: str = ""
+    kind: str = ""  # the pair kind of a processed or reused case
     input_caused: bool = True  # a failure the case's input explains (else the run's environment or a bug)
     notes: tuple[str, ...] = ()  # corrections made while reading (gantry tilt, uneven spacing)
 
@@ -106,10 +114,13 @@ def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, st
         check_ct_volume(volume, "source")
     if len(series_volumes) == 1:
         volume = series_volumes[0][0]
-        if volume.spacing[2] > options.thick_spacing / 2 + 1e-6:
+        if volume.spacing[2] <= options.thick_spacing / 2 + 1e-6:
+            pair = simulate_pair(volume, options.thick_spacing, options.thin_spacing, options.profile)
+        elif options.self_supervised:
+            pair = self_supervised_case(volume, options.thin_spacing)
+        else:
             raise InputError(f"only a {volume.spacing[2]:.2f} mm series: no thin ground truth for "
                              f"{options.thick_spacing} mm thick slices (use such scans with `ctslice infer`)")
-        pair = simulate_pair(volume, options.thick_spacing, options.thin_spacing, options.profile)
     else:
         ordered = sorted(series_volumes, key=lambda item: item[1])
         (thin, thin_spacing), (thick, thick_spacing) = ordered[0], ordered[-1]
@@ -118,10 +129,12 @@ def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, st
                              "cannot tell the thick series from the thin one")
         pair = real_pair(thick, thin, options.thin_spacing, options.min_slices)
     if options.size:
-        pair = Pair(resample_inplane(pair.thick, options.size), resample_inplane(pair.thin, options.size), pair.kind)
+        thin = resample_inplane(pair.thin, options.size) if pair.thin is not None else None
+        pair = replace(pair, thick=resample_inplane(pair.thick, options.size), thin=thin)
     if pair.thick.depth < options.min_slices:
         raise InputError(f"{pair.thick.depth} thick slices, fewer than the minimum {options.min_slices}")
-    check_ct_volume(pair.thin, "thin")
+    if pair.thin is not None:
+        check_ct_volume(pair.thin, "thin")
     return pair, patient, notes
 
 
@@ -212,6 +225,11 @@ def preprocess_cases(inputs: list[Path], output: Path, options: PreprocessOption
             known.update(cache_files.existing_hashes(part))
         for case_id in damaged:
             known.pop(case_id, None)
+        kinds = _cached_kinds(output)
+        if not options.self_supervised:  # rebuilt, so excluded with the reason, rather than reused
+            for case_id, kind in kinds.items():
+                if kind == SELF_SUPERVISED:
+                    known.pop(case_id, None)
         log.info(f"Preprocessing {len(sources)} case(s) -> {output} (thick {options.thick_spacing} mm, "
                  f"thin {options.thin_spacing} mm, {workers} worker(s))")
         if found.skipped:
@@ -225,11 +243,20 @@ def preprocess_cases(inputs: list[Path], output: Path, options: PreprocessOption
             _write_cache(output, parts, [], damaged)  # Ctrl-C, a dead worker: keep the finished cases
             raise
         _write_cache(output, parts, results, damaged)
+    results = [replace(r, kind=kinds.get(r.case_id, "")) if r.status == "reused" else r for r in results]
     for result in results:
         for line in result.notes:
             _note(f"{result.case_id}: {line}")
     return results
 
+
+
+def _cached_kinds(output: Path) -> dict[str, str]:
+    """case_id -> pair kind of every case in the cache and in the parts a stopped run left."""
+    kinds = cache_files.existing_kinds(output) if output.exists() else {}
+    for part in cache_files.part_files(output):
+        kinds.update(cache_files.existing_kinds(part))
+    return kinds
 
 
 def _check_existing(output: Path) -> set[str]:

@@ -9,6 +9,13 @@ assignments are kept and only new patients are assigned, filling each split towa
 the new total; a new case of a known patient joins that patient's split. Failed cases are never in
 the cache's case list, so they never enter a split.
 
+Self-supervised cases (thick-only scans) have no thin ground truth, so they cannot be validated or
+tested: they go to train. Only patients with a scorable case (a real or simulated pair) are drawn for
+val and test, and the fractions are of those patients; a patient with only self-supervised cases is a
+training patient. A self-supervised case of a val or test patient is left out of every split (in train
+it would leak that patient's anatomy into training). Validation skips such cases too, should a
+hand-written splits file hold them.
+
 File format (a user may write it by hand)::
 
     {"train": ["case_a", ...], "val": [...], "test": [...], "meta": {"seed": 42, ...}}
@@ -37,11 +44,13 @@ def patient_draw(patient: str, seed: int) -> float:
 
 
 def assign(patients: dict[str, str], val: float, test: float, seed: int,
-           existing: dict[str, str] | None = None) -> dict[str, list[str]]:
+           existing: dict[str, str] | None = None, unscored: set[str] = frozenset()) -> dict[str, list[str]]:
     """Split case ids by patient. ``patients`` maps case id -> patient pseudonym; ``existing`` maps
-    patients that already have a split to it (they keep it)."""
+    patients that already have a split to it (they keep it); ``unscored`` are the cases without thin
+    ground truth (self-supervised: train only, see the module docstring)."""
     split_of = dict(existing or {})
-    everyone = set(patients.values())
+    everyone = {p for c, p in patients.items() if c not in unscored}
+    split_of.update({p: "train" for p in set(patients.values()) - everyone if p not in split_of})
     targets = _targets(len(everyone), val, test)
     new = sorted(everyone - set(split_of), key=lambda p: (patient_draw(p, seed), p))
     for name in ("test", "val"):
@@ -50,7 +59,8 @@ def assign(patients: dict[str, str], val: float, test: float, seed: int,
             split_of[patient] = name
         new = new[max(0, missing):]
     split_of.update(dict.fromkeys(new, "train"))
-    return {name: sorted(c for c, p in patients.items() if split_of[p] == name) for name in SPLITS}
+    kept = {c: p for c, p in patients.items() if c not in unscored or split_of[p] == "train"}
+    return {name: sorted(c for c, p in kept.items() if split_of[p] == name) for name in SPLITS}
 
 
 def _targets(count: int, val: float, test: float) -> dict[str, int]:
@@ -107,7 +117,9 @@ def write_split(cache_path: Path, output: Path, val: float, test: float,
                          "training data")
     check_output(output, inputs=(cache_path,))
     with Cache(cache_path) as cache:
-        patients = {case_id: cache.info(case_id).patient for case_id in cache.case_ids()}
+        infos = [cache.info(case_id) for case_id in cache.case_ids()]
+    patients = {info.case_id: info.patient for info in infos}
+    unscored = {info.case_id for info in infos if not info.has_truth}
     if not patients:
         raise InputError(f"{cache_path}: no successfully preprocessed cases to split")
     existing: dict[str, str] = {}
@@ -119,7 +131,11 @@ def write_split(cache_path: Path, output: Path, val: float, test: float,
         existing = {patients[c]: name for name in SPLITS for c in kept[name] if c in patients}
         log.info(f"Kept the split of {len(existing)} patient(s) in {output}; "
                  f"assigning {len(set(patients.values()) - set(existing))} new patient(s)")
-    splits = assign(patients, val, test, seed, existing)
+    splits = assign(patients, val, test, seed, existing, unscored)
+    left_out = sorted(set(patients) - {c for name in SPLITS for c in splits[name]})
+    if left_out:
+        log.info(f"{len(left_out)} self-supervised case(s) of validation or test patients are left out of every "
+                 f"split (no ground truth to score; in train they would leak): {', '.join(left_out[:5])}")
     if not splits["train"]:
         raise InputError(f"validation fraction {val} and test fraction {test} leave none of the "
                          f"{len(set(patients.values()))} patient(s) for training; lower them")

@@ -23,6 +23,7 @@ from ctslice.evaluation.report import mean_scores
 from ctslice.hardware import configure, resolve_device
 from ctslice.io.geometry import METHODS, interpolate
 from ctslice.io.paths import check_output
+from ctslice.reporting import NOTE
 
 PLANES = ("axial", "coronal", "sagittal")
 PROTOCOL = ("HU clipped to [-1024, 2048] mapped to [0, 1]; PSNR with peak 1; SSIM = mean of 2D SSIMs per plane; "
@@ -49,8 +50,16 @@ def validate_split(checkpoint: Path | None, cache_path: Path, splits_path: Path,
     device = resolve_device(device_name)
     with Cache(cache_path) as cache:
         case_ids = read_splits(splits_path, cache.case_ids())[split]
+        unscored = [c for c in case_ids if not cache.info(c).has_truth]
     if not case_ids:
         raise InputError(f"{splits_path}: the '{split}' split is empty")
+    if unscored:  # only a hand-written splits file puts them there (``ctslice split`` keeps them in train)
+        log.info(f"skipped {len(unscored)} self-supervised case(s) of the '{split}' split: no thin ground truth to "
+                 f"score ({', '.join(unscored[:5])})", extra=NOTE)
+        case_ids = [c for c in case_ids if c not in unscored]
+        if not case_ids:
+            raise InputError(f"{splits_path}: the '{split}' split holds only self-supervised cases (no thin ground "
+                             "truth); run `ctslice split` again")
     configure(device, threads=threads)
     loaded = load_model(checkpoint, device, vae_checkpoint, precision)
     log.info(loaded.precision.line)

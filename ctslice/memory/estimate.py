@@ -105,6 +105,7 @@ def resolve_geometry(config: Config, ratio: float | None = None,
     if cache_path.is_file() and (ratio is None or volume is None):
         with Cache(cache_path) as cache:
             infos = [cache.info(c) for c in cache.case_ids()]
+        infos = [i for i in infos if i.has_truth]  # through-plane patches come from cases with a thin volume
         if infos:
             shapes = [i.thin_shape for i in infos]
             largest = volume or max(shapes, key=math.prod)

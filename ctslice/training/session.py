@@ -33,6 +33,7 @@ from ctslice.errors import InputError, first_line
 from ctslice.hardware import configure, resolve_device, resolve_precision
 from ctslice.io.paths import check_output
 from ctslice.models import LatentStats, SliceDiffusion, build_model
+from ctslice.reporting import NOTE
 from ctslice.training.distributed import Distributed
 from ctslice.training.latents import LatentSource, build_latent_cache, encode_batch
 from ctslice.training.optim import build_optimizer, warmup_cosine
@@ -169,8 +170,9 @@ def _data(config: Config) -> TrainingData:
     with Cache(Path(config.data.cache)) as cache:
         splits = read_splits(Path(config.data.splits), cache.case_ids())
         train = splits["train"]
-        ratios = sorted({round(cache.info(c).ratio, 3) for c in train})
-        thin_spacings = sorted({round(cache.grid(c, "thin").spacing[2], 4) for c in train})
+        infos = {c: cache.info(c) for c in train + splits["val"]}
+        ratios = sorted({round(infos[c].ratio, 3) for c in train})
+        thin_spacings = sorted({round(infos[c].thin_spacing, 4) for c in train})
         inplane_size = int(cache.options(train[0]).get("size", 0)) if train else 0
     if not train:
         raise InputError(f"{config.data.splits}: no training cases")
@@ -179,7 +181,11 @@ def _data(config: Config) -> TrainingData:
     if len(ratios) > 1:
         log.info("training cases have different thick/thin ratios %s; the checkpoint records the largest", ratios)
     thin_spacing = thin_spacings[0] if len(thin_spacings) == 1 else None
-    return TrainingData(train, splits["val"], ratios[-1], thin_spacing, inplane_size)
+    val = [c for c in splits["val"] if infos[c].has_truth]
+    if len(val) < len(splits["val"]):  # only a hand-written splits file puts them there
+        log.info(f"validation skips {len(splits['val']) - len(val)} self-supervised case(s) of the val split: no "
+                 "thin ground truth to score", extra=NOTE)
+    return TrainingData(train, val, ratios[-1], thin_spacing, inplane_size)
 
 
 def _create_run_dir(requested: Config, run_dir: Path, world: Distributed) -> None:
