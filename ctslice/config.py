@@ -42,7 +42,8 @@ class DataConfig:
     patch_size: int = 64  # in-plane patch side in pixels; 0 = whole slices
     whole_volumes: bool = False  # train on whole volumes instead of patches
     flips: bool = True  # random flips along z, y, x and y/x swaps (thick/thin relation is symmetric)
-    cache_latents: bool = True  # encode each training volume once (the codec is frozen)
+    cache_latents: bool = True  # encode each training volume once (the codec is frozen); off with in-plane pairs
+    inplane_fraction: float = 0.0  # share of training pairs made in-plane (SMORE); self-supervised cases need > 0
     num_workers: int = 0  # DataLoader worker processes
 
 
@@ -220,6 +221,7 @@ DOMAINS: dict[str, Domain] = {
     "data.patch_thick_slices": ints(1, 1024),
     "data.patch_size": ints(0, 4096),
     "data.num_workers": ints(0, 256),
+    "data.inplane_fraction": floats(0, 1),
     "codec.checkpoint": PATH,
     "codec.encode_chunk": ints(1, 4096),
     "codec.decode_chunk": ints(1, 4096),
@@ -435,6 +437,10 @@ def _check(config: Config, where: _Origins) -> None:
             raise ConfigError(f"{where('model.channels', 'model.norm_num_groups', 'model.attention_heads')}: "
                               f"model.channels {channels} must be divisible by model.norm_num_groups "
                               f"({model.norm_num_groups}) and model.attention_heads ({model.attention_heads})")
+    if config.data.whole_volumes and config.data.inplane_fraction > 0:
+        raise ConfigError(f"{where('data.whole_volumes', 'data.inplane_fraction')}: data.whole_volumes trains on "
+                          "whole volumes, which have no in-plane pairs; set data.inplane_fraction to 0 or "
+                          "data.whole_volumes to false")
     training = config.training
     if training.max_steps is None and training.epochs is None:
         raise ConfigError(f"{where('training.max_steps', 'training.epochs')}: set training.max_steps or "

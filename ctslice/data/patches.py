@@ -10,6 +10,14 @@ when configured.
 Sources: ``PixelSource`` reads HU from the HDF5 cache and interpolates the thick slices onto the
 patch's thin grid (the model's condition); the trainer's latent cache provides the same interface in
 latent units, so one dataset serves both.
+
+In-plane pairs (``ctslice.data.inplane``): with ``data.inplane_fraction`` f > 0, patch k is an
+in-plane pair with probability f, drawn from any case (self-supervised ones included), else a
+through-plane pair drawn from the cases with a thin volume. An in-plane patch has the same (D, H, W)
+shape, so that one batch mixes both: D thin pixels along the degraded in-plane axis, H slices along z,
+W thin pixels along the other in-plane axis; the patch shape is clipped to fit every case in both
+orientations. Only ``PixelSource`` makes them (they are made in pixels, before any encoding). With
+f = 0 the draws are exactly those of a run without in-plane pairs.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import torch
 
 from ctslice.config import DataConfig
 from ctslice.data.cache import Cache
+from ctslice.data.inplane import AXES, axial_region, inplane_extent, inplane_pair
+from ctslice.errors import InputError
 from ctslice.io.geometry import interpolate
 from ctslice.io.volume import Grid, Volume
 
@@ -68,15 +78,20 @@ class Patch:
     x: tuple[int, int]
     flips: tuple[int, ...] = ()  # array axes to reverse (-3 = z, -2 = y, -1 = x)
     transpose: bool = False  # swap y and x (square patches only)
+    inplane_axis: int | None = None  # an in-plane pair degraded along this axis (-2 = y, -1 = x; y and x then in
+    # thin pixels of the resampled axial plane); None: a through-plane pair
 
 
 class PatchSource(Protocol):
     """Something that knows case shapes and can read (condition, thin) arrays of a patch."""
 
     case_ids: list[str]
+    pair_case_ids: list[str]  # the cases with a thin volume: through-plane pairs come from these only
     z_multiple: int
 
     def shape(self, case_id: str) -> tuple[int, int, int]: ...
+
+    def inplane_shape(self, case_id: str) -> tuple[int, int, int]: ...
 
     def patch_shape(self, config: DataConfig) -> tuple[int, int, int]: ...
 
@@ -99,8 +114,17 @@ class PixelSource:
         self.z_multiple = self.compression[0]
         self._cache: Cache | None = None
         with Cache(cache_path) as cache:
-            self._shapes = {c: cache.info(c).thin_shape for c in self.case_ids}
-            self._ratio = {c: cache.info(c).ratio for c in self.case_ids}
+            infos = {c: cache.info(c) for c in self.case_ids}
+            self._shapes = {c: info.thin_shape for c, info in infos.items()}
+            self._ratio = {c: info.ratio for c, info in infos.items()}
+            self._profile = {c: info.profile for c, info in infos.items()}
+            self._thin_spacing = {c: info.thin_spacing for c, info in infos.items()}
+            self._slab_shape = {c: cache.options(c).get("profile", "slab") for c in self.case_ids}
+            self._axial = {c: "thin" if info.has_truth else "thick" for c, info in infos.items()}
+            self._inplane = {c: (cache.grid(c, self._axial[c]).size[2],
+                                 *inplane_extent(cache.grid(c, self._axial[c]), info.thin_spacing))
+                             for c, info in infos.items()}
+        self.pair_case_ids = [c for c in self.case_ids if self._shapes[c] is not None]
 
     @property
     def cache(self) -> Cache:
@@ -114,6 +138,11 @@ class PixelSource:
     def shape(self, case_id: str) -> tuple[int, int, int]:
         return self._shapes[case_id]
 
+    def inplane_shape(self, case_id: str) -> tuple[int, int, int]:
+        """(z slices, rows, columns) of the case's axial plane at the thin spacing, where in-plane pairs lie:
+        its thin volume's, or for a self-supervised case its thick volume's."""
+        return self._inplane[case_id]
+
     def close(self) -> None:
         if self._cache is not None:
             self._cache.close()
@@ -123,6 +152,8 @@ class PixelSource:
         return patch_shape(config, max(self._ratio.values()), self.compression)
 
     def read(self, patch: Patch) -> tuple[np.ndarray, np.ndarray]:
+        if patch.inplane_axis is not None:
+            return self._read_inplane(patch)
         thin = self.cache.region(patch.case_id, "thin", patch.z, patch.y, patch.x)
         first, last = thin.grid.slice_positions()[[0, -1]]
         thick_grid = self.cache.grid(patch.case_id, "thick")
@@ -132,24 +163,56 @@ class PixelSource:
         thick = self.cache.region(patch.case_id, "thick", (low, high), patch.y, patch.x)
         return interpolate_thick(thick, thin.grid).array, thin.array.astype(np.float32)
 
+    def _read_inplane(self, patch: Patch) -> tuple[np.ndarray, np.ndarray]:
+        """An in-plane pair (``ctslice.data.inplane``), its degraded axis first: the axial region widened
+        along that axis by whole thick samples (the condition's interpolation support, as for
+        through-plane patches), degraded, then the condition interpolated onto the patch's samples."""
+        case_id, axis = patch.case_id, patch.inplane_axis
+        profile, spacing = self._profile[case_id], self._thin_spacing[case_id]
+        window = list(patch.y if axis == -2 else patch.x)
+        end = self._inplane[case_id][1 if axis == -2 else 2]
+        margin = int(math.ceil(THICK_MARGIN * profile.spacing / spacing + profile.thickness / spacing / 2))
+        start, stop = max(0, window[0] - margin), min(end, window[1] + margin)
+        y, x = ((start, stop), patch.x) if axis == -2 else (patch.y, (start, stop))
+        region = axial_region(self.cache, case_id, self._axial[case_id], patch.z, y, x, spacing)
+        thick, thin = inplane_pair(region.array, axis, profile, spacing, self._slab_shape[case_id])
+        target = thin.slices(window[0] - start, window[1] - start)
+        return interpolate_thick(thick, target.grid).array, target.array
+
+
+def _window(rng: np.random.Generator, length: int, size: int) -> tuple[int, int]:
+    """A random window of ``size`` samples within ``length``."""
+    start = int(rng.integers(0, length - size + 1))
+    return start, start + size
+
 
 class PatchDataset(torch.utils.data.Dataset):
     """Item k is the patch drawn from (seed, k); returns float32 tensors ``cond`` and ``thin`` (C, D, H, W)."""
 
     def __init__(self, source: PatchSource, config: DataConfig, seed: int):
         self.source, self.config, self.seed = source, config, seed
+        self.inplane_fraction = config.inplane_fraction
+        self.pair_cases = list(source.pair_case_ids)
+        if self.inplane_fraction < 1 and not self.pair_cases:
+            raise InputError("no training case has a thin volume (all are self-supervised), so there are no "
+                             "through-plane pairs: set data.inplane_fraction to 1, or add scans with thin slices")
         if config.whole_volumes:
             self.patch_shape = None
         else:
-            smallest = np.min([source.shape(c) for c in source.case_ids], axis=0)
-            self.patch_shape = clip_patch(source.patch_shape(config), tuple(smallest))
+            shapes = [source.shape(c) for c in self.pair_cases] if self.inplane_fraction < 1 else []
+            if self.inplane_fraction > 0:  # (degraded axis, z, other axis): either in-plane axis may be degraded
+                shapes += [(min(rows, columns), depth, min(rows, columns))
+                           for depth, rows, columns in map(source.inplane_shape, source.case_ids)]
+            self.patch_shape = clip_patch(source.patch_shape(config), tuple(np.min(shapes, axis=0)))
 
     def __len__(self) -> int:
         return 2**62
 
     def plan(self, index: int) -> Patch:
         rng = np.random.default_rng([self.seed, index])
-        case_id = self.source.case_ids[int(rng.integers(len(self.source.case_ids)))]
+        if self.inplane_fraction and rng.random() < self.inplane_fraction:
+            return self._plan_inplane(rng)
+        case_id = self.pair_cases[int(rng.integers(len(self.pair_cases)))]
         shape = self.source.shape(case_id)
         size = shape if self.patch_shape is None else self.patch_shape
         starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(shape, size, strict=True)]
@@ -158,6 +221,19 @@ class PatchDataset(torch.utils.data.Dataset):
         z, y, x = ((a, a + p) for a, p in zip(starts, size, strict=True))
         flips = tuple(axis for axis, coin in zip((-3, -2, -1), coins[:3], strict=True) if coin)
         return Patch(case_id, z, y, x, flips, bool(coins[3]) and size[1] == size[2])
+
+    def _plan_inplane(self, rng: np.random.Generator) -> Patch:
+        """An in-plane pair from any case: which axis is degraded, where, which flips (model axes)."""
+        case_id = self.source.case_ids[int(rng.integers(len(self.source.case_ids)))]
+        axis = AXES[int(rng.integers(len(AXES)))]
+        depth, rows, columns = self.source.inplane_shape(case_id)
+        size_degraded, size_z, size_other = self.patch_shape
+        degraded, other = (rows, columns) if axis == -2 else (columns, rows)
+        z, d, o = (_window(rng, n, p) for n, p in ((depth, size_z), (degraded, size_degraded), (other, size_other)))
+        coins = rng.integers(0, 2, 4).astype(bool) & self.config.flips
+        flips = tuple(a for a, coin in zip((-3, -2, -1), coins[:3], strict=True) if coin)
+        y, x = (d, o) if axis == -2 else (o, d)
+        return Patch(case_id, z, y, x, flips, bool(coins[3]) and size_z == size_other, inplane_axis=axis)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         patch = self.plan(index)

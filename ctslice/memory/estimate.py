@@ -56,6 +56,7 @@ from ctslice.memory.workload import (
     run_part,
 )
 from ctslice.models.unet import attention_tokens, latent_window, padded_size, uses_flash_attention
+from ctslice.training.latents import uses_latent_cache
 
 GIB = 2**30
 COMPONENTS = (VAE_WEIGHTS, UNET_WEIGHTS, GRADIENTS, OPTIMIZER, UPDATE, BATCH, ACTIVATIONS, ATTENTION, ENCODE,
@@ -139,7 +140,7 @@ def estimate_memory(config: Config, geometry: Geometry, device_type: str = "cuda
     validation = Stage("validation", {**worst.components, **states},
                        (worst.name, "train step"), note=f"its {worst.name} stage, with the AdamW states kept")
     training = [step, validation]
-    if config.data.cache_latents:
+    if uses_latent_cache(config.data):
         training.insert(0, Stage("latent cache", inference[0].components, ("encode",),
                                  note="encoding each training volume once"))
     facts = {**_facts(config, geometry, device_type), "precision": precision.reason}
@@ -257,10 +258,11 @@ def _relevant(part: str, config: Config) -> str:
     model = c.model.__dict__ if part == "train step" else {**c.model.__dict__, "gradient_checkpointing": None}
     keys = {"model": model, "flash": c.hardware.flash_attention, "codec": c.codec.name}
     if part == "train step":
-        keys.update(data=(c.data.patch_thick_slices, c.data.patch_size, c.data.whole_volumes, c.data.cache_latents),
+        cached = uses_latent_cache(c.data)
+        keys.update(data=(c.data.patch_thick_slices, c.data.patch_size, c.data.whole_volumes, cached),
                     training=(c.training.batch_size, c.training.grad_accumulation, c.training.precision),
                     prediction=c.diffusion.prediction_type,
-                    encode_chunk=None if c.data.cache_latents else (c.codec.encode_chunk, c.codec.overlap,
+                    encode_chunk=None if uses_latent_cache(c.data) else (c.codec.encode_chunk, c.codec.overlap,
                                                                     c.codec.strategy))
     elif part == "encode":
         keys.update(encode_chunk=c.codec.encode_chunk, overlap=c.codec.overlap, strategy=c.codec.strategy)

@@ -32,7 +32,7 @@ from ctslice.config import Config
 from ctslice.data.patches import clip_patch, patch_shape
 from ctslice.inference.pipeline import SliceInterpolator
 from ctslice.models.sampling import ddim_sample, mean_estimate
-from ctslice.training.latents import encode_batch
+from ctslice.training.latents import encode_batch, uses_latent_cache
 from ctslice.training.optim import build_optimizer
 
 PARTS = ("train step", "encode", "denoise", "decode")
@@ -105,7 +105,7 @@ def train_step(config: Config, geometry: Geometry, device: torch.device, rec: Re
         rec.optimizer(optimizer)
         _allocate_states(optimizer)
     rec.ready()
-    cached = config.data.cache_latents
+    cached = uses_latent_cache(config.data)
     patch = latent_size(config, pixel_patch(config, geometry)) if cached else pixel_patch(config, geometry)
     shape = (config.training.batch_size, codec.latent_channels if cached else 1, *patch)
     accumulation = config.training.grad_accumulation

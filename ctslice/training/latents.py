@@ -6,6 +6,11 @@ thick condition and the thin truth) into ``<run>/latents.h5`` and draws patches 
 is reused while its case's content hash and the codec's fingerprint are unchanged, so resuming a run
 re-encodes nothing. ``LatentSource`` offers the same interface as ``ctslice.data.patches.PixelSource``
 in latent units.
+
+In-plane pairs (``data.inplane_fraction`` > 0) are made from pixels at every draw (a random axial
+region, degraded along a random axis), so no whole-volume encoding can hold them: a run with in-plane
+pairs does not use the latent cache (``uses_latent_cache``) and encodes each batch instead, like
+``data.cache_latents: false``. Cases without a thin volume (self-supervised) are never cached here.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ from ctslice.data.patches import Patch, interpolate_thick, patch_shape
 from ctslice.errors import first_line
 
 log = logging.getLogger(__name__)
+
+
+def uses_latent_cache(config: DataConfig) -> bool:
+    """Whether a run draws cached latents: ``cache_latents``, unless in-plane pairs (made in pixels) are mixed in."""
+    return config.cache_latents and config.inplane_fraction == 0
 
 
 def encode_volume(codec: Codec, hu: np.ndarray, device: torch.device) -> np.ndarray:
@@ -98,6 +108,14 @@ class LatentSource:
 
     def shape(self, case_id: str) -> tuple[int, int, int]:
         return self._shapes[case_id]
+
+    @property
+    def pair_case_ids(self) -> list[str]:
+        """Every case: the latent cache holds only cases with a thin volume."""
+        return self.case_ids
+
+    def inplane_shape(self, case_id: str) -> tuple[int, int, int]:
+        raise NotImplementedError("in-plane pairs are made in pixels (PixelSource), never from cached latents")
 
     def close(self) -> None:
         if self._file is not None:

@@ -35,7 +35,7 @@ from ctslice.io.paths import check_output
 from ctslice.models import LatentStats, SliceDiffusion, build_model
 from ctslice.reporting import NOTE
 from ctslice.training.distributed import Distributed
-from ctslice.training.latents import LatentSource, build_latent_cache, encode_batch
+from ctslice.training.latents import LatentSource, build_latent_cache, encode_batch, uses_latent_cache
 from ctslice.training.optim import build_optimizer, warmup_cosine
 from ctslice.training.run_log import RunLog
 from ctslice.training.state import Saver, restore_rng, rng_state, seed_everything
@@ -78,7 +78,7 @@ class Session:
 class TrainingData:
     """The cases a run trains and validates on, and what the checkpoint records about their geometry."""
 
-    train: list[str]
+    train: list[str]  # the cases patches are drawn from (without in-plane pairs: those with a thin volume)
     val: list[str]
     ratio: float  # the largest thick/thin ratio of the training cases
     thin_spacing: float | None  # None: mixed (inference then uses thick spacing / ratio)
@@ -169,8 +169,8 @@ def _data(config: Config) -> TrainingData:
     """Train/val cases from the cache and splits, checked before anything is written."""
     with Cache(Path(config.data.cache)) as cache:
         splits = read_splits(Path(config.data.splits), cache.case_ids())
-        train = splits["train"]
-        infos = {c: cache.info(c) for c in train + splits["val"]}
+        infos = {c: cache.info(c) for c in splits["train"] + splits["val"]}
+        train = _training_cases(config, splits["train"], infos)
         ratios = sorted({round(infos[c].ratio, 3) for c in train})
         thin_spacings = sorted({round(infos[c].thin_spacing, 4) for c in train})
         inplane_size = int(cache.options(train[0]).get("size", 0)) if train else 0
@@ -188,6 +188,21 @@ def _data(config: Config) -> TrainingData:
     return TrainingData(train, val, ratios[-1], thin_spacing, inplane_size)
 
 
+def _training_cases(config: Config, train: list[str], infos: dict) -> list[str]:
+    """The training cases patches come from: self-supervised cases only give in-plane pairs, so without them
+    (``data.inplane_fraction`` 0) they are left out, with a note saying how to use them."""
+    if config.data.inplane_fraction > 0:
+        return train
+    pairs = [c for c in train if infos[c].has_truth]
+    if len(pairs) < len(train):
+        log.info(f"{len(train) - len(pairs)} self-supervised training case(s) unused: they give in-plane pairs "
+                 "only; set data.inplane_fraction above 0 to train on them", extra=NOTE)
+    if train and not pairs:
+        raise InputError(f"{config.data.splits}: every training case is self-supervised (no thin volume): set "
+                         "data.inplane_fraction above 0 (1: in-plane pairs only) to train on them")
+    return pairs
+
+
 def _create_run_dir(requested: Config, run_dir: Path, world: Distributed) -> None:
     """The run folder, with the config as asked (``auto`` stays auto, for another machine)."""
     check_output(run_dir, inputs=(Path(requested.data.cache), Path(requested.data.splits)), folder=True)
@@ -200,7 +215,10 @@ def _patch_source(config: Config, data: TrainingData, codec: Codec, run_dir: Pat
                   device: torch.device, stop: StopFlag, on_progress: ProgressCallback | None) -> PatchSource:
     """Cached latents (each training volume encoded once, by rank 0; a stop ends every rank after the volume
     in hand, keeping those encoded) or pixels encoded at every step."""
-    if not config.data.cache_latents:
+    if not uses_latent_cache(config.data):
+        if config.data.cache_latents:
+            log.info("in-plane pairs are made from pixels at every draw: the latent cache is not used, each batch "
+                     "is encoded as it comes (data.inplane_fraction > 0)", extra=NOTE)
         return PixelSource(Path(config.data.cache), data.train, codec.compression)
     latents_path = run_dir / "latents.h5"
 
@@ -365,7 +383,7 @@ def _fit_latent_stats(model: SliceDiffusion, dataset: PatchDataset, codec: Codec
     thins, conds = [], []
     for index in range(samples):
         batch = {k: v[None] for k, v in dataset[STATS_INDEX + index].items()}
-        if config.data.cache_latents:
+        if uses_latent_cache(config.data):
             thin, cond = batch["thin"], batch["cond"]
         else:
             thin, cond = encode_batch(batch, codec, device)

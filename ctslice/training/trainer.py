@@ -44,7 +44,7 @@ from ctslice.checkpoint import periodic_checkpoints
 from ctslice.config import Config
 from ctslice.errors import CtsliceError, first_line
 from ctslice.hardware import autocast, is_out_of_memory, memory_line, peak_memory_bytes
-from ctslice.training.latents import encode_batch
+from ctslice.training.latents import encode_batch, uses_latent_cache
 from ctslice.training.progress_figure import ProgressFigure
 from ctslice.training.session import ProgressCallback, Session, prepare
 from ctslice.training.stops import StopFlag, on_main, stop_together
@@ -198,7 +198,7 @@ def _optimizer_step(s: Session) -> tuple[float, float | None]:
     loss_sum = 0.0
     for micro in range(training.grad_accumulation):
         batch = next(s.batches)
-        if s.config.data.cache_latents:
+        if uses_latent_cache(s.config.data):
             thin, cond = batch["thin"].to(s.device), batch["cond"].to(s.device)
         else:
             thin, cond = encode_batch(batch, s.codec, s.device)

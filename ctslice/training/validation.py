@@ -12,6 +12,7 @@ raises (``Preempted``/``Interrupted``) to abandon the validation when SIGTERM or
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +46,8 @@ class Validator:
         self._cubic: dict[str, dict[str, float]] = {}  # case id -> cubic's scores, computed at the first run
         if self.case_ids:
             source = PixelSource(cache_path, self.case_ids, codec.compression)
-            dataset = PatchDataset(source, config.data, VALIDATION_SEED)
+            through_plane = dataclasses.replace(config.data, inplane_fraction=0.0)  # the loss the metrics measure
+            dataset = PatchDataset(source, through_plane, VALIDATION_SEED)
             self.patches = [dataset[k] for k in range(VALIDATION_PATCHES)]
 
     @torch.no_grad()
