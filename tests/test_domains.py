@@ -45,6 +45,7 @@ def config_keys() -> tuple[dict[str, type], set[str]]:
 KEYS, OPTIONAL = config_keys()
 ZERO_OK = {"data.patch_size", "data.num_workers", "codec.overlap", "training.seed", "training.warmup_steps",
            "training.warmup_epochs", "training.weight_decay", "diffusion.mean_fraction", "inference.overlap",
+           "data.inplane_fraction",
            "validation.val_samples"}
 WRONG_TEXT = st.text("abcdefghij", min_size=1, max_size=8).map(lambda s: "x_" + s)  # never a YAML bool or null
 
