@@ -14,7 +14,7 @@ will put them. That is what lets one training and evaluation code path serve bot
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
@@ -35,6 +35,7 @@ class Pair:
     thick: Volume
     thin: Volume
     kind: str  # "real" or "simulated"
+    series: dict | None = field(default=None, compare=False)  # the DICOM series it was made of, if any
 
     @property
     def ratio(self) -> float:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -35,7 +35,8 @@ from ctslice.data.pairs import Pair, real_pair, simulate_pair
 from ctslice.data.shards import select_shard
 from ctslice.errors import CtsliceError, InputError, first_line, shown
 from ctslice.io import ReadOptions, extracted, find_series, read_volume
-from ctslice.io.dicom import check_z_spacing
+from ctslice.io.dicom import check_series_names, check_z_spacing
+from ctslice.io.dicom_choice import SeriesChoice, choose_series
 from ctslice.io.geometry import resample_inplane
 from ctslice.io.paths import check_output
 from ctslice.io.volume import Volume
@@ -59,16 +60,17 @@ class PreprocessOptions:
     min_slices: int = 8
     tilt_correction: bool = True
     z_spacing: float | None = None
+    series: tuple[str, ...] = ()  # series to prefer when a study holds several (number or description)
 
     @property
     def read_options(self) -> ReadOptions:
-        return ReadOptions(tilt_correction=self.tilt_correction, z_spacing=self.z_spacing)
+        return ReadOptions(tilt_correction=self.tilt_correction, z_spacing=self.z_spacing, series=self.series)
 
     def as_dict(self) -> dict:
         """The options that shape a cache entry; the DICOM reading ones only when set, so that caches
         made before they existed stay valid for every case they do not change."""
         options = asdict(self)
-        for key, default in (("tilt_correction", True), ("z_spacing", None)):
+        for key, default in (("tilt_correction", True), ("z_spacing", None), ("series", ())):
             if options[key] == default:
                 del options[key]
         return options
@@ -82,6 +84,7 @@ class PreprocessOptions:
         if self.profile not in ("slab", "gaussian"):
             raise InputError(f"profile {shown(self.profile)}: use slab or gaussian")
         check_z_spacing(self.z_spacing)
+        check_series_names(self.series)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class CaseResult:
     kind: str = ""
     input_caused: bool = True  # a failure the case's input explains (else the run's environment or a bug)
     notes: tuple[str, ...] = ()  # corrections made while reading (gantry tilt, uneven spacing)
+    series: dict | None = None  # the DICOM series paired (``SeriesChoice.record``)
 
 
 class PartNotWritten(CtsliceError):
@@ -101,7 +105,7 @@ class PartNotWritten(CtsliceError):
 
 def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, str, tuple[str, ...]]:
     """Load, validate and pair one case; returns the pair, the patient pseudonym and notes on corrections."""
-    series_volumes, patient, notes = _load(source, options.read_options)
+    series_volumes, patient, notes, choice = _load(source, options.read_options)
     for volume, _ in series_volumes:
         check_ct_volume(volume, "source")
     if len(series_volumes) == 1:
@@ -118,36 +122,36 @@ def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, st
                              "cannot tell the thick series from the thin one")
         pair = real_pair(thick, thin, options.thin_spacing, options.min_slices)
     if options.size:
-        pair = Pair(resample_inplane(pair.thick, options.size), resample_inplane(pair.thin, options.size), pair.kind)
+        pair = replace(pair, thick=resample_inplane(pair.thick, options.size),
+                       thin=resample_inplane(pair.thin, options.size))
     if pair.thick.depth < options.min_slices:
         raise InputError(f"{pair.thick.depth} thick slices, fewer than the minimum {options.min_slices}")
     check_ct_volume(pair.thin, "thin")
-    return pair, patient, notes
+    return replace(pair, series=choice.record() if choice else None), patient, notes
 
 
-def _load(source: CaseSource, options: ReadOptions) -> tuple[list[tuple[Volume, float]], str, tuple[str, ...]]:
-    """(volume, slice spacing) of each CT series of the case, its patient pseudonym, and notes."""
+def _load(source: CaseSource, options: ReadOptions) -> tuple[list[tuple[Volume, float]], str, tuple[str, ...],
+                                                             SeriesChoice | None]:
+    """(volume, slice spacing) of each CT series the case is made of, its patient pseudonym, notes, and
+    which DICOM series those are (None for a volume file)."""
     if source.series:
         return _read_series(list(source.series), source, options)
     if source.path.suffix.lower() == ".zip":
         with extracted(source.path) as folder:
             return _read_series(find_series(folder, shown_as=source.path), source, options)
     volume = read_volume(source.path, options)
-    return [(volume, volume.spacing[2])], source.case_id, ()
+    return [(volume, volume.spacing[2])], source.case_id, (), None
 
 
-def _read_series(series: list, source: CaseSource,
-                 options: ReadOptions) -> tuple[list[tuple[Volume, float]], str, tuple[str, ...]]:
-    ct = [s for s in series if s.modality == "CT" and not s.localizer and s.n_slices > 1]
-    if not ct:
-        if len(series) == 1:
-            series[0].check()  # says what that one series is instead (an MR series, a single slice...)
-        found = "; ".join(f"{i}) {s.describe()}" for i, s in enumerate(series, start=1)) or "no DICOM series at all"
-        raise InputError(f"{source.path} holds no CT volume ({found}); pass CT scans")
-    patient = ct[0].patient_key or source.case_id
-    loaded = [s.load(options) for s in ct]
-    notes = tuple(f"{s.label}: {line}" for s, (_, report) in zip(ct, loaded, strict=True) for line in report.lines())
-    return [(volume, volume.spacing[2]) for volume, _ in loaded], patient, notes
+def _read_series(series: list, source: CaseSource, options: ReadOptions
+                 ) -> tuple[list[tuple[Volume, float]], str, tuple[str, ...], SeriesChoice]:
+    """The series of a study that make its case (``choose_series``: not-volumes skipped, like paired with like)."""
+    choice = choose_series(series, source.path, options.series)
+    patient = choice.chosen[0].patient_key or source.case_id
+    loaded = choice.load(options)
+    notes = tuple(choice.notes()) + tuple(f"{s.label}: {line}" for s, (_, report) in
+                                          zip(choice.chosen, loaded, strict=True) for line in report.lines())
+    return [(volume, volume.spacing[2]) for volume, _ in loaded], patient, notes, choice
 
 
 def process_case(source: CaseSource, options: PreprocessOptions, parts: Path, known_hash: str | None) -> CaseResult:
@@ -174,7 +178,8 @@ def process_case(source: CaseSource, options: PreprocessOptions, parts: Path, kn
     except (OSError, RuntimeError) as error:  # h5py raises either for a failed write
         raise PartNotWritten(f"could not write case {source.case_id} to {parts} "
                              f"({cache_files.write_error(error)})") from None
-    return CaseResult(source.case_id, str(source.path), "processed", kind=pair.kind, notes=notes)
+    return CaseResult(source.case_id, str(source.path), "processed", kind=pair.kind, notes=notes,
+                      series=pair.series)
 
 
 def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions, workers: int = 1,
