@@ -64,8 +64,8 @@ def print_series_choices(results: list[CaseResult]) -> None:
     table = Table(title="Series paired (studies with several CT series)", title_justify="left")
     table.add_column("case")
     table.add_column("series paired", overflow="fold")
-    table.add_column("left out", justify="right")
+    table.add_column("CT series left out", overflow="fold")
     for result in chosen:
         table.add_row(escape(result.case_id), escape(str(result.series.get("summary", ""))),
-                      f"{len(result.series.get('unused', []))} CT series")
+                      escape(str(result.series.get("left_out", ""))))
     stdout.print(table)

@@ -108,6 +108,11 @@ class SeriesChoice:
             kinds = Counter(reason for _, reason in self.skipped)
             listed = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
             lines.append(f"skipped {len(self.skipped)} series that are not CT volumes ({listed})")
+        if len(self.chosen) == 2 and all(s.kernel for s in self.chosen) and (
+                self.chosen[0].kernel.casefold() != self.chosen[1].kernel.casefold()):
+            thick, thin = self.chosen
+            lines.append(f"the thick and thin series were reconstructed with different kernels ({thick.kernel} and "
+                         f"{thin.kernel}): the pair teaches a change of kernel too")
         if self.unmatched:
             rule = "" if self.basis == "named" else "; chosen by kernel and description instead"
             lines.append(f"no CT series here is named {', '.join(map(repr, self.unmatched))}{rule}")
@@ -121,11 +126,12 @@ class SeriesChoice:
         return f"thick {_about(thick)} with thin {_about(thin)}" + (f": {self.basis}" if self.basis else "")
 
     def record(self) -> dict:
-        """What the cache keeps about the choice (JSON): each chosen series, the basis, ``summary`` in words,
-        the CT volumes left out and the kinds of series skipped."""
+        """What the cache keeps about the choice (JSON): each chosen series, the basis, ``summary`` and
+        ``left_out`` in words, the CT volumes left out and the kinds of series skipped."""
         roles = ("thin",) if len(self.chosen) == 1 else ("thick", "thin")
         return {**{role: _record(s) for role, s in zip(roles, self.chosen, strict=True)}, "basis": self.basis,
-                "summary": self.summary(), "unused": [_record(s) for s in self.unused],
+                "summary": self.summary(), "left_out": "; ".join(_about(s) for s in self.unused),
+                "unused": [_record(s) for s in self.unused],
                 "skipped": dict(Counter(reason for _, reason in self.skipped))}
 
 
@@ -229,7 +235,8 @@ def _about(series: DicomSeries) -> str:
 def _listed(series: DicomSeries) -> str:
     """A series in a list of what a study holds: what it is, and why it is not a CT volume."""
     reason = skip_reason(series)
-    return series.describe() + (f", {reason}" if reason and reason != "not CT" else "")
+    name = f"{series.named()}: " if series.number is not None or series.description else ""
+    return name + series.describe() + (f", {reason}" if reason and reason != "not CT" else "")
 
 
 def _choices(series: list[DicomSeries]) -> str:
