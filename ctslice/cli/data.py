@@ -38,6 +38,12 @@ def preprocess(
                                             "series instead of resampling them onto an untilted grid."),
     z_spacing: float = number(None, "--z-spacing", help="Slice spacing (mm) for tilted or unevenly spaced DICOM "
                               "series (default: their smallest step).", low=0.05, high=20.0),
+    series: list[str] = typer.Option(None, "--series", help="When a DICOM study holds several CT series: the "
+                                     "one to use, by SeriesNumber or SeriesDescription (repeat it to name a thick "
+                                     "and a thin one). By default the thick series pairs with the thin one of the "
+                                     "same kernel (else the nearest description), same field of view and "
+                                     "orientation; screenshots, localizers and other images that are not CT "
+                                     "volumes are skipped."),
     no_self_supervised: bool = typer.Option(False, "--no-self-supervised", help="Exclude scans with only a thick "
                                             "series instead of keeping them as self-supervised cases (in-plane "
                                             "training pairs, see data.inplane_fraction)."),
@@ -52,7 +58,8 @@ def preprocess(
         return
     options = PreprocessOptions(thick_spacing=thick_spacing, thin_spacing=thin_spacing, size=size,
                                 profile=profile, min_slices=min_slices, tilt_correction=not no_tilt_correction,
-                                z_spacing=z_spacing, self_supervised=not no_self_supervised)
+                                z_spacing=z_spacing, series=tuple(series or ()),
+                                self_supervised=not no_self_supervised)
     with stopped_cleanly("the worker processes were ended; the finished cases are kept, rerun to go on"):
         body.run(inputs, output, options, workers=workers, shard=shard)
 

@@ -18,7 +18,8 @@ def run(inputs: list[Path], output: Path, options: PreprocessOptions, workers: i
     """Preprocess ``inputs`` into ``output``, print the excluded cases and the summary, and end with exit 1
     when a case failed for a reason other than its input or when no case could be used."""
     chosen = parse_shard(shard)
-    with flag_wording(thick_spacing="--thick-spacing", size="--size", profile="--profile", z_spacing="--z-spacing"):
+    with flag_wording(thick_spacing="--thick-spacing", size="--size", profile="--profile", z_spacing="--z-spacing",
+                      series="--series"):
         options.check()  # the settings as the flags the user typed, before any work
     with progress_callback() as on_progress:
         results = preprocess_cases(inputs, output, options, workers=workers, shard=chosen, on_progress=on_progress)
@@ -47,6 +48,7 @@ def print_summary(results: list[CaseResult]) -> None:
             kept = " (its previous cache entry is kept)" if result.status == "kept" else ""
             table.add_row(escape(result.case_id), escape(result.reason + kept))  # paths may hold [brackets]
         stdout.print(table)
+    print_series_choices(results)
     self_supervised = sum(r.kind == SELF_SUPERVISED for r in results if r.status in ("processed", "reused"))
     summary = Table(title="Preprocessing summary", title_justify="left")
     for column in ("processed", "reused", "of them self-supervised", "excluded", "kept from before"):
@@ -54,3 +56,19 @@ def print_summary(results: list[CaseResult]) -> None:
     summary.add_row(str(counts["processed"]), str(counts["reused"]), str(self_supervised),
                     *(str(counts[status]) for status in ("failed", "kept")))
     stdout.print(summary)
+
+
+def print_series_choices(results: list[CaseResult]) -> None:
+    """The series paired in each study that held other CT series too (other kernels, other thicknesses) or
+    whose series were named, so that a user sees which reconstructions train the model."""
+    chosen = [r for r in results if r.series and (r.series.get("unused") or r.series.get("basis") == "named")]
+    if not chosen:
+        return
+    table = Table(title="Series paired (studies with several CT series)", title_justify="left")
+    table.add_column("case")
+    table.add_column("series paired", overflow="fold")
+    table.add_column("CT series left out", overflow="fold")
+    for result in chosen:
+        table.add_row(escape(result.case_id), escape(str(result.series.get("summary", ""))),
+                      escape(str(result.series.get("left_out", ""))))
+    stdout.print(table)

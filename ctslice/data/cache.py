@@ -4,7 +4,8 @@ Layout (open it with h5py or HDFView)::
 
     /                       attrs: format_version, ctslice_version
     /cases/<case_id>/       attrs: source, content_hash, pair_kind, patient, ratio, options (JSON),
-                            slice_thickness, slice_spacing, slice_overlap (mm), thickness_source, thin_spacing
+                            slice_thickness, slice_spacing, slice_overlap (mm), thickness_source, thin_spacing,
+                            series (JSON, DICOM studies only: the series paired, why, what was left out)
         thin                int16 (z, y, x), attrs spacing/origin/direction (SimpleITK x, y, z order)
         thick               int16 (z, y, x), same attrs
     /failures/<case_id>     attrs: source, reason (a case that could not be used, and why)
@@ -131,6 +132,8 @@ def write_part(folder: Path, case_id: str, pair: Pair, *, source: str, content_h
                             "slice_thickness": pair.profile.thickness, "slice_spacing": pair.profile.spacing,
                             "slice_overlap": pair.profile.overlap, "thickness_source": pair.profile.source,
                             "thin_spacing": pair.thin_spacing})
+        if pair.series is not None:  # which DICOM series of the study were paired, and why
+            group.attrs["series"] = json.dumps(pair.series)
         if pair.thin is not None:
             _write_volume(group, "thin", pair.thin)
         _write_volume(group, "thick", pair.thick)
@@ -282,6 +285,12 @@ class Cache:
     def options(self, case_id: str) -> dict:
         """The preprocessing options the case was built with (thick/thin spacing, size, profile)."""
         return load_json(self._group(case_id).attrs["options"], f"{self.path}: case {case_id!r} options")
+
+    def series(self, case_id: str) -> dict | None:
+        """The DICOM series the case was made of (numbers, descriptions, kernels, why that pair, what was
+        left out); None for a volume file or a case cached before this was recorded."""
+        attrs = self._group(case_id).attrs
+        return load_json(attrs["series"], f"{self.path}: case {case_id!r} series") if "series" in attrs else None
 
     def failures(self) -> list[Failure]:
         return [Failure(k, str(g.attrs["source"]), str(g.attrs["reason"])) for k, g in self.file["failures"].items()]

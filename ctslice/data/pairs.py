@@ -21,7 +21,7 @@ makes simulated thick slices).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
@@ -67,6 +67,7 @@ class Pair:
     kind: str  # one of KINDS
     profile: SliceProfile | None = None  # None: slab averaging at the thick spacing (a simulated pair)
     thin_spacing: float | None = None  # only needed without a thin volume
+    series: dict | None = field(default=None, compare=False)  # the DICOM series it was made of, if any
 
     def __post_init__(self) -> None:
         if self.profile is None:

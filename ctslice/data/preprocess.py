@@ -41,7 +41,8 @@ from ctslice.data.pairs import SELF_SUPERVISED, Pair, real_pair, self_supervised
 from ctslice.data.shards import select_shard
 from ctslice.errors import CtsliceError, InputError, first_line, shown
 from ctslice.io import ReadOptions, extracted, find_series, read_volume
-from ctslice.io.dicom import check_z_spacing
+from ctslice.io.dicom import check_series_names, check_z_spacing
+from ctslice.io.dicom_choice import SeriesChoice, choose_series
 from ctslice.io.geometry import resample_inplane
 from ctslice.io.paths import check_output
 from ctslice.io.volume import Volume
@@ -65,18 +66,19 @@ class PreprocessOptions:
     min_slices: int = 8
     tilt_correction: bool = True
     z_spacing: float | None = None
+    series: tuple[str, ...] = ()  # series to prefer when a study holds several (number or description)
     self_supervised: bool = True  # keep thick-only scans for in-plane pairs (not part of the content hash)
 
     @property
     def read_options(self) -> ReadOptions:
-        return ReadOptions(tilt_correction=self.tilt_correction, z_spacing=self.z_spacing)
+        return ReadOptions(tilt_correction=self.tilt_correction, z_spacing=self.z_spacing, series=self.series)
 
     def as_dict(self) -> dict:
         """The options that shape a cache entry; the DICOM reading ones only when set, so that caches
         made before they existed stay valid for every case they do not change."""
         options = asdict(self)
         del options["self_supervised"]
-        for key, default in (("tilt_correction", True), ("z_spacing", None)):
+        for key, default in (("tilt_correction", True), ("z_spacing", None), ("series", ())):
             if options[key] == default:
                 del options[key]
         return options
@@ -90,6 +92,7 @@ class PreprocessOptions:
         if self.profile not in ("slab", "gaussian"):
             raise InputError(f"profile {shown(self.profile)}: use slab or gaussian")
         check_z_spacing(self.z_spacing)
+        check_series_names(self.series)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class CaseResult:
     kind: str = ""  # the pair kind of a processed or reused case
     input_caused: bool = True  # a failure the case's input explains (else the run's environment or a bug)
     notes: tuple[str, ...] = ()  # corrections made while reading (gantry tilt, uneven spacing)
+    series: dict | None = None  # the DICOM series paired (``SeriesChoice.record``)
 
 
 class PartNotWritten(CtsliceError):
@@ -109,7 +113,7 @@ class PartNotWritten(CtsliceError):
 
 def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, str, tuple[str, ...]]:
     """Load, validate and pair one case; returns the pair, the patient pseudonym and notes on corrections."""
-    series_volumes, patient, notes = _load(source, options.read_options)
+    series_volumes, patient, notes, choice = _load(source, options.read_options)
     for volume, _ in series_volumes:
         check_ct_volume(volume, "source")
     if len(series_volumes) == 1:
@@ -135,32 +139,33 @@ def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, st
         raise InputError(f"{pair.thick.depth} thick slices, fewer than the minimum {options.min_slices}")
     if pair.thin is not None:
         check_ct_volume(pair.thin, "thin")
+    if choice is not None:  # the one series of a self-supervised case is its thick one
+        pair = replace(pair, series=choice.record(single="thick" if pair.kind == SELF_SUPERVISED else "thin"))
     return pair, patient, notes
 
 
-def _load(source: CaseSource, options: ReadOptions) -> tuple[list[tuple[Volume, float]], str, tuple[str, ...]]:
-    """(volume, slice spacing) of each CT series of the case, its patient pseudonym, and notes."""
+def _load(source: CaseSource, options: ReadOptions) -> tuple[list[tuple[Volume, float]], str, tuple[str, ...],
+                                                             SeriesChoice | None]:
+    """(volume, slice spacing) of each CT series the case is made of, its patient pseudonym, notes, and
+    which DICOM series those are (None for a volume file)."""
     if source.series:
         return _read_series(list(source.series), source, options)
     if source.path.suffix.lower() == ".zip":
         with extracted(source.path) as folder:
             return _read_series(find_series(folder, shown_as=source.path), source, options)
     volume = read_volume(source.path, options)
-    return [(volume, volume.spacing[2])], source.case_id, ()
+    return [(volume, volume.spacing[2])], source.case_id, (), None
 
 
-def _read_series(series: list, source: CaseSource,
-                 options: ReadOptions) -> tuple[list[tuple[Volume, float]], str, tuple[str, ...]]:
-    ct = [s for s in series if s.modality == "CT" and not s.localizer and s.n_slices > 1]
-    if not ct:
-        if len(series) == 1:
-            series[0].check()  # says what that one series is instead (an MR series, a single slice...)
-        found = "; ".join(f"{i}) {s.describe()}" for i, s in enumerate(series, start=1)) or "no DICOM series at all"
-        raise InputError(f"{source.path} holds no CT volume ({found}); pass CT scans")
-    patient = ct[0].patient_key or source.case_id
-    loaded = [s.load(options) for s in ct]
-    notes = tuple(f"{s.label}: {line}" for s, (_, report) in zip(ct, loaded, strict=True) for line in report.lines())
-    return [(volume, volume.spacing[2]) for volume, _ in loaded], patient, notes
+def _read_series(series: list, source: CaseSource, options: ReadOptions
+                 ) -> tuple[list[tuple[Volume, float]], str, tuple[str, ...], SeriesChoice]:
+    """The series of a study that make its case (``choose_series``: not-volumes skipped, like paired with like)."""
+    choice = choose_series(series, source.path, options.series)
+    patient = choice.chosen[0].patient_key or source.case_id
+    loaded = choice.load(options)
+    notes = tuple(choice.notes()) + tuple(f"{s.label}: {line}" for s, (_, report) in
+                                          zip(choice.chosen, loaded, strict=True) for line in report.lines())
+    return [(volume, volume.spacing[2]) for volume, _ in loaded], patient, notes, choice
 
 
 def process_case(source: CaseSource, options: PreprocessOptions, parts: Path, known_hash: str | None) -> CaseResult:
@@ -187,7 +192,8 @@ def process_case(source: CaseSource, options: PreprocessOptions, parts: Path, kn
     except (OSError, RuntimeError) as error:  # h5py raises either for a failed write
         raise PartNotWritten(f"could not write case {source.case_id} to {parts} "
                              f"({cache_files.write_error(error)})") from None
-    return CaseResult(source.case_id, str(source.path), "processed", kind=pair.kind, notes=notes)
+    return CaseResult(source.case_id, str(source.path), "processed", kind=pair.kind, notes=notes,
+                      series=pair.series)
 
 
 def run_preprocess(inputs: list[Path], output: Path, options: PreprocessOptions, workers: int = 1,

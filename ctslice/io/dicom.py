@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ctslice.errors import InputError
+from ctslice.errors import InputError, one_line, shown
 from ctslice.io.dicom_files import (
     INVALID_MODALITY,
     NOT_AN_IMAGE,
@@ -52,23 +52,26 @@ from ctslice.io.slices import (
 )
 from ctslice.io.volume import Volume
 
-__all__ = ["DicomSeries", "ReadOptions", "SeriesReport", "SeriesScan", "check_z_spacing", "find_series", "pseudonym",
-           "scan_series"]
+__all__ = ["DicomSeries", "ReadOptions", "SeriesReport", "SeriesScan", "check_series_names", "check_z_spacing",
+           "find_series", "pseudonym", "scan_series"]
 
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How a series that is not a uniform orthogonal grid is read.
+    """Which series of a study are read, and how a series that is not a uniform orthogonal grid is read.
 
     ``tilt_correction`` False refuses a tilted series (``--no-tilt-correction``); ``z_spacing`` is the
-    slice spacing (mm) a resampled series gets (``--z-spacing``; default: its smallest step).
+    slice spacing (mm) a resampled series gets (``--z-spacing``; default: its smallest step); ``series``
+    names series to prefer when a study holds several (``--series``; see ``ctslice.io.dicom_choice``).
     """
 
     tilt_correction: bool = True
     z_spacing: float | None = None
+    series: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_z_spacing(self.z_spacing)
+        check_series_names(self.series)
 
 
 Z_SPACING_RANGE = (0.05, 20.0)
@@ -80,6 +83,20 @@ def check_z_spacing(value: float | None) -> None:
     if value is not None and not (math.isfinite(value) and Z_SPACING_RANGE[0] <= value <= Z_SPACING_RANGE[1]):
         raise InputError(f"z spacing {value}: give a slice spacing between {Z_SPACING_RANGE[0]:g} and "
                          f"{Z_SPACING_RANGE[1]:g} mm")
+
+
+SERIES_NAME_LIMIT = 64
+"""Characters of a series name: a SeriesDescription (a DICOM LO value) holds at most 64."""
+
+
+def check_series_names(names: tuple[str, ...]) -> None:
+    """``InputError`` unless every name could be a SeriesNumber or a SeriesDescription: not blank, at most
+    ``SERIES_NAME_LIMIT`` characters, no control characters or backslash (neither can be in a description),
+    so that a name that can never match is refused before any work instead of matching nothing."""
+    for name in names:
+        if not name.strip() or len(name) > SERIES_NAME_LIMIT or "\\" in name or one_line(name) != name:
+            raise InputError(f"series {shown(name)}: give a series number (such as 4) or a series description "
+                             f"(such as 'STD BRAIN 1MM', at most {SERIES_NAME_LIMIT} characters)")
 
 
 @dataclass(frozen=True)
@@ -132,10 +149,31 @@ class DicomSeries:
     unreadable: tuple[Path, ...] = field(default=(), repr=False)
     unplaced: Path | None = field(default=None, repr=False)  # the first file without ImagePositionPatient
     defect: tuple[Path, str] | None = field(default=None, repr=False)  # the first slice not readable as HU, why
+    number: int | None = None  # SeriesNumber
+    description: str = ""  # SeriesDescription (control characters escaped)
+    kernel: str = ""  # ConvolutionKernel ("" when the tag is missing)
+    sop_class: str = field(default="", repr=False)  # the SOP class's name ("" when the files do not say)
+    image_type: tuple[str, ...] = field(default=(), repr=False)  # ImageType of its first slice
+    colour: bool = field(default=False, repr=False)  # some slice holds colour pixels (a screenshot)
+    fov: float | None = field(default=None, repr=False)  # field of view (mm), see ``SliceHeader.fov``
 
     @property
     def n_slices(self) -> int:
         return len(self.files)
+
+    def named(self) -> str:
+        """How a user finds the series in a viewer: ``series 3 (STD BRAIN 5MM)``, else its label (the folder)."""
+        if self.number is None and not self.description:
+            return self.label
+        number = "series" if self.number is None else f"series {self.number}"
+        return f"{number} ({self.description})" if self.description else number
+
+    def matches(self, name: str) -> bool:
+        """Whether ``name`` (as a user typed it) is this series' SeriesNumber or SeriesDescription (any case)."""
+        name = name.strip()
+        if name.isdigit() and self.number is not None and int(name) == self.number:
+            return True
+        return bool(self.description) and name.casefold() == self.description.strip().casefold()
 
     def describe(self) -> str:
         """A summary without identifiers, for listing several series to a user."""
@@ -426,6 +464,13 @@ def _describe(directory: Path, headers: list[SliceHeader], label: str, unreadabl
         unreadable=unreadable,
         unplaced=next((h.file for h in headers if h.position is None), None),
         defect=next(((h.file, h.defect) for h in headers if h.defect is not None), None),
+        number=first.number,
+        description=first.description,
+        kernel=first.kernel,
+        sop_class=first.sop_class,
+        image_type=first.image_type,
+        colour=any(h.colour for h in headers),
+        fov=first.fov,
     )
 
 

@@ -29,17 +29,21 @@ from pydicom.fileset import FileSet
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
+from ctslice.errors import one_line
+
 NOT_AN_IMAGE = "not an image"
 UNREADABLE = "unreadable"
 
 _TAGS = ["SOPClassUID", "Modality", "ImageType", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
          "ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns",
          "NumberOfFrames", "GantryDetectorTilt", "SamplesPerPixel", "BitsAllocated", "PhotometricInterpretation",
-         "RescaleSlope", "PixelSpacing", 0x7FE00010]
+         "RescaleSlope", "PixelSpacing", "SeriesNumber", "SeriesDescription", "ConvolutionKernel",
+         "ReconstructionDiameter", 0x7FE00010]
 _PIXEL_DATA = 0x7FE00010
 BARE_PREFIX = 64 * 1024  # bytes parsed to tell a bare DICOM data set from other binary files
 MODALITY_CODE = r"[A-Z0-9_ ]{1,16}"  # a Modality value (code string); anything else is never shown
 INVALID_MODALITY = "?"
+DESCRIPTION_LIMIT = 64  # characters of a SeriesDescription or ConvolutionKernel kept (a LO value holds 64)
 MAX_FRAGMENTS = 1 << 16  # items of encapsulated pixel data: a slice has a handful (one or a few per frame)
 HEADER_LIMIT = TRAILING_LIMIT = 1024 * 1024
 """Bytes of a file in which its header must end (the Pixel Data element start): a CT slice header is a
@@ -75,6 +79,13 @@ class SliceHeader:
     tilt: float
     frames: int
     defect: str | None = None  # why its pixels cannot be read as HU on their grid (words after the file name)
+    sop_class: str = ""  # the SOP class's name ("CT Image Storage"), "" when the file does not say
+    image_type: tuple[str, ...] = ()  # ImageType values, upper case ("ORIGINAL", "PRIMARY", "AXIAL")
+    colour: bool = False  # colour pixels (a screenshot), not grey values
+    number: int | None = None  # SeriesNumber
+    description: str = ""  # SeriesDescription (control characters escaped)
+    kernel: str = ""  # ConvolutionKernel, its values joined by "/" ("B30f", "STANDARD", "I26f/3")
+    fov: float | None = None  # field of view (mm): ReconstructionDiameter, else PixelSpacing x the larger side
 
 
 def read_slice(file: Path) -> SliceHeader | str:
@@ -96,9 +107,7 @@ def read_slice(file: Path) -> SliceHeader | str:
         return UNREADABLE
     except Exception:  # noqa: BLE001 -- pydicom raises many kinds on a damaged file; all mean the same here
         return UNREADABLE if _has_dicom_signature(file) else NOT_AN_IMAGE
-    meta = getattr(ds, "file_meta", None)  # a bare data set has none
-    sop_class = _text(ds, "SOPClassUID") or str(getattr(meta, "MediaStorageSOPClassUID", "") or "")
-    image_class = "Image Storage" in (UID(sop_class).name if sop_class else "")
+    image_class = "Image Storage" in _sop_class_name(ds)
     if not image_class and _get(ds, "Rows") is None:
         return NOT_AN_IMAGE
     header = _header(file, ds)
@@ -186,7 +195,39 @@ def _header(file: Path, ds: pydicom.Dataset) -> SliceHeader:
         tilt=_float(_get(ds, "GantryDetectorTilt"), 0.0),
         frames=int(_float(_get(ds, "NumberOfFrames"), 1.0)),
         defect=_defect(ds),
+        sop_class=_sop_class_name(ds),
+        image_type=tuple(v.strip().upper() for v in _strings(_get(ds, "ImageType"))),
+        colour=_is_colour(ds),
+        number=_integer(_get(ds, "SeriesNumber")),
+        description=one_line(_text(ds, "SeriesDescription"))[:DESCRIPTION_LIMIT],
+        kernel=one_line("/".join(filter(None, (v.strip() for v in _strings(_get(ds, "ConvolutionKernel"))))))[
+            :DESCRIPTION_LIMIT],
+        fov=_field_of_view(ds, rows, columns),
     )
+
+
+def _sop_class_name(ds: pydicom.Dataset) -> str:
+    """The SOP class's name from the data set or its file meta ("" when neither says or it is unknown)."""
+    meta = getattr(ds, "file_meta", None)  # a bare data set has none
+    uid = _text(ds, "SOPClassUID") or str(getattr(meta, "MediaStorageSOPClassUID", "") or "").strip(" \x00")
+    name = UID(uid).name if uid else ""
+    return "" if name == uid else name  # pydicom names an unknown UID by the UID itself
+
+
+def _is_colour(ds: pydicom.Dataset) -> bool:
+    """Colour pixels (several samples, or a photometric interpretation other than MONOCHROME1/2)."""
+    photometric = _text(ds, "PhotometricInterpretation").upper()
+    return _float(_get(ds, "SamplesPerPixel"), 1.0) != 1 or photometric not in ("", "MONOCHROME1", "MONOCHROME2")
+
+
+def _field_of_view(ds: pydicom.Dataset, rows: float, columns: float) -> float | None:
+    """The reconstruction's field of view (mm): ReconstructionDiameter when present, else the pixel spacing
+    times the larger side; None when neither is known. Two series of one scan reconstructed alike share it."""
+    diameter = _float(_get(ds, "ReconstructionDiameter"), 0.0)
+    if diameter > 0:
+        return diameter
+    spacing = _floats(_get(ds, "PixelSpacing"), 2)
+    return max(spacing[0] * rows, spacing[1] * columns) if spacing and min(spacing) > 0 and rows and columns else None
 
 
 def _defect(ds: pydicom.Dataset) -> str | None:
@@ -199,7 +240,7 @@ def _defect(ds: pydicom.Dataset) -> str | None:
     """
     samples = _float(_get(ds, "SamplesPerPixel"), 1.0)
     photometric = _text(ds, "PhotometricInterpretation").upper()
-    if samples != 1 or photometric not in ("", "MONOCHROME1", "MONOCHROME2"):
+    if _is_colour(ds):
         return f"is a colour image ({photometric or f'{samples:g} samples per pixel'}), not a grey-scale CT slice"
     if photometric == "MONOCHROME1":
         return "stores inverted grey values (MONOCHROME1), which are not read back as HU"
@@ -350,6 +391,12 @@ def _floats(value, count: int) -> tuple[float, ...] | None:
     except ValueError:
         return None
     return numbers if len(numbers) == count and all(math.isfinite(v) for v in numbers) else None
+
+
+def _integer(value) -> int | None:
+    """An integer tag (IS) as an int, or None when absent or not a whole number."""
+    number = _float(value, math.nan)
+    return int(number) if math.isfinite(number) and number == int(number) else None
 
 
 def _float(value, default: float) -> float:

@@ -23,6 +23,7 @@ import SimpleITK as sitk
 from ctslice.errors import CtsliceError, InputError
 from ctslice.io.archive import extracted
 from ctslice.io.dicom import DicomSeries, ReadOptions, SeriesReport, scan_series
+from ctslice.io.dicom_choice import is_volume
 from ctslice.io.failures import captured_stderr, first_error, sitk_reason
 from ctslice.io.intensity import cast_rounded
 from ctslice.io.paths import check_name, check_regular_file
@@ -85,7 +86,8 @@ def _read_dicom(path: Path, options: ReadOptions | None) -> Scan:
 
 
 def _select_ct(series: list[DicomSeries], source: Path) -> DicomSeries:
-    """The one CT volume among ``series``; scouts (localizers) and single images do not count.
+    """The one CT volume among ``series``; screenshots, localizers and other series that are not volumes
+    (``dicom_choice.skip_reason``) do not count.
 
     With no CT volume and a single series, that series is returned so that its own check explains
     what is wrong with it (an MR series, a missing slice...).
@@ -93,7 +95,7 @@ def _select_ct(series: list[DicomSeries], source: Path) -> DicomSeries:
     if not series:
         raise InputError(f"{source} contains no DICOM series; pass a DICOM series folder, a zip of one, "
                          "or a volume file")
-    volumes = [s for s in series if s.modality == "CT" and not s.localizer and s.n_slices > 1]
+    volumes = [s for s in series if is_volume(s)]
     if len(volumes) == 1:
         return volumes[0]
     if len(series) == 1:
