@@ -110,7 +110,7 @@ class InferenceConfig:
     steps: int = 20  # DDIM steps for --mode sample
     window_slices: int = 64  # thin slices per z-window (in pixels; divided by the codec's z compression)
     window_size: int = 256  # in-plane window side in pixels
-    overlap: float = 0.5  # overlap of neighbouring windows
+    overlap: float = 0.0625  # least overlap of neighbouring windows, as a fraction of the largest window
     window_batch: int = 2  # windows per U-Net call (2+ also keeps CPU convolutions on their fast path)
 
 
@@ -118,7 +118,7 @@ class InferenceConfig:
 class HardwareConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     tf32: bool = True
-    flash_attention: bool = True  # CUDA only; switched off on CPU
+    flash_attention: bool = True  # fused scaled_dot_product_attention (CUDA and CPU kernels)
     channels_last: bool = False  # channels_last_3d memory format
 
 

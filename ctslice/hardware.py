@@ -12,8 +12,8 @@ Each is resolved here once, from what the user asked for and what this machine h
 - Threads: intra-op threads follow the CPUs this process may use (its affinity mask and its cgroup
   CPU quota), not the CPUs the machine has.
 
-TF32 matmuls are switched on for CUDA. CUDA-only features (flash attention, fp16 GroupNorm in the VAE)
-are decided where those modules are built, from the device chosen here.
+TF32 matmuls are switched on for CUDA. CUDA-only features (fp16 GroupNorm in the VAE) are decided where
+those modules are built, from the device chosen here; fused (flash) attention runs on CUDA and the CPU.
 """
 
 from __future__ import annotations

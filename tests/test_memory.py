@@ -129,11 +129,13 @@ def test_cuda_bf16_holds_more_than_cpu_bf16_but_less_than_fp32(tiny):
     assert _activations(bf16, "cpu") < _activations(bf16, "cuda") < _activations(fp32, "cuda")
 
 
-def test_flash_attention_keeps_cuda_attention_linear_in_the_tokens(tiny):
-    """Without flash attention, 4x the middle-block tokens hold about 16x the attention memory; with it, ~4x."""
+@pytest.mark.parametrize("device_type", ["cuda", "cpu"])
+def test_flash_attention_keeps_attention_linear_in_the_tokens(tiny, device_type):
+    """Without flash attention, 4x the middle-block tokens hold about 16x the attention memory; with it, ~4x,
+    on CUDA (flash or memory-efficient kernel) and on the CPU (its flash kernel)."""
     def attention(flash: bool, thick_slices: int) -> int:  # 2 -> 8 thick slices: 10 -> 40 thin (12 -> 40 padded)
         config = with_overrides(tiny, {"hardware.flash_attention": flash, "data.patch_thick_slices": thick_slices})
-        step = estimate_memory(config, _geometry((40, 48, 48)), "cuda").training[1]
+        step = estimate_memory(config, _geometry((40, 48, 48)), device_type).training[1]
         return step.components.get(ATTENTION, 0)
 
     assert attention(False, 8) / attention(False, 2) > 10

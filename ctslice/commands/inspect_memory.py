@@ -93,8 +93,7 @@ def _header(estimate: MemoryEstimate, label: str) -> Table:
     c, f, g = estimate.config, estimate.facts, estimate.geometry
     tokens = ", ".join(f"{'middle block' if k == 'middle' else f'level {k}'} {v:,}"
                        for k, v in f["attention_tokens"].items())
-    flash = "flash attention" if f["flash_attention"] else "no flash attention" + (
-        " (CUDA only)" if estimate.device_type == "cpu" else "")
+    flash = "flash attention" if f["flash_attention"] else "no flash attention"
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()

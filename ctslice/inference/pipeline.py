@@ -25,7 +25,7 @@ from ctslice.io.geometry import resample, resample_inplane, square_inplane_grid,
 from ctslice.io.volume import Grid, Volume
 from ctslice.models.diffusion import SliceDiffusion
 from ctslice.models.sampling import WindowedNetwork, ddim_sample, mean_estimate
-from ctslice.models.unet import latent_window, uses_flash_attention
+from ctslice.models.unet import latent_window
 
 
 @dataclass
@@ -51,9 +51,8 @@ class SliceInterpolator:
         self.inplane_size = inplane_size
 
     def roi(self) -> tuple[int, int, int]:
-        """The latent window on this device (``ctslice.models.unet.latent_window``)."""
-        flash = uses_flash_attention(self.config.hardware, self.device.type)
-        return latent_window(self.config, self.codec.compression, flash)
+        """The largest latent window for this model's attention kernel (``ctslice.models.unet.latent_window``)."""
+        return latent_window(self.config, self.codec.compression, self.model.flash_attention)
 
     def windowed_network(self, on_windows: Callable[[int], None] | None = None) -> WindowedNetwork:
         """The U-Net over blended latent windows of ``roi()``, as every denoising step runs it."""

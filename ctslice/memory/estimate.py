@@ -56,6 +56,7 @@ from ctslice.memory.workload import (
     run_part,
 )
 from ctslice.models.unet import attention_tokens, latent_window, padded_size, uses_flash_attention
+from ctslice.models.window_plan import covered_by
 from ctslice.training.latents import uses_latent_cache
 
 GIB = 2**30
@@ -299,14 +300,17 @@ def _volume_stage(part: str, config: Config, geometry: Geometry, device_type: st
 def _windows(config: Config, geometry: Geometry, device_type: str, mode: str) -> dict:
     """The windowed pass, traced on a column of windows one window wide and extrapolated by latent voxels.
 
-    Both traced columns hold at least ``window_batch`` windows, so that their U-Net calls, like the
-    whole volume's, carry full batches; what differs between them is only the whole-volume buffers.
+    Both traced columns hold at least ``window_batch`` (and two) whole windows, their depths chosen so that
+    the window planner tiles them with windows of the full size, so that their U-Net calls, like the
+    whole volume's, carry full batches of the largest windows; what differs between them is only the
+    whole-volume buffers.
     """
     compression = config_codec(config).compression
     latent = latent_size(config, geometry.largest)
-    window = tuple(min(r, n) for r, n in zip(_roi(config), latent, strict=True))
-    low = (config.inference.window_batch * window[0], *window[1:])
-    high = (low[0] + window[0], *window[1:])
+    window = tuple(min(r, n) for r, n in zip(_roi(config, device_type), latent, strict=True))
+    count = max(2, config.inference.window_batch)
+    low = (covered_by(count, window[0], config.inference.overlap), *window[1:])
+    high = (covered_by(count + 1, window[0], config.inference.overlap), *window[1:])
     if latent[1:] == window[1:] and latent[0] <= high[0]:
         return _traced("denoise", config, geometry, device_type, geometry.largest, mode)
     pixels = [tuple(n * f for n, f in zip(size, compression, strict=True)) for size in (low, high)]
@@ -314,10 +318,10 @@ def _windows(config: Config, geometry: Geometry, device_type: str, mode: str) ->
     return _affine(*traced, math.prod(low), math.prod(high), math.prod(latent))
 
 
-def _roi(config: Config) -> tuple[int, int, int]:
-    """The inference window in latent voxels, as the traced pipeline computes it: on meta tensors, so the
-    window without flash attention (``SliceInterpolator.roi`` on device ``meta``)."""
-    return latent_window(config, config_codec(config).compression, uses_flash_attention(config.hardware, "meta"))
+def _roi(config: Config, device_type: str) -> tuple[int, int, int]:
+    """The largest inference window in latent voxels on ``device_type``, as the traced model's attention
+    (fused or not, ``TraceRecorder.model``) makes ``SliceInterpolator.roi`` compute it."""
+    return latent_window(config, config_codec(config).compression, uses_flash_attention(config.hardware, device_type))
 
 
 def _affine(low: dict, high: dict, x0: float, x1: float, x: float) -> dict:
@@ -341,5 +345,5 @@ def _facts(config: Config, geometry: Geometry, device_type: str) -> dict:
     return {"unet_parameters": unet, "vae_parameters": vae, "pixel_patch": pixel_patch(config, geometry),
             "latent_patch": patch, "padded_patch": padded, "attention_tokens": tokens,
             "flash_attention": uses_flash_attention(config.hardware, device_type),
-            "window": _roi(config), "latent_volume": latent_size(config, geometry.largest)}
+            "window": _roi(config, device_type), "latent_volume": latent_size(config, geometry.largest)}
 

@@ -19,8 +19,9 @@ What the meta device cannot do, and what is done instead:
   (CUDA runs GroupNorm and softmax in float32, CPU keeps them in bfloat16, so a CUDA bf16 step holds
   more), and keeps autocast's cache of cast trainable weights (2 bytes a parameter, held until the
   autocast region ends: the whole forward pass, or the whole windowed inference pass).
-- On meta tensors ``scaled_dot_product_attention`` takes its math path (a tokens x tokens matrix); for a
-  CUDA target the trace calls the flash (half precision) or memory-efficient kernel CUDA would pick.
+- On meta tensors ``scaled_dot_product_attention`` takes its math path (a tokens x tokens matrix); the
+  trace calls the kernel the target would pick instead: on CUDA the flash (half precision) or
+  memory-efficient kernel, on the CPU its flash kernel.
 - Values do not exist: the few ``.item()`` calls on the way (MONAI's noise schedule and importance
   map, AdamW's step count) read a placeholder 1; only shapes matter here.
 - Buffers allocated inside kernels that never become tensors (cuDNN/oneDNN workspaces, im2col) are
@@ -201,8 +202,8 @@ class _Autocast(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if dtype is not None:
             args, kwargs = self._autocast(name, device_type, dtype, cache, args, kwargs)
-        if name == "scaled_dot_product_attention" and device_type == "cuda":
-            return _cuda_attention(*args, **kwargs)
+        if name == "scaled_dot_product_attention":
+            return (_cuda_attention if device_type == "cuda" else _cpu_attention)(*args, **kwargs)
         return func(*args, **kwargs)
 
     def _autocast(self, name: str, device_type: str, dtype: torch.dtype, cache: bool, args, kwargs):
@@ -240,6 +241,12 @@ def _cuda_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
                                                                    scale=scale)[0]
     return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, attn_mask, query.requires_grad,
                                                                    dropout_p, is_causal, scale=scale)[0]
+
+
+def _cpu_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    """The CPU's fused kernel (a flash attention in blocks), whose memory is linear in the tokens."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, dropout_p, is_causal,
+                                                                      attn_mask=attn_mask, scale=scale)[0]
 
 
 def _eligible(tree) -> list[torch.Tensor]:

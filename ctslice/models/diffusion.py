@@ -68,6 +68,7 @@ class SliceDiffusion(torch.nn.Module):
         self.multiple = size_multiple(config.model)
         self.diffusion_config = config.diffusion
         self.unet = build_unet(config.model, latent_channels, flash_attention)
+        self.flash_attention = flash_attention  # fused attention: how large an inference window may be
         stats = LatentStats.identity(latent_channels)
         for name in ("target_shift", "target_scale", "cond_shift", "cond_scale"):
             self.register_buffer(name, getattr(stats, name).clone())
@@ -146,7 +147,7 @@ def make_scheduler(config: DiffusionConfig, kind=DDIMScheduler):
 
 
 def build_model(config: Config, latent_channels: int, device: torch.device | str = "cpu") -> SliceDiffusion:
-    """The diffusion model for ``config``; flash attention only where it exists (CUDA)."""
+    """The diffusion model for ``config``; fused (flash) attention where it exists (CUDA, CPU)."""
     flash = uses_flash_attention(config.hardware, torch.device(device).type)
     model = SliceDiffusion(config, latent_channels, flash_attention=flash)
     return model.to(device)

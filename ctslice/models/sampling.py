@@ -1,7 +1,8 @@
 """Denoising whole volumes: the mean estimate and DDIM samples, over overlapping latent windows.
 
 Long volumes do not fit the U-Net at once. Every network evaluation runs MONAI's
-``SlidingWindowInferer`` over the whole latent volume (overlapping windows, Gaussian blending), and
+``SlidingWindowInferer`` over the whole latent volume (as few overlapping windows as
+``ctslice.models.window_plan`` finds, Gaussian blending), and
 the sampler steps the whole volume at once: one noise field for the whole volume and blending at every
 denoising step, so that neighbouring windows agree and leave no seams.
 """
@@ -11,40 +12,43 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from monai.data.utils import dense_patch_slices
 from monai.inferers import SlidingWindowInferer
-from monai.inferers.utils import _get_scan_interval  # MONAI's own rule for where its windows go
 
 from ctslice.models.diffusion import SliceDiffusion, make_scheduler
+from ctslice.models.window_plan import WindowPlan, plan_windows
 
 
 class WindowedNetwork:
     """The diffusion U-Net evaluated over a whole latent volume in blended windows.
 
+    ``roi`` is the largest window; each volume gets the fewest windows of at most that size that overlap
+    by at least ``overlap`` of it (``ctslice.models.window_plan``), blended with Gaussian weights.
     ``on_windows(n)``, if given, is told after each batch of ``n`` windows has run (for progress);
     ``windows(shape)`` says how many one evaluation over a latent volume of that shape runs.
     """
 
-    def __init__(self, model: SliceDiffusion, roi: Sequence[int], overlap: float = 0.5, batch: int = 2,
-                 on_windows: Callable[[int], None] | None = None):
+    def __init__(self, model: SliceDiffusion, roi: Sequence[int], overlap: float = 0.125, batch: int = 1,
+                 on_windows: Callable[[int], None] | None = None, blend: str = "gaussian"):
         self.model = model
         self.roi = list(roi)
         self.overlap = overlap
         self.batch = batch
         self.on_windows = on_windows
+        self.blend = blend
 
-    def _roi(self, shape: Sequence[int]) -> list[int]:
-        return [min(r, s) for r, s in zip(self.roi, shape, strict=True)]
+    def plan(self, shape: Sequence[int]) -> WindowPlan:
+        """Where the windows go over a latent volume of spatial ``shape`` (z, y, x)."""
+        return plan_windows(shape, self.roi, self.overlap, self.model.multiple)
 
     def windows(self, shape: Sequence[int]) -> int:
         """The windows one evaluation runs over a latent volume of spatial ``shape`` (z, y, x)."""
-        roi = self._roi(shape)
-        return len(dense_patch_slices(shape, roi, _get_scan_interval(shape, roi, len(roi), [self.overlap] * len(roi))))
+        return self.plan(shape).windows
 
     def __call__(self, noisy: torch.Tensor, condition: torch.Tensor, timestep: int) -> torch.Tensor:
         channels = noisy.shape[1]
-        roi = self._roi(noisy.shape[2:])
-        inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=self.batch, overlap=self.overlap, mode="gaussian")
+        plan = self.plan(noisy.shape[2:])
+        inferer = SlidingWindowInferer(roi_size=plan.roi, sw_batch_size=self.batch, overlap=plan.overlap,
+                                       mode=self.blend)
 
         def network(window: torch.Tensor) -> torch.Tensor:
             timesteps = torch.full((window.shape[0],), timestep, device=window.device, dtype=torch.long)
