@@ -14,6 +14,22 @@ os.environ["COLUMNS"] = "200"
 SHARED_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct"
 
 
+def _one_cpu_per_worker() -> None:
+    """Under pytest-xdist (``-n 2``, as the README runs the suite), each worker process and every process it
+    starts keeps to one CPU of its own: commands size their threads from the CPUs they may use
+    (``hardware.available_cpus``), so two workers never run four busy threads on two cores (OpenMP teams
+    spinning against each other ran compute-bound tests several times slower)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, {cpus[int(worker[2:]) % len(cpus)]})
+
+
+_one_cpu_per_worker()
+
+
 @pytest.fixture(scope="session")
 def shared_ct() -> Path:
     """The folder of real CT volumes beside the repository; tests that need it skip without it."""
@@ -65,7 +81,9 @@ def cli():
     runner = CliRunner()
 
     def run(*args: str):
-        return runner.invoke(app, [str(a) for a in args])
+        # named as users run it: click would take the name from sys.argv[0], which a test runner sets (pytest-xdist
+        # workers: "-c") and Typer's completion scripts need
+        return runner.invoke(app, [str(a) for a in args], prog_name="ctslice")
 
     return run
 

@@ -121,9 +121,7 @@ class PixelSource:
             self._thin_spacing = {c: info.thin_spacing for c, info in infos.items()}
             self._slab_shape = {c: cache.options(c).get("profile", "slab") for c in self.case_ids}
             self._axial = {c: "thin" if info.has_truth else "thick" for c, info in infos.items()}
-            self._inplane = {c: (cache.grid(c, self._axial[c]).size[2],
-                                 *inplane_extent(cache.grid(c, self._axial[c]), info.thin_spacing))
-                             for c, info in infos.items()}
+        self._inplane: dict[str, tuple[int, int, int]] = {}  # read when first asked: only runs with in-plane pairs
         self.pair_case_ids = [c for c in self.case_ids if self._shapes[c] is not None]
 
     @property
@@ -141,6 +139,9 @@ class PixelSource:
     def inplane_shape(self, case_id: str) -> tuple[int, int, int]:
         """(z slices, rows, columns) of the case's axial plane at the thin spacing, where in-plane pairs lie:
         its thin volume's, or for a self-supervised case its thick volume's."""
+        if case_id not in self._inplane:
+            grid = self.cache.grid(case_id, self._axial[case_id])
+            self._inplane[case_id] = (grid.size[2], *inplane_extent(grid, self._thin_spacing[case_id]))
         return self._inplane[case_id]
 
     def close(self) -> None:
@@ -170,7 +171,7 @@ class PixelSource:
         case_id, axis = patch.case_id, patch.inplane_axis
         profile, spacing = self._profile[case_id], self._thin_spacing[case_id]
         window = list(patch.y if axis == -2 else patch.x)
-        end = self._inplane[case_id][1 if axis == -2 else 2]
+        end = self.inplane_shape(case_id)[1 if axis == -2 else 2]
         margin = int(math.ceil(THICK_MARGIN * profile.spacing / spacing + profile.thickness / spacing / 2))
         start, stop = max(0, window[0] - margin), min(end, window[1] + margin)
         y, x = ((start, stop), patch.x) if axis == -2 else (patch.y, (start, stop))
