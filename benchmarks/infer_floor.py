@@ -3,20 +3,21 @@
     python benchmarks/infer_floor.py                       # floor, then the variants on a 64 x 256 x 256 region
     python benchmarks/infer_floor.py --region 40 512 512   # the variants on a full-width slab
     python benchmarks/infer_floor.py --variants            # only the variants (skip the floor)
+    python benchmarks/infer_floor.py --default-malloc      # glibc's malloc as 0.2.0 left it
 
 For the bundled model (``ctslice/default_model/default.pt``):
 1. FLOPs per voxel of one U-Net window, counted by ``torch.utils.flop_counter`` (multiply-adds count 2);
-2. the throughput this CPU achieves on the convolutions of one big window (GFLOP/s, from the profiler's
-   per-op FLOPs and times), and on the whole network pass;
+2. the throughput this CPU achieves on the convolutions of one window batch (GFLOP/s: FLOPs counted as in
+   1, seconds from the profiler's convolution kernels), and on the whole network pass;
 3. hence the floor in CPU-seconds per million output voxels (every voxel computed once, at that rate);
 4. each variant of the windowed pass (window size, overlap, blending, batch, attention kernel) over a
-   region of random condition: windows run, CPU-seconds per million output voxels, and the fraction of
-   the floor reached. ``before`` is the configuration of ctslice 0.2.0 (windows of 40 x 96 x 96 pixels
-   shrunk to 40 x 80 x 80 by the attention cap, overlap 0.5 in every axis, MONAI's fixed scan rule, two
-   windows a call); its fixed scan rule is reproduced by giving the planner no room to choose (see
-   ``before_plan``).
-Every row carries ``torch.backends.cpu.get_cpu_capability()``; BF16 is not used (precision auto on this
-CPU unless it has AVX512-BF16/AMX, which the header says).
+   region of random condition (no air: every window runs the U-Net): windows run, CPU-seconds per
+   million output voxels, and the fraction of the floor reached. ``before`` is the configuration of
+   ctslice 0.2.0 (windows of 40 x 96 x 96 pixels shrunk to 40 x 80 x 80 by the attention cap, overlap
+   0.5 in every axis, MONAI's fixed scan rule, two windows a call; see ``before_plan``).
+Freed blocks are kept for reuse as every command does (``hardware.keep_freed_memory``) unless
+``--default-malloc``. Every row carries ``torch.backends.cpu.get_cpu_capability()``; BF16 is not used
+(FP32 throughout, as precision auto gives on a CPU without AVX512-BF16/AMX).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from ctslice.hardware import keep_freed_memory
 from ctslice.inference.loading import load_model
 from ctslice.models.sampling import WindowedNetwork, mean_estimate
 from ctslice.models.window_plan import WindowPlan
@@ -115,12 +117,11 @@ VARIANTS = {  # name: (window pixels (z, y, x), overlap, blend, batch, fused att
     "+ fused attention": ((40, 80, 80), 0.5, "gaussian", 2, True, True),
     "+ overlap 0.125, planned": ((40, 80, 80), 0.125, "gaussian", 2, True, False),
     "windows 48 x 96 x 96": ((48, 96, 96), 0.125, "gaussian", 2, True, False),
-    "windows 48 x 128 x 128": ((48, 128, 128), 0.125, "gaussian", 2, True, False),
     "windows 64 x 128 x 128": ((64, 128, 128), 0.125, "gaussian", 2, True, False),
     "windows 64 x 128 x 128, batch 1": ((64, 128, 128), 0.125, "gaussian", 1, True, False),
     "windows 64 x 160 x 160, batch 1": ((64, 160, 160), 0.125, "gaussian", 1, True, False),
-    "overlap 0.0625": ((64, 128, 128), 0.0625, "gaussian", 2, True, False),
     "constant blending": ((64, 128, 128), 0.125, "constant", 2, True, False),
+    "48 x 96 x 96, overlap 0.0625 (new)": ((48, 96, 96), 0.0625, "gaussian", 2, True, False),
 }
 FULL_SIZE = (320, 512, 512)  # lungdx_chest_5mm_full at 1 mm
 
@@ -133,12 +134,13 @@ def computed_voxels(network: WindowedNetwork, shape) -> int:
 
 def variants(loaded, region: tuple[int, int, int], names: list[str], floor_cpu: float | None) -> None:
     model = loaded.interpolator.model
-    cond = torch.randn(1, loaded.interpolator.codec.latent_channels, *region, generator=torch.Generator().manual_seed(0))
+    channels = loaded.interpolator.codec.latent_channels
+    cond = torch.randn(1, channels, *region, generator=torch.Generator().manual_seed(0))
     mvox = math.prod(region) / 1e6
     capability = torch.backends.cpu.get_cpu_capability()
     print(f"\nvariants over a {region} region ({mvox:.2f} M output voxels), capability {capability}, "
           f"{torch.get_num_threads()} threads; the last columns project onto a {FULL_SIZE} output")
-    print(f"{'variant':34} {'windows':>7} {'wall s':>7} {'CPU-s/Mvox':>10} {'of floor':>8} "
+    print(f"{'variant':36} {'windows':>7} {'wall s':>7} {'CPU-s/Mvox':>10} {'of floor':>8} "
           f"{'full: windows':>13} {'computed x':>10} {'wall min':>8}")
     for name in names:
         window, overlap, blend, batch, fused, old_rule = VARIANTS[name]
@@ -154,22 +156,26 @@ def variants(loaded, region: tuple[int, int, int], names: list[str], floor_cpu: 
         share = f"{floor_cpu / per:.0%}" if floor_cpu else "-"
         full_computed = computed_voxels(network, FULL_SIZE)
         full_wall = wall / computed_voxels(network, region) * full_computed / 60
-        print(f"{name:34} {windows:7d} {wall:7.1f} {per:10.1f} {share:>8} {network.windows(FULL_SIZE):13d} "
+        print(f"{name:36} {windows:7d} {wall:7.1f} {per:10.1f} {share:>8} {network.windows(FULL_SIZE):13d} "
               f"{full_computed / math.prod(FULL_SIZE):10.2f} {full_wall:8.1f}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--region", type=int, nargs=3, default=(64, 256, 256), metavar=("Z", "Y", "X"))
-    parser.add_argument("--window", type=int, nargs=3, default=(64, 128, 128), metavar=("Z", "Y", "X"),
-                        help="the window the floor is measured on")
+    parser.add_argument("--window", type=int, nargs=3, default=(44, 92, 92), metavar=("Z", "Y", "X"),
+                        help="the window the floor is measured on (default: the bundled model's on a full-size scan)")
+    parser.add_argument("--batch", type=int, default=2, help="windows per U-Net call for the floor")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (0.2.0) instead of keeping freed blocks as commands do")
     parser.add_argument("--variants", action="store_true", help="only the variants")
     parser.add_argument("--only", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args()
+    kept = False if args.default_malloc else keep_freed_memory()
     loaded = load_model(None, "cpu", precision="fp32")
     print(f"capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}")
-    floor_cpu = None if args.variants else floor(loaded, tuple(args.window), 1)
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}, freed blocks kept for reuse: {kept}")
+    floor_cpu = None if args.variants else floor(loaded, tuple(args.window), args.batch)
     variants(loaded, tuple(args.region), args.only, floor_cpu)
 
 

@@ -86,7 +86,7 @@ def test_shell_completion_is_offered(cli):
     result = cli("--help")
     assert "--install-completion" in result.stdout and "--show-completion" in result.stdout
     script = cli("--show-completion", "bash")
-    assert script.exit_code == 0 and "complete" in script.stdout and "COMP_WORDS" in script.stdout
+    assert script.exit_code == 0 and "complete" in script.stdout and "COMP_WORDS" in script.stdout, script.output
 
 
 @pytest.mark.parametrize("name", COMMANDS)

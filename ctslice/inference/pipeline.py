@@ -3,7 +3,8 @@
 1. The thin grid: ``thin_grid`` (see ``ctslice.io.geometry``), so the output overlays the input.
 2. If the model was trained on a fixed in-plane matrix, the scan is resampled to it (and back at the end).
 3. The condition: the thick volume interpolated (cubic) onto the thin grid, normalised, encoded (chunked).
-4. The model over overlapping latent windows: the mean estimate (default) or DDIM samples.
+4. The model over overlapping latent windows: the mean estimate (default) or DDIM samples; windows that
+   hold only air (``AIR_HU``) keep the interpolation.
 5. Chunked decoding, back to HU; for several samples their mean and per-voxel standard deviation.
 """
 
@@ -26,6 +27,18 @@ from ctslice.io.volume import Grid, Volume
 from ctslice.models.diffusion import SliceDiffusion
 from ctslice.models.sampling import WindowedNetwork, ddim_sample, mean_estimate
 from ctslice.models.unet import latent_window
+
+# HU at or below which a voxel of the interpolated scan is air. A window whose voxels are all air (outside
+# the body; a scan's noise and table lie above) is not worth a U-Net pass: the interpolation is the answer.
+AIR_HU = -950.0
+
+
+def tissue_map(tissue: torch.Tensor, latent_shape) -> torch.Tensor:
+    """``tissue`` (a boolean map of the thin grid) on the latent grid: true where any voxel it codes is tissue."""
+    if tuple(tissue.shape) == tuple(latent_shape):
+        return tissue
+    pooled = torch.nn.functional.adaptive_max_pool3d(tissue[None, None].float(), tuple(latent_shape))
+    return pooled[0, 0] > 0
 
 
 @dataclass
@@ -54,10 +67,13 @@ class SliceInterpolator:
         """The largest latent window for this model's attention kernel (``ctslice.models.unet.latent_window``)."""
         return latent_window(self.config, self.codec.compression, self.model.flash_attention)
 
-    def windowed_network(self, on_windows: Callable[[int], None] | None = None) -> WindowedNetwork:
-        """The U-Net over blended latent windows of ``roi()``, as every denoising step runs it."""
+    def windowed_network(self, on_windows: Callable[[int], None] | None = None,
+                         tissue: torch.Tensor | None = None) -> WindowedNetwork:
+        """The U-Net over blended latent windows of ``roi()``, as every denoising step runs it; windows without
+        ``tissue`` (a latent-grid map, see ``tissue_map``) are left to the interpolation."""
         inference = self.config.inference
-        return WindowedNetwork(self.model, self.roi(), inference.overlap, inference.window_batch, on_windows)
+        return WindowedNetwork(self.model, self.roi(), inference.overlap, inference.window_batch, on_windows,
+                               tissue=tissue)
 
     @torch.no_grad()
     def predict(self, thick: Volume, thin_spacing: float, mode: str = "mean", samples: int = 1, steps: int = 20,
@@ -71,9 +87,13 @@ class SliceInterpolator:
             if self.inplane_size:
                 model_thick = resample_inplane(thick, self.inplane_size)
                 model_grid = square_inplane_grid(grid, self.inplane_size)
-            cond = self._encode(interpolate_thick(model_thick, model_grid).array)
+            hu = interpolate_thick(model_thick, model_grid).array
+            tissue = torch.from_numpy(hu > AIR_HU)
+            cond = self._encode(hu)
+            del hu
+            tissue = tissue_map(tissue, cond.shape[2:])
         with self._stage(seconds, "denoise"):
-            latents = self._denoise(cond, mode, samples, steps, seed, on_step)
+            latents = self._denoise(cond, mode, samples, steps, seed, on_step, tissue)
         with self._stage(seconds, "decode"):
             shape = tuple(model_grid.size[::-1])
             volumes = [self._decode(latent, shape) for latent in latents]
@@ -92,7 +112,8 @@ class SliceInterpolator:
             torch.cuda.synchronize(self.device)
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
 
-    def _denoise(self, cond: torch.Tensor, mode: str, samples: int, steps: int, seed: int, on_step) -> list:
+    def _denoise(self, cond: torch.Tensor, mode: str, samples: int, steps: int, seed: int, on_step,
+                 tissue: torch.Tensor | None = None) -> list:
         """Thin latents: one mean estimate, or ``samples`` DDIM samples with seeds seed, seed+1, ..."""
         stage = "denoising" if mode == "mean" else "sampling"
         done = 0
@@ -102,7 +123,7 @@ class SliceInterpolator:
             done += count
             on_step(stage, done, total)
 
-        network = self.windowed_network(on_windows if on_step else None)
+        network = self.windowed_network(on_windows if on_step else None, tissue)
         total = network.windows(cond.shape[2:]) * (1 if mode == "mean" else samples * steps)
         with autocast(self.device, self.config.training.precision):
             if mode == "mean":

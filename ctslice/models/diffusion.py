@@ -129,6 +129,19 @@ class SliceDiffusion(torch.nn.Module):
         beta = (1 - self.scheduler.alphas_cumprod.to(x0.device)[self.last_timestep]) ** 0.5
         return torch.where(mean_rows.view(-1, 1, 1, 1, 1), -x0 / beta, velocity)
 
+    def interpolation_output(self, noisy: torch.Tensor, condition: torch.Tensor, timestep: int) -> torch.Tensor:
+        """The raw output whose clean estimate is the condition itself (thin latents = the interpolated thick
+        ones): what a window holding only air gets instead of a U-Net pass (``WindowedNetwork``)."""
+        cond = condition / self._view("cond_scale") + self._view("cond_shift")
+        x0 = self.diffused(cond, cond)
+        alpha = self.scheduler.alphas_cumprod.to(noisy.device)[timestep]
+        kind = self.diffusion_config.prediction_type
+        if kind == "sample":
+            return x0
+        if kind == "epsilon":
+            return (noisy - alpha**0.5 * x0) / (1 - alpha) ** 0.5
+        return (alpha**0.5 * noisy - x0) / (1 - alpha) ** 0.5
+
     def clean_estimate(self, output: torch.Tensor, noisy: torch.Tensor, timestep: int) -> torch.Tensor:
         """The model's clean-sample estimate x0 from its raw output at ``timestep``."""
         alpha = self.scheduler.alphas_cumprod.to(output.device)[timestep]
