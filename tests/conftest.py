@@ -30,6 +30,20 @@ def _one_cpu_per_worker() -> None:
 _one_cpu_per_worker()
 
 
+def _ctrl_c_deliverable() -> None:
+    """A shell without job control starts a command put in the background (``pytest ... &``) with Ctrl-C
+    (SIGINT) ignored, and every process it starts inherits that: the tests that press Ctrl-C on a command
+    would see nothing happen. Python's own handler is put back, so that the suite tests the same whatever
+    started it (its children, started afresh, get the default disposition)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_ctrl_c_deliverable()
+
+
 @pytest.fixture(scope="session")
 def shared_ct() -> Path:
     """The folder of real CT volumes beside the repository; tests that need it skip without it."""
