@@ -263,8 +263,7 @@ def _relevant(part: str, config: Config) -> str:
         keys.update(data=(c.data.patch_thick_slices, c.data.patch_size, c.data.whole_volumes, cached),
                     training=(c.training.batch_size, c.training.grad_accumulation, c.training.precision),
                     prediction=c.diffusion.prediction_type,
-                    encode_chunk=None if uses_latent_cache(c.data) else (c.codec.encode_chunk, c.codec.overlap,
-                                                                    c.codec.strategy))
+                    encode_chunk=None if cached else (c.codec.encode_chunk, c.codec.overlap, c.codec.strategy))
     elif part == "encode":
         keys.update(encode_chunk=c.codec.encode_chunk, overlap=c.codec.overlap, strategy=c.codec.strategy)
     elif part == "decode":

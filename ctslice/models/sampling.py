@@ -22,7 +22,8 @@ class WindowedNetwork:
     """The diffusion U-Net evaluated over a whole latent volume in blended windows.
 
     ``roi`` is the largest window; each volume gets the fewest windows of at most that size that overlap
-    by at least ``overlap`` of it (``ctslice.models.window_plan``), blended with Gaussian weights.
+    by at least ``overlap`` of it (``ctslice.models.window_plan``), blended with MONAI's ``blend`` weights
+    (Gaussian; ``benchmarks/infer_floor.py`` compares constant ones).
     ``tissue``, if given, is a boolean (z, y, x) map on the latent grid: a window with no tissue in it (only
     air) gets ``SliceDiffusion.interpolation_output`` instead of a U-Net pass, so its voxels are the
     interpolation itself (a fifth of the windows of a 512 x 512 chest scan are air around the body).
@@ -30,7 +31,7 @@ class WindowedNetwork:
     ``windows(shape)`` says how many one evaluation over a latent volume of that shape runs.
     """
 
-    def __init__(self, model: SliceDiffusion, roi: Sequence[int], overlap: float = 0.0625, batch: int = 1,
+    def __init__(self, model: SliceDiffusion, roi: Sequence[int], overlap: float = 0.0625, batch: int = 2,
                  on_windows: Callable[[int], None] | None = None, blend: str = "gaussian",
                  tissue: torch.Tensor | None = None):
         self.model = model

@@ -21,7 +21,7 @@ from ctslice.config import Config, HardwareConfig, ModelConfig
 # Tokens MONAI's middle-block self-attention may see in one inference window: without flash attention
 # its memory grows with the square of the count (a 64 x 128 x 128 latent window needed 8 GB); with it
 # (CUDA and CPU), its arithmetic still does, so the cap bounds the share of the window spent there.
-MAX_ATTENTION_TOKENS = {False: 4096, True: 65536}  # without / with flash attention (CUDA)
+MAX_ATTENTION_TOKENS = {False: 4096, True: 65536}  # without / with flash attention
 
 
 def build_unet(config: ModelConfig, latent_channels: int, flash_attention: bool = False) -> DiffusionModelUNet:
