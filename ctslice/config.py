@@ -75,6 +75,7 @@ class DiffusionConfig:
     schedule: str = "cosine"  # MONAI noise schedule
     prediction_type: str = "sample"  # sample, epsilon or v_prediction
     mean_fraction: float = 0.25  # share of training steps at the last timestep (trains the mean estimate)
+    loss: str = "mse"  # mse, or l1 (the slice-interpolation literature's: sharper edges for the same steps)
 
 
 @dataclass
@@ -142,6 +143,7 @@ CHOICES = {
     "codec.strategy": ("auto", "blocks", "slabs"),
     "diffusion.schedule": ("cosine", "linear_beta", "scaled_linear_beta", "sigmoid_beta"),
     "diffusion.prediction_type": ("sample", "epsilon", "v_prediction"),
+    "diffusion.loss": ("mse", "l1"),
     "training.precision": ("auto", "bf16", "fp32"),
     "validation.mode": ("mean", "sample"),
 }

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from ctslice.data.cache import Cache
+from ctslice.data.preprocess import PreprocessOptions, run_preprocess
 from ctslice.errors import InputError
 from ctslice.io import Volume, read_volume, scan_series
 from ctslice.io.dicom_choice import choose_series, skip_reason
@@ -58,8 +59,10 @@ def dataset(sop_class: str, study: str, series: str, number: int, description: s
 
 
 def write_ct(folder: Path, study: str, number: int, description: str, heights, kernel: str | None, *,
-             offset: int = 0, image_type=("ORIGINAL", "PRIMARY", "AXIAL"), orientations=None) -> list[Path]:
-    """A CT series sampling ``truth`` (+ ``offset``) at ``heights`` mm along z; ``kernel`` None: no tag."""
+             offset: int = 0, image_type=("ORIGINAL", "PRIMARY", "AXIAL"), orientations=None,
+             thickness: float | None = None) -> list[Path]:
+    """A CT series sampling ``truth`` (+ ``offset``) at ``heights`` mm along z; ``kernel`` None: no tag;
+    SliceThickness ``thickness`` (default 5 mm for the thick heights, else 1 mm)."""
     folder.mkdir(parents=True, exist_ok=True)
     series = make_uid(study, number)
     files = []
@@ -74,7 +77,8 @@ def write_ct(folder: Path, study: str, number: int, description: str, heights, k
         if kernel is not None:
             ds.ConvolutionKernel = kernel
         ds.ImagePositionPatient, ds.ImageOrientationPatient = list(position), list(orientation)
-        ds.PixelSpacing, ds.SliceThickness = [PIXEL, PIXEL], 5.0 if len(heights) == len(THICK) else 1.0
+        ds.PixelSpacing = [PIXEL, PIXEL]
+        ds.SliceThickness = thickness or (5.0 if len(heights) == len(THICK) else 1.0)
         ds.Rows = ds.Columns = N
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated = ds.BitsStored = 16
@@ -362,6 +366,7 @@ def test_a_study_whose_one_ct_volume_is_thick_is_a_self_supervised_case_recorded
     with Cache(output) as cache:
         info, record, thick = cache.info("thick_only"), cache.series("thick_only"), cache.volume("thick_only", "thick")
     assert (info.pair_kind, info.has_truth, info.ratio) == ("self-supervised", False, 5.0)
+    assert (info.profile.thickness, info.profile.spacing, info.profile.source) == (5.0, 5.0, "dicom")
     assert "thin" not in record and record["thick"]["number"] == 3
     assert record["summary"] == "thick series 3 (STD BRAIN 5MM, kernel UB, 5.00 mm)"
     assert record["skipped"] == {"localizer": 1, "secondary capture": 1}
@@ -380,3 +385,17 @@ def test_a_study_whose_one_ct_volume_is_thick_is_a_self_supervised_case_recorded
                    "--no-self-supervised")
     assert excluded.exit_code == 1 and "no thin ground truth" in flat(excluded.output)
     assert_private(result.output, named.output, json.dumps(record))
+
+
+@pytest.mark.parametrize("thickness, profile", [
+    (6.0, (6.0, 5.0, 1.0, "dicom")),  # 6 mm slices 5 mm apart overlap by 1 mm: in-plane pairs average 6 mm slabs
+    (-3.0, (5.0, 5.0, 0.0, "spacing")),  # no thickness at all: the spacing stands in
+    (1e6, (5.0, 5.0, 0.0, "spacing")),
+])
+def test_a_thick_series_records_its_dicom_slice_thickness_as_its_profile(tmp_path, thickness, profile):
+    write_ct(tmp_path / "in" / "overlap" / "S3", make_uid("overlap"), 3, "CHEST", THICK, "B30f", thickness=thickness)
+    output = tmp_path / "cache.h5"
+    run_preprocess([tmp_path / "in"], output, PreprocessOptions(5.0, 1.0, min_slices=4))
+    with Cache(output) as cache:
+        recorded = cache.info("S3").profile
+    assert (recorded.thickness, recorded.spacing, recorded.overlap, recorded.source) == profile

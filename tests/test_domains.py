@@ -268,7 +268,7 @@ def numeric_options() -> list[tuple[str, str, str, bool]]:
             info = parameter.default
             if parameter.annotation in ("int", "float") and type(info).__name__ == "OptionInfo":
                 flag = max(info.param_decls, key=len)
-                zero_ok = flag in ("--size", "--seed", "--val", "--test")
+                zero_ok = flag in ("--size", "--seed", "--val", "--test", "--adapt")
                 found.append((command.name, flag, parameter.annotation, zero_ok))
     return found
 

@@ -207,16 +207,20 @@ def test_every_shipped_config_defaults_to_auto():
     assert load_config(None).training.precision == "auto"
 
 
-def test_the_bundled_models_stored_bf16_is_overridden_at_load(cpu_features):
-    from ctslice.checkpoint import read_checkpoint
+def test_a_checkpoints_stored_bf16_is_overridden_at_load(cpu_features, tmp_path):
+    """A model trained in BF16 (as 0.2.0's bundled one was) infers in the precision this CPU runs fast."""
+    from ctslice.checkpoint import bundled_model_path, read_checkpoint, write_checkpoint
     from ctslice.inference.loading import load_model
 
+    state = read_checkpoint(bundled_model_path())
+    state["config"]["training"]["precision"] = "bf16"
+    write_checkpoint(state, tmp_path / "bf16.pt")
     cpu_features("AVX2", avx512_bf16=True)
-    loaded = load_model(None, "cpu")
+    loaded = load_model(tmp_path / "bf16.pt", "cpu")
     assert read_checkpoint(loaded.path)["config"]["training"]["precision"] == "bf16"
     assert loaded.precision.name == "fp32"
     assert loaded.interpolator.config.training.precision == "fp32"
-    assert load_model(None, "cpu", precision="bf16").interpolator.config.training.precision == "bf16"
+    assert load_model(tmp_path / "bf16.pt", "cpu", precision="bf16").interpolator.config.training.precision == "bf16"
 
 
 # ---- threads

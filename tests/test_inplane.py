@@ -91,6 +91,21 @@ def test_the_mix_draws_inplane_pairs_from_every_case_and_through_plane_pairs_fro
         PatchDataset(PixelSource(tmp_path / "cache.h5", ["ss"]), config.data, seed=0)
 
 
+def test_cases_with_pixels_coarser_than_the_thin_spacing_give_no_inplane_pairs(tmp_path):
+    """3 mm pixels resampled to 1 mm are no 1 mm truth: such a case gives through-plane pairs only."""
+    _, case = thick_only_case()
+    coarse = simulate_pair(make_phantom(shape=(40, 16, 16), spacing=(3.0, 3.0, 1.0), seed=2), 5.0, 1.0)
+    write_cache(tmp_path / "cache.h5", {"coarse": coarse, "ss": case})
+    config = load_config(None, ["data.inplane_fraction=0.5", "data.patch_size=8", "data.patch_thick_slices=2"])
+    source = PixelSource(tmp_path / "cache.h5", ["coarse", "ss"])
+    assert source.inplane_case_ids == ["ss"]
+    plans = [PatchDataset(source, config.data, seed=0).plan(k) for k in range(100)]
+    assert {p.case_id for p in plans if p.inplane_axis is not None} == {"ss"}
+    assert {p.case_id for p in plans if p.inplane_axis is None} == {"coarse"}
+    with pytest.raises(Exception, match="no training case has axial pixels as fine as its thin spacing"):
+        PatchDataset(PixelSource(tmp_path / "cache.h5", ["coarse"]), config.data, seed=0)
+
+
 def test_without_inplane_pairs_the_draws_are_unchanged(dataset):
     """Fraction 0 draws exactly the patches a run drew before in-plane pairs existed."""
     cache, _ = dataset
@@ -151,7 +166,9 @@ def test_a_short_run_mixes_inplane_pairs_from_a_self_supervised_case(tmp_path, m
     for seed in range(3):
         write_volume(make_phantom(shape=(40, 32, 32), spacing=(12.0, 12.0, 1.0), seed=seed),
                      tmp_path / "raw" / f"case{seed}.nii.gz")
-    write_volume(thick_phantom(7), tmp_path / "raw" / "thick_only.nii.gz")
+    thick = thick_phantom(7)  # relabelled with pixels finer than the 1 mm target, as in-plane pairs need
+    write_volume(Volume(thick.array, (0.8, 0.8, 5.0), thick.origin, thick.direction),
+                 tmp_path / "raw" / "thick_only.nii.gz")
     cache, splits = tmp_path / "cache.h5", tmp_path / "splits.json"
     run_preprocess([tmp_path / "raw"], cache, PreprocessOptions(5.0, 1.0, min_slices=4))
     assert "thick_only" in run_split(cache, splits, val=0.34, test=0.0, seed=0)["train"]

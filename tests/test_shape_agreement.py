@@ -63,7 +63,9 @@ def test_memory_model_and_trainer_agree_on_patch_and_latent_shapes(name, geometr
     codec = codec_class(base.codec.name)
     write_latents(tmp_path / "latents.h5", cases, codec)
     for cache_latents in (False, True):
-        config = replace(base, data=replace(base.data, cache_latents=cache_latents, whole_volumes=False))
+        # through-plane patches only: these shape-only caches have no spacings to place in-plane pairs with
+        config = replace(base, data=replace(base.data, cache_latents=cache_latents, whole_volumes=False,
+                                            inplane_fraction=0.0))
         predicted = resolve_geometry(config)
         pixels = PatchDataset(PixelSource(tmp_path / "cache.h5", list(cases), codec.compression), config.data, 0)
         latents = PatchDataset(LatentSource(tmp_path / "latents.h5", list(cases), codec), config.data, 0)

@@ -130,3 +130,20 @@ def test_unknown_config_key_fails_before_any_work(dataset, tmp_path, cli):
     assert result.exit_code == 2
     assert "did you mean 'training.val_interval'" in result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("loss, reduce", [("mse", lambda d: (d**2).mean()), ("l1", lambda d: d.abs().mean())])
+def test_the_loss_key_chooses_the_distance_to_the_training_target(dataset, loss, reduce):
+    """With every row a mean row (x_t = 0, last timestep) the target is the v that gives x0 back, so the
+    loss is the chosen distance between the U-Net's output and that target."""
+    config = tiny_config(dataset, "diffusion.mean_fraction=1", f"diffusion.loss={loss}",
+                         "diffusion.prediction_type=v_prediction")
+    model = build_model(config, latent_channels=1)
+    thin, cond = torch.randn(2, 1, 8, 8, 8), torch.randn(2, 1, 8, 8, 8)
+    torch.manual_seed(0)
+    value = model.loss(thin, cond)
+    x0 = model.diffused(thin, cond)
+    last = torch.full((2,), model.last_timestep)
+    output = model(torch.zeros_like(x0), model.condition(cond), last)
+    beta = (1 - model.scheduler.alphas_cumprod[model.last_timestep]) ** 0.5
+    torch.testing.assert_close(value, reduce(output - (-x0 / beta)), rtol=1e-4, atol=1e-6)

@@ -72,6 +72,9 @@ def infer(
     steps: int = number(None, "--steps", help="DDIM steps for sampling (default: the model's config).", low=1,
                         high=10_000, integer=True),
     seed: int = number(0, "--seed", help="Seed of the noise (sample i uses seed + i).", **SEED),
+    adapt: float = number(0.0, "--adapt", help="One scan: first fine-tune a copy of the model for this many minutes "
+                          "on the scan's own in-plane pairs (self-supervision; the model file is not changed).",
+                          low=0, high=1440),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA if available)."),
     vae_checkpoint: Path = typer.Option(None, "--vae-checkpoint", help="MAISI VAE weights for a maisi model."),
     no_tilt_correction: bool = typer.Option(False, "--no-tilt-correction", help="Refuse a tilted-gantry DICOM "
@@ -87,6 +90,6 @@ def infer(
     with stopped_cleanly("unfinished output files were removed"):
         infer_command(input, output, output_type=output_type, ext=ext, overwrite=overwrite, shard=shard,
                       checkpoint=checkpoint, method=method, mode=mode, samples=samples, std_out=std_out,
-                      thin_spacing=thin_spacing, steps=steps, seed=seed, device_name=device,
+                      thin_spacing=thin_spacing, steps=steps, seed=seed, adapt=adapt, device_name=device,
                       vae_checkpoint=vae_checkpoint, precision=precision.value, threads=threads,
                       tilt_correction=not no_tilt_correction, z_spacing=z_spacing)

@@ -62,7 +62,8 @@ def run_demo(out: Path, inputs: list[Path] | None = None, minutes: float = 3.0, 
         f"data.cache={cache}", f"data.splits={splits}", "training.init_from=bundled",
         f"training.lr={FINE_TUNING_LR}", f"training.warmup_steps={FINE_TUNING_WARMUP}", "training.max_steps=100000",
         f"training.time_limit_minutes={minutes}", "training.val_interval=100000", f"hardware.device={device}",
-        f"training.precision={precision}"])
+        f"training.precision={precision}",
+        "data.inplane_fraction=0"])  # the phantom's 2 mm pixels are no 1 mm in-plane truth: through-plane pairs only
     resolve_device(device, "--device")  # a device that is not there fails before any work
     _check_demo_folder(out, inputs or [])
     out.mkdir(parents=True, exist_ok=True)  # the config (--device, --minutes) is checked before any work

@@ -12,6 +12,7 @@ case is one line and the others go on, and a summary table ends the run.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,7 +51,7 @@ VOLUME_TYPES = {"nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",), "mha": (".mha"
 OUTPUT_TYPES = (*VOLUME_TYPES, "dicom")
 EXTENSIONS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dicom": "dicom"}  # folder inference's --ext
 FLAGS = {"method ": "--method ", "mode ": "--mode ", "samples ": "--samples ", "steps ": "--steps ",
-         "seed ": "--seed ", "thin spacing ": "--thin-spacing ",
+         "seed ": "--seed ", "thin spacing ": "--thin-spacing ", "adapt ": "--adapt ",
          "give either a checkpoint (a model) or a method": "give either --checkpoint (a model) or --method"}
 """The library's neutral wording of a choice (``Choices.checked``) -> the flag the user typed."""
 
@@ -137,8 +138,11 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
               mode: str = "mean", samples: int = 1, std_out: Path | None = None, thin_spacing: float | None = None,
               steps: int | None = None, seed: int = 0, device_name: str | None = None,
               vae_checkpoint: Path | None = None, precision: str | None = None, threads: int | None = None,
-              read_options: ReadOptions | None = None, kind: str | None = None, overwrite: bool = False) -> Volume:
+              read_options: ReadOptions | None = None, kind: str | None = None, overwrite: bool = False,
+              adapt: float = 0.0) -> Volume:
     """Write the thin volume for one scan ``input`` to ``output`` (and the std map to ``std_out``); returns it.
+
+    ``adapt``: minutes to fine-tune a copy of the model on this scan's own in-plane pairs first (``_adapted``).
 
     ``kind``: the output type (``OUTPUT_TYPES``; default from ``output``'s suffix); ``dicom`` writes
     ``output`` as a folder holding one DICOM series (an existing one replaced only with ``overwrite``).
@@ -146,7 +150,7 @@ def run_infer(input: Path, output: Path, *, checkpoint: Path | None = None, meth
     kind = output_type(output, kind)
     if std_out is not None and output_type(std_out, None) not in VOLUME_TYPES:
         raise InputError(f"--std-out {printable(std_out)}: write the spread as a volume file")
-    choices = checked_choices(Choices(method, checkpoint, mode, samples, thin_spacing, steps, seed))
+    choices = checked_choices(Choices(method, checkpoint, mode, samples, thin_spacing, steps, seed, adapt))
     if std_out is not None and choices.samples < 2:
         raise InputError("--std-out needs --samples 2 or more (the spread between samples)")
     inputs = (input, *data_files(input), checkpoint, vae_checkpoint)
@@ -216,6 +220,8 @@ def _run_model(engine: _Engine, thick: Volume, outputs: list[Path], case: str):
     spacing = choices.thin_spacing or loaded.default_thin_spacing(thick.spacing[2])
     steps = choices.steps or loaded.interpolator.config.inference.steps
     _check_space(thick, spacing, outputs)
+    if choices.adapt > 0:
+        loaded = _adapted(engine, thick, spacing)
     what = "mean estimate" if choices.mode == "mean" else f"{choices.samples} DDIM sample(s) of {steps} steps"
     console.print(f"{case}Using {engine.source}: {what}, {thick.spacing[2]:g} mm -> {spacing:g} mm on "
                   f"{engine.device}")
@@ -234,6 +240,24 @@ def _run_model(engine: _Engine, thick: Volume, outputs: list[Path], case: str):
             raise CtsliceError(f"out of memory while inferring ({error.reason}); nothing was written. Try --device "
                                "cpu (slower, uses system memory) or a device with more memory") from None
     return thinned.volume, thinned.std, thinned.thin_spacing, thinned.seconds
+
+
+def _adapted(engine: _Engine, thick: Volume, spacing: float):
+    """The engine's model fine-tuned on ``thick``'s own in-plane pairs for ``--adapt`` minutes
+    (``ctslice.training.adapt``), in a temporary folder removed afterwards; the original is untouched."""
+    from ctslice.inference.loading import load_model
+    from ctslice.training.adapt import adapt
+
+    minutes = engine.choices.adapt
+    console.print(f"Adapting {engine.source} to this scan for {minutes:g} min (its in-plane pairs, {spacing:g} mm)")
+    with tempfile.TemporaryDirectory(prefix="ctslice-adapt-") as folder, progress() as bar:
+        task = bar.add_task("Adapting", total=minutes * 60)
+        started = time.time()
+        adapted = adapt(engine.loaded.path, thick, spacing, minutes, Path(folder), device_name=str(engine.device),
+                        on_step=lambda report: bar.update(task, completed=min(time.time() - started, minutes * 60)))
+        loaded = load_model(adapted, engine.device, engine.vae_checkpoint, engine.precision)
+    engine.source = f"{engine.source}, adapted to this scan ({loaded.step} steps)"
+    return loaded
 
 
 def _check_space(thick: Volume, spacing: float, outputs: list[Path]) -> None:
@@ -263,6 +287,8 @@ def infer_command(input: Path, output: Path, *, output_type: str | None, ext: st
     if found is not None:
         if std_out is not None:
             raise InputError("--std-out is for one scan; a folder of scans writes one output per case")
+        if choices.pop("adapt", 0):
+            raise InputError("--adapt fine-tunes the model on one scan; give one scan, not a folder of scans")
         run_infer_folder(input, output, ext=ext, kind=output_type, overwrite=overwrite, shard=parse_shard(shard),
                          read_options=read_options, found=found, **choices)
         return

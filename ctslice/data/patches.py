@@ -12,7 +12,8 @@ patch's thin grid (the model's condition); the trainer's latent cache provides t
 latent units, so one dataset serves both.
 
 In-plane pairs (``ctslice.data.inplane``): with ``data.inplane_fraction`` f > 0, patch k is an
-in-plane pair with probability f, drawn from any case (self-supervised ones included), else a
+in-plane pair with probability f, drawn from any case (self-supervised ones included) whose axial pixels
+are no coarser than its thin spacing (coarser pixels resampled finer are no ground truth), else a
 through-plane pair drawn from the cases with a thin volume. An in-plane patch has the same (D, H, W)
 shape, so that one batch mixes both: D thin pixels along the degraded in-plane axis, H slices along z,
 W thin pixels along the other in-plane axis; the patch shape is clipped to fit every case in both
@@ -38,6 +39,8 @@ from ctslice.io.volume import Grid, Volume
 
 CONDITION_INTERPOLATION = "cubic"
 THICK_MARGIN = 3  # thick slices read beyond a patch so cubic interpolation has its support
+PIXEL_SLACK = 0.05  # mm an axial pixel may exceed the thin spacing and still give in-plane pairs (1.95 mm pixels
+# for a 2 mm target; a 3.2 mm pixel for a 1.5 mm target gives none)
 
 
 def interpolate_thick(thick: Volume, grid: Grid) -> Volume:
@@ -87,6 +90,7 @@ class PatchSource(Protocol):
 
     case_ids: list[str]
     pair_case_ids: list[str]  # the cases with a thin volume: through-plane pairs come from these only
+    inplane_case_ids: list[str]  # the cases fine enough in-plane to give in-plane pairs
     z_multiple: int
 
     def shape(self, case_id: str) -> tuple[int, int, int]: ...
@@ -121,8 +125,10 @@ class PixelSource:
             self._thin_spacing = {c: info.thin_spacing for c, info in infos.items()}
             self._slab_shape = {c: cache.options(c).get("profile", "slab") for c in self.case_ids}
             self._axial = {c: "thin" if info.has_truth else "thick" for c, info in infos.items()}
+            pixels = {c: cache.grid(c, self._axial[c]).spacing[:2] for c in self.case_ids}
         self._inplane: dict[str, tuple[int, int, int]] = {}  # read when first asked: only runs with in-plane pairs
         self.pair_case_ids = [c for c in self.case_ids if self._shapes[c] is not None]
+        self.inplane_case_ids = [c for c in self.case_ids if max(pixels[c]) <= self._thin_spacing[c] + PIXEL_SLACK]
 
     @property
     def cache(self) -> Cache:
@@ -194,16 +200,20 @@ class PatchDataset(torch.utils.data.Dataset):
         self.source, self.config, self.seed = source, config, seed
         self.inplane_fraction = config.inplane_fraction
         self.pair_cases = list(source.pair_case_ids)
+        self.inplane_cases = list(source.inplane_case_ids) if self.inplane_fraction > 0 else []
         if self.inplane_fraction < 1 and not self.pair_cases:
             raise InputError("no training case has a thin volume (all are self-supervised), so there are no "
                              "through-plane pairs: set data.inplane_fraction to 1, or add scans with thin slices")
+        if self.inplane_fraction > 0 and not self.inplane_cases:
+            raise InputError("no training case has axial pixels as fine as its thin spacing, so there are no "
+                             "in-plane pairs: set data.inplane_fraction to 0, or add scans with finer pixels")
         if config.whole_volumes:
             self.patch_shape = None
         else:
             shapes = [source.shape(c) for c in self.pair_cases] if self.inplane_fraction < 1 else []
             if self.inplane_fraction > 0:  # (degraded axis, z, other axis): either in-plane axis may be degraded
                 shapes += [(min(rows, columns), depth, min(rows, columns))
-                           for depth, rows, columns in map(source.inplane_shape, source.case_ids)]
+                           for depth, rows, columns in map(source.inplane_shape, self.inplane_cases)]
             self.patch_shape = clip_patch(source.patch_shape(config), tuple(np.min(shapes, axis=0)))
 
     def __len__(self) -> int:
@@ -225,7 +235,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def _plan_inplane(self, rng: np.random.Generator) -> Patch:
         """An in-plane pair from any case: which axis is degraded, where, which flips (model axes)."""
-        case_id = self.source.case_ids[int(rng.integers(len(self.source.case_ids)))]
+        case_id = self.inplane_cases[int(rng.integers(len(self.inplane_cases)))]
         axis = AXES[int(rng.integers(len(AXES)))]
         depth, rows, columns = self.source.inplane_shape(case_id)
         size_degraded, size_z, size_other = self.patch_shape

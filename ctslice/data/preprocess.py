@@ -37,7 +37,7 @@ from ctslice.data import cache as cache_files
 from ctslice.data.checks import check_ct_volume
 from ctslice.data.discover import CaseSource, find_cases
 from ctslice.data.lock import writer_lock
-from ctslice.data.pairs import SELF_SUPERVISED, Pair, real_pair, self_supervised_case, simulate_pair
+from ctslice.data.pairs import SELF_SUPERVISED, Pair, SliceProfile, real_pair, self_supervised_case, simulate_pair
 from ctslice.data.shards import select_shard
 from ctslice.errors import CtsliceError, InputError, first_line, shown
 from ctslice.io import ReadOptions, extracted, find_series, read_volume
@@ -121,17 +121,21 @@ def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, st
         if volume.spacing[2] <= options.thick_spacing / 2 + 1e-6:
             pair = simulate_pair(volume, options.thick_spacing, options.thin_spacing, options.profile)
         elif options.self_supervised:
-            pair = self_supervised_case(volume, options.thin_spacing)
+            pair = self_supervised_case(volume, options.thin_spacing, _thickness(choice, 0))
         else:
             raise InputError(f"only a {volume.spacing[2]:.2f} mm series: no thin ground truth for "
                              f"{options.thick_spacing} mm thick slices (use such scans with `ctslice infer`)")
     else:
-        ordered = sorted(series_volumes, key=lambda item: item[1])
+        order = sorted(range(len(series_volumes)), key=lambda k: series_volumes[k][1])
+        ordered = [series_volumes[k] for k in order]
         (thin, thin_spacing), (thick, thick_spacing) = ordered[0], ordered[-1]
         if thick_spacing - thin_spacing < 1e-3:
             raise InputError(f"{len(ordered)} CT series with the same slice spacing ({thin_spacing:.2f} mm): "
                              "cannot tell the thick series from the thin one")
         pair = real_pair(thick, thin, options.thin_spacing, options.min_slices)
+        thickness = _thickness(choice, order[-1])
+        if thickness is not None:
+            pair = replace(pair, profile=SliceProfile(thickness, pair.thick.spacing[2], "dicom"))
     if options.size:
         thin = resample_inplane(pair.thin, options.size) if pair.thin is not None else None
         pair = replace(pair, thick=resample_inplane(pair.thick, options.size), thin=thin)
@@ -142,6 +146,11 @@ def build_pair(source: CaseSource, options: PreprocessOptions) -> tuple[Pair, st
     if choice is not None:  # the one series of a self-supervised case is its thick one
         pair = replace(pair, series=choice.record(single="thick" if pair.kind == SELF_SUPERVISED else "thin"))
     return pair, patient, notes
+
+
+def _thickness(choice: SeriesChoice | None, index: int) -> float | None:
+    """The DICOM SliceThickness of the ``index``-th chosen series (None: a volume file, or the tag is missing)."""
+    return choice.chosen[index].thickness if choice is not None else None
 
 
 def _load(source: CaseSource, options: ReadOptions) -> tuple[list[tuple[Volume, float]], str, tuple[str, ...],

@@ -25,6 +25,7 @@ MODES = ("mean", "sample")
 MAX_SAMPLES = 100  # each sample is a whole diffusion run: more is a typo, not a request (as --samples says)
 MAX_STEPS = 10_000
 MAX_SEED = 2**32 - 1  # what NumPy and torch generators take
+MAX_ADAPT_MINUTES = 24 * 60.0  # a day of fine-tuning on one scan is a typo, not a request
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Choices:
     thin_spacing: float | None = None
     steps: int | None = None
     seed: int = 0
+    adapt: float = 0.0  # minutes of fine-tuning on the scan's own in-plane pairs first (0: none)
 
     def checked(self) -> Choices:
         """These choices, refused with one ``InputError`` line if inconsistent; several samples mean sampling."""
@@ -53,6 +55,13 @@ class Choices:
             raise InputError(f"steps {self.steps!r}: must be a whole number, at least 1 and at most {MAX_STEPS:,}")
         if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise InputError(f"seed {self.seed!r}: must be a whole number from 0 to {MAX_SEED:,}")
+        adapt = self.adapt
+        if isinstance(adapt, bool) or not isinstance(adapt, (int, float, np.floating)) or not (
+                math.isfinite(adapt) and 0 <= adapt <= MAX_ADAPT_MINUTES):
+            raise InputError(f"adapt {adapt!r}: must be a number of minutes from 0 to {MAX_ADAPT_MINUTES:g}")
+        if self.method is not None and adapt > 0:
+            raise InputError(f"adapt {adapt!r}: fine-tunes a model; the method {self.method} (a classical baseline) "
+                             "has nothing to fine-tune")
         if self.method is not None:  # silently ignoring them would hand back a baseline the user did not ask for
             given = (("samples", self.samples, 1), ("steps", self.steps, None), ("mode", self.mode, "mean"))
             unused = [(name, value) for name, value, default in given if value != default]

@@ -156,6 +156,7 @@ class DicomSeries:
     image_type: tuple[str, ...] = field(default=(), repr=False)  # ImageType of its first slice
     colour: bool = field(default=False, repr=False)  # some slice holds colour pixels (a screenshot)
     fov: float | None = field(default=None, repr=False)  # field of view (mm), see ``SliceHeader.fov``
+    thickness: float | None = None  # SliceThickness (mm) of its first slice, None when the files do not say
 
     @property
     def n_slices(self) -> int:
@@ -471,6 +472,7 @@ def _describe(directory: Path, headers: list[SliceHeader], label: str, unreadabl
         image_type=first.image_type,
         colour=any(h.colour for h in headers),
         fov=first.fov,
+        thickness=first.thickness,
     )
 
 

@@ -38,7 +38,7 @@ _TAGS = ["SOPClassUID", "Modality", "ImageType", "PatientID", "StudyInstanceUID"
          "ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns",
          "NumberOfFrames", "GantryDetectorTilt", "SamplesPerPixel", "BitsAllocated", "PhotometricInterpretation",
          "RescaleSlope", "PixelSpacing", "SeriesNumber", "SeriesDescription", "ConvolutionKernel",
-         "ReconstructionDiameter", 0x7FE00010]
+         "ReconstructionDiameter", "SliceThickness", 0x7FE00010]
 _PIXEL_DATA = 0x7FE00010
 BARE_PREFIX = 64 * 1024  # bytes parsed to tell a bare DICOM data set from other binary files
 MODALITY_CODE = r"[A-Z0-9_ ]{1,16}"  # a Modality value (code string); anything else is never shown
@@ -86,6 +86,7 @@ class SliceHeader:
     description: str = ""  # SeriesDescription (control characters escaped)
     kernel: str = ""  # ConvolutionKernel, its values joined by "/" ("B30f", "STANDARD", "I26f/3")
     fov: float | None = None  # field of view (mm): ReconstructionDiameter, else PixelSpacing x the larger side
+    thickness: float | None = None  # SliceThickness (mm), None when missing or not a positive number
 
 
 def read_slice(file: Path) -> SliceHeader | str:
@@ -203,6 +204,7 @@ def _header(file: Path, ds: pydicom.Dataset) -> SliceHeader:
         kernel=one_line("/".join(filter(None, (v.strip() for v in _strings(_get(ds, "ConvolutionKernel"))))))[
             :DESCRIPTION_LIMIT],
         fov=_field_of_view(ds, rows, columns),
+        thickness=_positive(_float(_get(ds, "SliceThickness"), 0.0)),
     )
 
 
@@ -397,6 +399,11 @@ def _integer(value) -> int | None:
     """An integer tag (IS) as an int, or None when absent or not a whole number."""
     number = _float(value, math.nan)
     return int(number) if math.isfinite(number) and number == int(number) else None
+
+
+def _positive(number: float, most: float = 100.0) -> float | None:
+    """``number`` when it is in (0, ``most``] mm, else None (a missing, zero or absurd value is no thickness)."""
+    return number if 0 < number <= most else None
 
 
 def _float(value, default: float) -> float:

@@ -116,7 +116,8 @@ class SliceDiffusion(torch.nn.Module):
         noisy = self.scheduler.add_noise(x0, noise, timesteps)
         noisy = torch.where(mean_rows.view(-1, 1, 1, 1, 1), torch.zeros_like(noisy), noisy)
         output = self(noisy, condition, timesteps)
-        return F.mse_loss(output.float(), self._training_target(x0, noise, noisy, timesteps, mean_rows).float())
+        loss = F.l1_loss if self.diffusion_config.loss == "l1" else F.mse_loss
+        return loss(output.float(), self._training_target(x0, noise, noisy, timesteps, mean_rows).float())
 
     def _training_target(self, x0, noise, noisy, timesteps, mean_rows) -> torch.Tensor:
         kind = self.diffusion_config.prediction_type
