@@ -42,7 +42,8 @@ def test_infer_adapt_writes_the_adapted_models_output_and_refuses_what_it_cannot
 
     result = cli("infer", scan, "-o", tmp_path / "thin.nii.gz", "--checkpoint", model, "--adapt", "0.03")
     assert result.exit_code == 0, result.output
-    assert "adapted to this scan" in result.output
+    assert "adapted to this scan" in result.output and "Stages: read" in result.output
+    assert "adapt " in result.output.split("Stages:")[1].splitlines()[0]  # its seconds are a stage of their own
     thin, plain = read_volume(tmp_path / "thin.nii.gz"), tmp_path / "plain.nii.gz"
     assert cli("infer", scan, "-o", plain, "--checkpoint", model).exit_code == 0
     assert thin.grid == read_volume(plain).grid and not np.array_equal(thin.array, read_volume(plain).array)

@@ -220,8 +220,10 @@ def _run_model(engine: _Engine, thick: Volume, outputs: list[Path], case: str):
     spacing = choices.thin_spacing or loaded.default_thin_spacing(thick.spacing[2])
     steps = choices.steps or loaded.interpolator.config.inference.steps
     _check_space(thick, spacing, outputs)
+    adapting = time.time()
     if choices.adapt > 0:
         loaded = _adapted(engine, thick, spacing)
+    adapted = {"adapt": time.time() - adapting} if choices.adapt > 0 else {}
     what = "mean estimate" if choices.mode == "mean" else f"{choices.samples} DDIM sample(s) of {steps} steps"
     console.print(f"{case}Using {engine.source}: {what}, {thick.spacing[2]:g} mm -> {spacing:g} mm on "
                   f"{engine.device}")
@@ -239,7 +241,7 @@ def _run_model(engine: _Engine, thick: Volume, outputs: list[Path], case: str):
         except OutOfMemory as error:
             raise CtsliceError(f"out of memory while inferring ({error.reason}); nothing was written. Try --device "
                                "cpu (slower, uses system memory) or a device with more memory") from None
-    return thinned.volume, thinned.std, thinned.thin_spacing, thinned.seconds
+    return thinned.volume, thinned.std, thinned.thin_spacing, {**adapted, **thinned.seconds}
 
 
 def _adapted(engine: _Engine, thick: Volume, spacing: float):
