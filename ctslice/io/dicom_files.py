@@ -204,7 +204,7 @@ def _header(file: Path, ds: pydicom.Dataset) -> SliceHeader:
         kernel=one_line("/".join(filter(None, (v.strip() for v in _strings(_get(ds, "ConvolutionKernel"))))))[
             :DESCRIPTION_LIMIT],
         fov=_field_of_view(ds, rows, columns),
-        thickness=_positive(_float(_get(ds, "SliceThickness"), 0.0)),
+        thickness=_thickness(_float(_get(ds, "SliceThickness"), 0.0)),
     )
 
 
@@ -401,9 +401,9 @@ def _integer(value) -> int | None:
     return int(number) if math.isfinite(number) and number == int(number) else None
 
 
-def _positive(number: float, most: float = 100.0) -> float | None:
-    """``number`` when it is in (0, ``most``] mm, else None (a missing, zero or absurd value is no thickness)."""
-    return number if 0 < number <= most else None
+def _thickness(number: float) -> float | None:
+    """``number`` when it is in (0, 100] mm, else None (a missing, zero or absurd value is no thickness)."""
+    return number if 0 < number <= 100.0 else None
 
 
 def _float(value, default: float) -> float:

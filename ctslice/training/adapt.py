@@ -29,16 +29,16 @@ ADAPT_STEPS = 1_000_000  # the schedule's length: far beyond any time limit, so 
 
 
 def adapt(checkpoint: Path, thick: Volume, thin_spacing: float, minutes: float, workdir: Path,
-          thickness: float | None = None, device_name: str | None = None, threads: int | None = None,
+          device_name: str | None = None, threads: int | None = None,
           on_step: Callable[[StepReport], None] | None = None) -> Path:
     """Fine-tune ``checkpoint`` on ``thick``'s in-plane pairs for ``minutes``; returns the adapted checkpoint.
 
-    ``thickness``: the scan's slice thickness in mm when known (default: its slice spacing). Everything is
+    The slice profile is the scan's spacing (a read volume carries no DICOM SliceThickness). Everything is
     written under ``workdir`` (the cache, splits and run folder), which the caller owns."""
     state = ckpt.read_checkpoint(checkpoint)
     cache, splits = workdir / "scan.h5", workdir / "splits.json"
     parts = cache_files.parts_dir(cache)
-    cache_files.write_part(parts, CASE, self_supervised_case(thick, thin_spacing, thickness), source=CASE,
+    cache_files.write_part(parts, CASE, self_supervised_case(thick, thin_spacing), source=CASE,
                            content_hash=CASE, patient=CASE, options={"thin_spacing": thin_spacing})
     cache_files.consolidate(cache, sorted(parts.glob("*.h5")))
     cache_files.remove_parts(cache)
