@@ -82,6 +82,18 @@ def stop_when(process: subprocess.Popen, ready, signum: int, record_property, ti
     return kids
 
 
+def measuring(pid: int) -> bool:
+    """Whether ``pid`` has started its measurement process (``python -m ctslice.memory.measure``): any child
+    will not do, as a start-up helper process (seen under load) may come before the signal handlers."""
+    for kid in children(pid):
+        try:
+            if b"ctslice.memory.measure" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def error_lines(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8", errors="replace")
     assert "Traceback" not in text, text
@@ -123,7 +135,7 @@ def test_sigterm_during_inspect_memory_measure_ends_the_measurement_process(tmp_
     stderr = tmp_path / "stderr.txt"
     process = start(["inspect-memory", "--config", "tiny_cpu", "--measure", "--device", "cpu",
                      *(a for s in TINY for a in ("--set", s))], stderr)
-    kids = stop_when(process, lambda: bool(children(process.pid)), signal.SIGTERM, record_property)
+    kids = stop_when(process, lambda: measuring(process.pid), signal.SIGTERM, record_property)
     assert kids
     assert process.returncode == 143
     assert error_lines(stderr) == ["error: stopped by SIGTERM; the measurement process was ended"]
