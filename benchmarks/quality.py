@@ -37,6 +37,7 @@ from ctslice.data.cache import Cache
 from ctslice.data.pairs import SliceProfile, self_supervised_case, simulate_pair
 from ctslice.data.splits import SPLITS
 from ctslice.evaluation import metrics
+from ctslice.inference.consistency import make_consistent
 from ctslice.inference.loading import load_model
 from ctslice.io import read_volume
 from ctslice.io.geometry import interpolate
@@ -83,8 +84,7 @@ def build_cache(out: Path, phases: int) -> tuple[Path, Path]:
         case_id = f"{Path(name).name}_inplane{thin_spacing:g}mm"
         write_case(parts, case_id, pair, name, {"inplane_profile_mm": pair.profile.thickness})
         members["train"].append(case_id)
-    cache_files.consolidate(cache, sorted(parts.glob("*.h5")))
-    cache_files.remove_parts(cache)
+    cache_files.consolidate_parts(cache)
     splits.write_text(json.dumps({**members, "meta": {"held_out": HELD_OUT, "validation": VALIDATION,
                                                       "ratio": RATIO}}, indent=2), encoding="utf-8")
     return cache, splits
@@ -130,12 +130,26 @@ def evaluate(checkpoint: Path, cache: Path, samples: int, step_counts: list[int]
     def model(volume, **options) -> np.ndarray:
         return loaded.interpolator.predict(volume, spacing, **options).volume.array
 
+    def raw_model(volume, **options) -> np.ndarray:
+        """The network's output without the consistency correction (``inference.consistency: false``)."""
+        loaded.interpolator.config.inference.consistency = False
+        try:
+            return model(volume, **options)
+        finally:
+            loaded.interpolator.config.inference.consistency = True
+
     whole_truth = truth.array.astype(np.float32)
     for method in ("linear", "cubic", "lanczos"):
         score(method, *timed(baseline, thick, method), truth_hu=whole_truth)
+    cubic = baseline(thick, "cubic")
+    score("cubic, made consistent", make_consistent(cubic, thick.array, spacing, thick.spacing[2]), 0.0,
+          truth_hu=whole_truth)
     score("model, default (mean)", *timed(model, thick), truth_hu=whole_truth)
+    score("model, mean, no consistency step", *timed(raw_model, thick), truth_hu=whole_truth)
     score("model, one sample (DDIM 20)", *timed(model, thick, mode="sample", steps=20, seed=0),
           truth_hu=whole_truth)
+    score("model, one sample (DDIM 20), no consistency step",
+          *timed(raw_model, thick, mode="sample", steps=20, seed=0), truth_hu=whole_truth)
 
     z0 = (thick.depth - crop_slices) // 2
     y0, x0 = (thick.array.shape[1] - CROP_PIXELS) // 2, (thick.array.shape[2] - CROP_PIXELS) // 2

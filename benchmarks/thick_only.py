@@ -3,6 +3,7 @@
     python benchmarks/thick_only.py --out scratch/thick_only                      # cubic and the bundled model
     python benchmarks/thick_only.py --out scratch/thick_only --finetune-minutes 20   # ... and fine-tuned on the scan
     python benchmarks/thick_only.py --out scratch/thick_only --checkpoint old.pt     # ... and any other model
+    python benchmarks/thick_only.py --out scratch/thick_only --sample-steps 10       # ... and one DDIM sample
     python benchmarks/thick_only.py --scan ../shared/data/ct/large/lungdx_chest_5mm_full.nii.gz --crop 256 \
         --finetune-minutes 10                 # the same series at full resolution, a central 256 x 256 crop
 
@@ -10,7 +11,8 @@ The scan (default ``../shared/data/ct/lungdx_chest_5mm.nii.gz``, a real clinical
 truth, so each output is judged by ``ctslice.evaluation.thick_input`` against the scan itself: the
 border/inside slice-to-slice ratio (1 = no memory of the slab grid), the HU MAE of the output
 re-thickened by the scan's slice profile against the scan (how well it explains what was measured),
-and the mean slice-to-slice change (through-plane detail: higher is sharper) beside cubic's.
+and the mean slice-to-slice change (through-plane detail: higher is sharper) beside cubic's. The
+bundled model is also measured without its consistency step (``inference.consistency: false``).
 
 Fine-tuning runs the README's workflow as commands: ``ctslice preprocess`` (the scan becomes a
 self-supervised case), ``ctslice split``, ``ctslice train --config default_model --set
@@ -67,6 +69,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, action="append", default=[], help="another model to measure")
     parser.add_argument("--crop", type=int, default=0, help="a central in-plane crop of this many pixels (0: none)")
     parser.add_argument("--finetune-minutes", type=float, default=0.0, help="fine-tune the bundled model this long")
+    parser.add_argument("--sample-steps", type=int, default=0,
+                        help="also one DDIM sample of the bundled model with this many steps (0: none)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}, threads {torch.get_num_threads()}")
@@ -83,9 +87,20 @@ def main() -> None:
         models["fine-tuned on the scan"] = finetune(scan, args.out, args.finetune_minutes)
         print(f"fine-tuning: {(time.time() - started) / 60:.1f} min wall (preprocess, split, train)")
     measured = thick.array.astype(np.float32)
+
+    def predict(path: Path | None, consistency: bool = True, **options) -> np.ndarray:
+        interpolator = load_model(path, "cpu").interpolator
+        interpolator.config.inference.consistency = consistency
+        return interpolator.predict(thick, THIN_SPACING, **options).volume.array
+
     outputs = {"cubic": lambda: interpolate(thick, THIN_SPACING, "cubic").array}
     for name, path in models.items():
-        outputs[name] = lambda path=path: load_model(path, "cpu").interpolator.predict(thick, THIN_SPACING).volume.array
+        outputs[name] = lambda path=path: predict(path)
+    outputs["bundled model, no consistency step"] = lambda: predict(None, consistency=False)
+    if args.sample_steps:
+        sample = {"mode": "sample", "steps": args.sample_steps, "seed": 0}
+        outputs[f"one sample (DDIM {args.sample_steps})"] = lambda: predict(None, **sample)
+        outputs[f"one sample (DDIM {args.sample_steps}), no consistency"] = lambda: predict(None, False, **sample)
     rows = {}
     print(f"\n{scan.name}: {thick.array.shape} (z, y, x) at {thick.spacing[2]:g} mm -> {THIN_SPACING:g} mm")
     print(f"{'output':40s} {'border/inside':>13s} {'re-thickened MAE HU':>20s} {'slice change HU':>16s} "

@@ -113,6 +113,7 @@ class InferenceConfig:
     window_size: int = 256  # in-plane window side in pixels
     overlap: float = 0.0625  # least overlap of neighbouring windows, as a fraction of the largest window
     window_batch: int = 2  # windows per U-Net call (2+ also keeps CPU convolutions on their fast path)
+    consistency: bool = True  # correct the output so that, slab-averaged, it gives back the input
 
 
 @dataclass

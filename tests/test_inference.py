@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from ctslice.data.cache import Cache
-from ctslice.data.pairs import simulate_pair
+from ctslice.data.pairs import simulate_pair, slab_average
 from ctslice.data.phantom import make_phantom
 from ctslice.evaluation import metrics
 from ctslice.inference.loading import load_model
@@ -108,6 +108,21 @@ def test_windows_stitch_without_seams(trained):
     # and no seam: the error is not concentrated at window borders
     per_slice = np.abs(windowed - whole).mean(axis=(1, 2))
     assert per_slice.max() < 5 * np.median(per_slice) + 1.0
+
+
+@pytest.mark.parametrize("mode", ["mean", "sample"])
+def test_the_output_slab_averaged_gives_back_the_input(mode, trained):
+    """``inference.consistency`` (the default): the thin output, averaged over each 5 mm slab, is the thick
+    input; switched off, the network's raw output is not."""
+    interpolator = load_model(trained[0], "cpu").interpolator
+    thick = thick_scan().thick
+    outputs = {}
+    for consistency in (True, False):
+        interpolator.config.inference.consistency = consistency
+        outputs[consistency] = interpolator.predict(thick, 1.0, mode=mode, steps=2).volume.array
+    expected = thick.array.astype(np.float32)
+    np.testing.assert_allclose(slab_average(outputs[True], 5, 5), expected, atol=0.05)
+    assert np.abs(slab_average(outputs[False], 5, 5) - expected).mean() > 1.0
 
 
 def test_samples_write_mean_and_std(trained, tmp_path, cli):

@@ -52,8 +52,7 @@ def write_cache(path, pairs: dict) -> None:
     for case_id, pair in pairs.items():
         cache_files.write_part(parts, case_id, pair, source=case_id, content_hash=case_id, patient=case_id,
                                options={"thin_spacing": 1.0, "profile": "slab"})
-    cache_files.consolidate(path, sorted(parts.glob("*.h5")))
-    cache_files.remove_parts(path)
+    cache_files.consolidate_parts(path)
 
 
 def test_an_inplane_patch_of_a_self_supervised_case_is_its_resampled_region_turned(tmp_path):

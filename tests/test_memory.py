@@ -213,7 +213,7 @@ def test_geometry_comes_from_the_cache_when_there_is_one(tiny, tmp_path):
         volume = Volume(np.zeros(shape, np.int16), (0.7, 0.7, 1.0), (0.0, 0.0, 0.0))
         cache_files.write_part(cache_files.parts_dir(path), f"case{k}", simulate_pair(volume, 5.0, 1.0),
                                source="test", content_hash=str(k), patient=str(k), options={})
-    cache_files.consolidate(path, sorted(cache_files.parts_dir(path).glob("*.h5")))
+    cache_files.consolidate_parts(path)
     with Cache(path) as cache:
         shapes = [cache.info(c).thin_shape for c in cache.case_ids()]
     geometry = resolve_geometry(with_overrides(tiny, {"data.cache": str(path)}))

@@ -232,6 +232,14 @@ def remove_parts(cache_path: Path) -> None:
     shutil.rmtree(parts_dir(cache_path), ignore_errors=True)
 
 
+def consolidate_parts(cache_path: Path) -> None:
+    """The cache at ``cache_path`` made from every part written under ``parts_dir(cache_path)``, then the parts
+    removed: a cache built in one go by a caller that writes its own cases (``adapt``, benchmarks, tests),
+    without ``preprocess``'s previous cache, failures and shards."""
+    consolidate(cache_path, sorted(parts_dir(cache_path).glob("*.h5")))
+    remove_parts(cache_path)
+
+
 class Cache:
     """Read access to a cache file; use as a context manager or call ``close()``."""
 

@@ -5,7 +5,9 @@
 3. The condition: the thick volume interpolated (cubic) onto the thin grid, normalised, encoded (chunked).
 4. The model over overlapping latent windows: the mean estimate (default) or DDIM samples; windows that
    hold only air (``AIR_HU``) keep the interpolation.
-5. Chunked decoding, back to HU; for several samples their mean and per-voxel standard deviation.
+5. Chunked decoding, back to HU; each volume corrected so that, slab-averaged, it gives back the input
+   (``inference.consistency``, ``ctslice.inference.consistency``); for several samples their mean and
+   per-voxel standard deviation.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ctslice.codecs.base import Codec
 from ctslice.config import Config
 from ctslice.data.patches import interpolate_thick
 from ctslice.hardware import autocast
+from ctslice.inference.consistency import make_consistent
 from ctslice.io.geometry import resample, resample_inplane, square_inplane_grid, thin_grid
 from ctslice.io.volume import Grid, Volume
 from ctslice.models.diffusion import SliceDiffusion
@@ -44,8 +47,8 @@ def tissue_map(tissue: torch.Tensor, latent_shape) -> torch.Tensor:
 @dataclass
 class Prediction:
     """The thin volume (float32 HU), for several samples the per-voxel standard deviation, and the
-    seconds of each stage (encode: resampling and encoding the condition; denoise; decode: decoding
-    and resampling back), for the caller to report."""
+    seconds of each stage (encode: resampling and encoding the condition; denoise; decode: decoding,
+    the consistency correction and resampling back), for the caller to report."""
 
     volume: Volume
     std: Volume | None = None
@@ -97,6 +100,9 @@ class SliceInterpolator:
         with self._stage(seconds, "decode"):
             shape = tuple(model_grid.size[::-1])
             volumes = [self._decode(latent, shape) for latent in latents]
+            if self.config.inference.consistency:
+                for volume in volumes:
+                    make_consistent(volume, model_thick.array, model_grid.spacing[2], model_thick.spacing[2])
             mean = np.mean(volumes, axis=0) if len(volumes) > 1 else volumes[0]
             std = np.std(volumes, axis=0) if len(volumes) > 1 else None
             prediction = Prediction(self._on_grid(mean, model_grid, grid),

@@ -40,8 +40,7 @@ def adapt(checkpoint: Path, thick: Volume, thin_spacing: float, minutes: float, 
     parts = cache_files.parts_dir(cache)
     cache_files.write_part(parts, CASE, self_supervised_case(thick, thin_spacing), source=CASE,
                            content_hash=CASE, patient=CASE, options={"thin_spacing": thin_spacing})
-    cache_files.consolidate(cache, sorted(parts.glob("*.h5")))
-    cache_files.remove_parts(cache)
+    cache_files.consolidate_parts(cache)
     splits.write_text(json.dumps({"train": [CASE], "val": [], "test": []}), encoding="utf-8")
     settings = copy.deepcopy(state["config"])
     settings["data"].update(cache=str(cache), splits=str(splits), inplane_fraction=1.0, num_workers=0)
