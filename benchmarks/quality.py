@@ -180,26 +180,29 @@ REGIONS = [("chest", HELD_OUT, "held out"), ("abdomen", VALIDATION, "validation"
 
 
 def regions(checkpoint: Path, cache: Path) -> dict:
-    """Cubic against the model (mean mode) per body region, each scan's role said: only the chest is held out
-    (the abdomen chose the recipe, the head was trained on: its row shows fit, not generalisation)."""
+    """Cubic against the model (mean mode, with and without the consistency step) per body region, each scan's
+    role said: only the chest is held out (the abdomen chose the recipe and the consistency step, the head was
+    trained on: its row shows fit, not generalisation)."""
     loaded = load_model(checkpoint, "cpu")
     rows = {}
-    print(f"\n{'region (scan, role)':52s} {'cubic dB':>9s} {'model dB':>9s} {'gain':>6s} {'SSIM c/m':>15s} "
-          f"{'ST bias c/m':>13s}")
+    print(f"\n{'region (scan, role)':52s} {'cubic dB':>9s} {'raw dB':>7s} {'model dB':>9s} {'gain':>6s} "
+          f"{'SSIM c/raw/m':>22s} {'ST bias c/raw/m':>20s}")
     with Cache(cache) as opened:
         for region, name, role in REGIONS:
             case = f"{name}_phase0"
             thick, truth = opened.volume(case, "thick"), opened.volume(case, "thin").array.astype(np.float32)
             spacing = opened.grid(case, "thin").spacing[2]
-            outputs = {"cubic": interpolate(thick, spacing, "cubic").array,
-                       "model": loaded.interpolator.predict(thick, spacing).volume.array}
+            outputs = {"cubic": interpolate(thick, spacing, "cubic").array}
+            for key, consistency in (("raw", False), ("model", True)):
+                loaded.interpolator.config.inference.consistency = consistency
+                outputs[key] = loaded.interpolator.predict(thick, spacing).volume.array
             scores = {k: {**metrics.evaluate(v, truth), "soft_tissue_bias": metrics.soft_tissue_bias(v, truth)}
                       for k, v in outputs.items()}
             rows[region] = {"scan": name, "role": role, **scores}
-            c, m = scores["cubic"], scores["model"]
-            print(f"{f'{region} ({name}, {role})':52s} {c['psnr']:9.2f} {m['psnr']:9.2f} {m['psnr'] - c['psnr']:+6.2f} "
-                  f"{c['ssim']:7.4f}/{m['ssim']:.4f} {c['soft_tissue_bias']:6.2f}/{m['soft_tissue_bias']:.2f}",
-                  flush=True)
+            c, r, m = scores["cubic"], scores["raw"], scores["model"]
+            print(f"{f'{region} ({name}, {role})':52s} {c['psnr']:9.2f} {r['psnr']:7.2f} {m['psnr']:9.2f} "
+                  f"{m['psnr'] - c['psnr']:+6.2f} {c['ssim']:.4f}/{r['ssim']:.4f}/{m['ssim']:.4f} "
+                  f"{c['soft_tissue_bias']:6.2f}/{r['soft_tissue_bias']:.2f}/{m['soft_tissue_bias']:.2f}", flush=True)
     return rows
 
 
