@@ -132,11 +132,12 @@ def evaluate(checkpoint: Path, cache: Path, samples: int, step_counts: list[int]
 
     def raw_model(volume, **options) -> np.ndarray:
         """The network's output without the consistency correction (``inference.consistency: false``)."""
-        loaded.interpolator.config.inference.consistency = False
+        inference = loaded.interpolator.config.inference
+        kept, inference.consistency = inference.consistency, False
         try:
             return model(volume, **options)
         finally:
-            loaded.interpolator.config.inference.consistency = True
+            inference.consistency = kept
 
     whole_truth = truth.array.astype(np.float32)
     for method in ("linear", "cubic", "lanczos"):

@@ -18,7 +18,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ctslice.config import CHOICES, DOMAINS, Config, load_config
+from ctslice.config import Config, load_config
+from ctslice.config_domains import CHOICES, DOMAINS
 from ctslice.errors import ConfigError, InputError
 
 FAST = settings(max_examples=150, deadline=None, derandomize=True, database=None,

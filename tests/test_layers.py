@@ -20,8 +20,8 @@ LAYERS = {
     1: ("ctslice", "ctslice.__main__", "ctslice.cli", "ctslice.commands", "ctslice.console", "ctslice.api"),
     2: ("ctslice.training", "ctslice.inference", "ctslice.evaluation", "ctslice.memory"),
     3: ("ctslice.models", "ctslice.codecs", "ctslice.data"),
-    4: ("ctslice.io", "ctslice.config", "ctslice.checkpoint", "ctslice.hardware", "ctslice.errors",
-        "ctslice.parsing", "ctslice.jsonsafe", "ctslice.version", "ctslice.reporting"),
+    4: ("ctslice.io", "ctslice.config", "ctslice.config_domains", "ctslice.checkpoint", "ctslice.hardware",
+        "ctslice.errors", "ctslice.parsing", "ctslice.jsonsafe", "ctslice.version", "ctslice.reporting"),
 }
 PRINTING_LIBRARIES = ("rich", "typer", "click", "ctslice.console")  # only the command layer may import these
 

@@ -220,10 +220,11 @@ def _run_model(engine: _Engine, thick: Volume, outputs: list[Path], case: str):
     spacing = choices.thin_spacing or loaded.default_thin_spacing(thick.spacing[2])
     steps = choices.steps or loaded.interpolator.config.inference.steps
     _check_space(thick, spacing, outputs)
-    adapting = time.time()
+    adapted = {}
     if choices.adapt > 0:
+        started = time.time()
         loaded = _adapted(engine, thick, spacing)
-    adapted = {"adapt": time.time() - adapting} if choices.adapt > 0 else {}
+        adapted["adapt"] = time.time() - started
     what = "mean estimate" if choices.mode == "mean" else f"{choices.samples} DDIM sample(s) of {steps} steps"
     console.print(f"{case}Using {engine.source}: {what}, {thick.spacing[2]:g} mm -> {spacing:g} mm on "
                   f"{engine.device}")

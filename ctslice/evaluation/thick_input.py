@@ -23,8 +23,9 @@ import numpy as np
 
 from ctslice.data.pairs import slab_average
 from ctslice.errors import InputError
+from ctslice.evaluation.metrics import HU_MAX, HU_MIN
 
-CLIP_HU = (-1024.0, 2048.0)
+CLIP_HU = (HU_MIN, HU_MAX)  # the metric protocol's range
 BODY_HU = -500.0
 CENTRAL = 0.6  # fraction of each in-plane axis measured
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ctslice.config import DOMAINS, Config
+from ctslice.config import Config
+from ctslice.config_domains import DOMAINS
 from ctslice.memory.estimate import GIB, MemoryEstimate, changes_parts, estimate_memory, with_overrides
 from ctslice.memory.workload import config_codec
 from ctslice.models.unet import size_multiple

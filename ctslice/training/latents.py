@@ -114,7 +114,10 @@ class LatentSource:
         """Every case: the latent cache holds only cases with a thin volume."""
         return self.case_ids
 
-    inplane_case_ids: list[str] = []  # in-plane pairs are made in pixels, never from cached latents
+    @property
+    def inplane_case_ids(self) -> list[str]:
+        """None: in-plane pairs are made in pixels, never from cached latents."""
+        return []
 
     def inplane_shape(self, case_id: str) -> tuple[int, int, int]:
         raise NotImplementedError("in-plane pairs are made in pixels (PixelSource), never from cached latents")
